@@ -1,0 +1,635 @@
+//! The causal core: the rules of the store, with no IO.
+//!
+//! [`Core`] takes commands (a local write, a batch of received events, a read,
+//! an acknowledgement from a peer) and answers with what happened. It never
+//! touches a socket, a clock or a runtime; the node's shells (HTTP, the writer
+//! thread, replication) call it, and the simulation tests drive it directly.
+//!
+//! The rules, from the design:
+//!
+//! 1. A local write gets `seq = applied[self] + 1` and `deps = applied`.
+//! 2. A received event from origin `j` is delivered iff `seq == applied[j] + 1`
+//!    and `deps[m] <= applied[m]` for every `m != j`; one with `seq <= applied[j]`
+//!    is a duplicate; any other is buffered. After every delivery the buffer is
+//!    retried, per origin in seq order, until nothing more is deliverable.
+//! 3. Applying event `e` to a key removes every sibling that `e` saw and adds `e`.
+//!    Siblings are sorted by `(sum of timestamp, origin)`, so the last one is the
+//!    single-value winner and every replica holds the same list.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use vclock_proto::{Dot, Event, Missing, NodeId, Op, Seq, VClock};
+
+use crate::store::{Siblings, Store, StoreError};
+
+/// Why the core refused a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A received event is malformed or names nodes outside the cluster. Nothing
+    /// of its batch was applied.
+    #[error("invalid event {dot}: {reason}")]
+    InvalidEvent {
+        /// The offending event.
+        dot: Dot,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Result of core commands.
+pub type CoreResult<T> = Result<T, CoreError>;
+
+/// Limits of the core.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How many undeliverable events the buffer may hold. Past it, further
+    /// undeliverable events are refused (not acknowledged; the sender resends).
+    pub max_buffered: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_buffered: 100_000,
+        }
+    }
+}
+
+/// What happened to a batch of received events.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Events applied, in the order they were applied (including those taken
+    /// from the buffer).
+    pub delivered: Vec<Dot>,
+    /// Of `delivered`, the ones that had waited in the buffer.
+    pub from_buffer: Vec<Dot>,
+    /// Events of this batch left in the buffer, with what each waits for.
+    pub buffered: Vec<(Dot, Vec<Missing>)>,
+    /// Events already applied or already buffered.
+    pub duplicates: usize,
+    /// Events refused because the buffer is full.
+    pub refused: usize,
+}
+
+/// The answer to a read: the siblings and the clock, taken together.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// The key's siblings, winner last.
+    pub siblings: Siblings,
+    /// The node's `applied` clock at the moment of the read.
+    pub applied: VClock,
+}
+
+impl ReadResult {
+    /// The single-value view: the winner's value, `None` when absent or deleted.
+    pub fn winner(&self) -> Option<&vclock_proto::Value> {
+        self.siblings.last().and_then(|e| e.op.value())
+    }
+}
+
+/// How a client's context relates to this node's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextCheck {
+    /// Everything the context counts is applied here.
+    Satisfied,
+    /// Some entries are ahead of this node; they may still arrive.
+    Behind(Vec<Missing>),
+    /// The context counts writes of this node that it never made.
+    Impossible(Vec<Missing>),
+    /// The context names a node outside the cluster.
+    UnknownNode(String),
+}
+
+/// One replica's causal state.
+#[derive(Debug)]
+pub struct Core<S> {
+    id: NodeId,
+    nodes: Vec<NodeId>,
+    applied: VClock,
+    buffer: BTreeMap<NodeId, BTreeMap<Seq, Arc<Event>>>,
+    buffered: usize,
+    acked: BTreeMap<NodeId, VClock>,
+    limits: Limits,
+    store: S,
+}
+
+impl<S: Store> Core<S> {
+    /// A replica `id` of a cluster of `nodes` (which must contain `id`), over
+    /// `store`, whose committed state it resumes from.
+    pub fn new(id: NodeId, nodes: Vec<NodeId>, store: S, limits: Limits) -> CoreResult<Self> {
+        let mut nodes = nodes;
+        nodes.sort();
+        nodes.dedup();
+        assert!(
+            nodes.contains(&id),
+            "the node list must contain the node itself"
+        );
+        let mut applied = VClock::zeroed(nodes.iter().cloned());
+        applied.merge(&store.applied()?);
+        let acked = nodes
+            .iter()
+            .filter(|n| **n != id)
+            .map(|n| (n.clone(), VClock::zeroed(nodes.iter().cloned())))
+            .collect();
+        Ok(Self {
+            id,
+            nodes,
+            applied,
+            buffer: BTreeMap::new(),
+            buffered: 0,
+            acked,
+            limits,
+            store,
+        })
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// Every node of the cluster, sorted.
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.nodes
+    }
+
+    /// The writes applied here, per origin.
+    pub fn applied(&self) -> &VClock {
+        &self.applied
+    }
+
+    /// The storage underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Relates a client's context to what this node has applied.
+    pub fn check_context(&self, context: &VClock) -> ContextCheck {
+        if let Some(unknown) = context.nodes().find(|n| !self.is_member(n)) {
+            return ContextCheck::UnknownNode(unknown.clone());
+        }
+        let missing: Vec<Missing> = self.applied.missing(context).collect();
+        if missing.is_empty() {
+            return ContextCheck::Satisfied;
+        }
+        let impossible: Vec<Missing> = missing
+            .iter()
+            .filter(|m| m.node == self.id)
+            .cloned()
+            .collect();
+        if impossible.is_empty() {
+            ContextCheck::Behind(missing)
+        } else {
+            ContextCheck::Impossible(impossible)
+        }
+    }
+
+    /// Accepts a write from a client (rule 1). The caller has already waited for
+    /// the client's context to be satisfied.
+    pub fn local_write(&mut self, key: String, op: Op) -> CoreResult<Arc<Event>> {
+        let event = Arc::new(Event {
+            origin: self.id.clone(),
+            seq: self.applied.get(&self.id) + 1,
+            key,
+            op,
+            deps: self.applied.clone(),
+        });
+        self.apply(event.clone())?;
+        Ok(event)
+    }
+
+    /// Takes a batch of events from a peer (rule 2). The batch is validated as a
+    /// whole first: an invalid event rejects it without changing anything.
+    pub fn receive(&mut self, events: Vec<Event>) -> CoreResult<Receipt> {
+        for e in &events {
+            self.validate(e)?;
+        }
+        let mut receipt = Receipt::default();
+        let mut parked = Vec::new();
+        for e in events {
+            let origin_applied = self.applied.get(&e.origin);
+            if e.seq <= origin_applied || self.is_buffered(&e) {
+                receipt.duplicates += 1;
+                continue;
+            }
+            if e.seq == origin_applied + 1 && self.deps_satisfied(&e) {
+                let dot = e.dot();
+                self.apply(Arc::new(e))?;
+                receipt.delivered.push(dot);
+                if self.buffered > 0 {
+                    self.drain_buffer(&mut receipt)?;
+                }
+            } else if self.buffered >= self.limits.max_buffered {
+                receipt.refused += 1;
+            } else {
+                self.buffered += 1;
+                parked.push(e.dot());
+                self.buffer
+                    .entry(e.origin.clone())
+                    .or_default()
+                    .insert(e.seq, Arc::new(e));
+            }
+        }
+        // Report what this batch left waiting, and on what.
+        receipt.buffered = parked
+            .into_iter()
+            .filter_map(|dot| {
+                let e = self.buffer.get(&dot.origin)?.get(&dot.seq)?;
+                Some((dot, self.waiting_for(e)))
+            })
+            .collect();
+        Ok(receipt)
+    }
+
+    /// Reads a key: its siblings and the `applied` clock, as one state (rule 5).
+    pub fn read(&self, key: &str) -> CoreResult<ReadResult> {
+        Ok(ReadResult {
+            siblings: self.store.siblings(key)?,
+            applied: self.applied.clone(),
+        })
+    }
+
+    /// Ends the current group of commands: one storage transaction.
+    pub fn commit(&mut self) -> CoreResult<()> {
+        self.store.commit(&self.applied)?;
+        Ok(())
+    }
+
+    /// Records that `peer` has applied everything `clock` counts, and drops log
+    /// entries that every node has now applied.
+    pub fn record_ack(&mut self, peer: &str, clock: &VClock) -> CoreResult<()> {
+        let Some(acked) = self.acked.get_mut(peer) else {
+            return Ok(());
+        };
+        acked.merge(clock);
+        let stable = self.stable();
+        for origin in &self.nodes {
+            self.store.truncate(origin, stable.get(origin))?;
+        }
+        Ok(())
+    }
+
+    /// The writes every node has applied: the pointwise minimum of this node's
+    /// `applied` and every peer's acknowledged clock.
+    pub fn stable(&self) -> VClock {
+        let mut stable = self.applied.clone();
+        for acked in self.acked.values() {
+            stable.meet(acked);
+        }
+        stable
+    }
+
+    /// The last clock `peer` acknowledged.
+    pub fn acked(&self, peer: &str) -> Option<&VClock> {
+        self.acked.get(peer)
+    }
+
+    /// Up to `limit` of this node's own events with a seq above `after`, for
+    /// pushing to a peer.
+    pub fn own_events_after(&self, after: Seq, limit: usize) -> CoreResult<Vec<Arc<Event>>> {
+        Ok(self.store.log_after(&self.id, after, limit)?)
+    }
+
+    /// Number of events waiting in the buffer, per origin.
+    pub fn buffered_per_origin(&self) -> BTreeMap<NodeId, u64> {
+        self.buffer
+            .iter()
+            .filter(|(_, events)| !events.is_empty())
+            .map(|(origin, events)| (origin.clone(), events.len() as u64))
+            .collect()
+    }
+
+    /// Total number of buffered events.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Up to `limit` buffered events with what each waits for.
+    pub fn buffered_events(&self, limit: usize) -> Vec<(Arc<Event>, Vec<Missing>)> {
+        self.buffer
+            .values()
+            .flat_map(|events| events.values())
+            .take(limit)
+            .map(|e| (e.clone(), self.waiting_for(e)))
+            .collect()
+    }
+
+    fn is_member(&self, node: &str) -> bool {
+        self.nodes
+            .binary_search_by(|n| n.as_str().cmp(node))
+            .is_ok()
+    }
+
+    fn is_buffered(&self, e: &Event) -> bool {
+        self.buffer
+            .get(&e.origin)
+            .is_some_and(|events| events.contains_key(&e.seq))
+    }
+
+    fn validate(&self, e: &Event) -> CoreResult<()> {
+        let invalid = |reason: String| {
+            Err(CoreError::InvalidEvent {
+                dot: e.dot(),
+                reason,
+            })
+        };
+        if !self.is_member(&e.origin) {
+            return invalid(format!(
+                "origin {} is not a member of the cluster",
+                e.origin
+            ));
+        }
+        if e.seq == 0 {
+            return invalid("seq must be at least 1".into());
+        }
+        if e.key.is_empty() {
+            return invalid("empty key".into());
+        }
+        if let Some(unknown) = e.deps.nodes().find(|n| !self.is_member(n)) {
+            return invalid(format!("deps name {unknown}, not a member of the cluster"));
+        }
+        if e.deps.get(&e.origin) != e.seq - 1 {
+            return invalid(format!(
+                "deps[{}] is {}, must be seq - 1 = {}",
+                e.origin,
+                e.deps.get(&e.origin),
+                e.seq - 1
+            ));
+        }
+        if e.origin == self.id && e.seq > self.applied.get(&self.id) {
+            return invalid(format!(
+                "claims to be write {} of this node, which has made only {}",
+                e.seq,
+                self.applied.get(&self.id)
+            ));
+        }
+        Ok(())
+    }
+
+    fn deps_satisfied(&self, e: &Event) -> bool {
+        e.deps
+            .iter()
+            .all(|(node, &seq)| *node == e.origin || self.applied.get(node) >= seq)
+    }
+
+    fn waiting_for(&self, e: &Event) -> Vec<Missing> {
+        let mut want = e.deps.clone();
+        want.set(&e.origin, e.seq - 1);
+        self.applied.missing(&want).collect()
+    }
+
+    /// Delivers buffered events until none is deliverable.
+    fn drain_buffer(&mut self, receipt: &mut Receipt) -> CoreResult<()> {
+        loop {
+            let mut progress = false;
+            let origins: Vec<NodeId> = self.buffer.keys().cloned().collect();
+            for origin in origins {
+                while let Some(e) = self.next_buffered(&origin) {
+                    let next = self.applied.get(&origin) + 1;
+                    if e.seq < next {
+                        self.pop_buffered(&origin, e.seq);
+                    } else if e.seq == next && self.deps_satisfied(&e) {
+                        self.pop_buffered(&origin, e.seq);
+                        let dot = e.dot();
+                        self.apply(e)?;
+                        receipt.delivered.push(dot.clone());
+                        receipt.from_buffer.push(dot);
+                        progress = true;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            if !progress {
+                return Ok(());
+            }
+        }
+    }
+
+    fn next_buffered(&self, origin: &str) -> Option<Arc<Event>> {
+        self.buffer
+            .get(origin)
+            .and_then(|events| events.values().next().cloned())
+    }
+
+    fn pop_buffered(&mut self, origin: &str, seq: Seq) {
+        if let Some(events) = self.buffer.get_mut(origin) {
+            if events.remove(&seq).is_some() {
+                self.buffered -= 1;
+            }
+        }
+    }
+
+    /// Applies one event whose dependencies are all applied (rule 3).
+    fn apply(&mut self, e: Arc<Event>) -> CoreResult<()> {
+        let mut siblings = self.store.siblings(&e.key)?;
+        siblings.retain(|s| !e.saw(&s.origin, s.seq));
+        siblings.push(e.clone());
+        siblings.sort_by_cached_key(|s| (s.timestamp().sum(), s.origin.clone()));
+        self.store.set_siblings(&e.key, siblings)?;
+        self.applied.set(&e.origin, e.seq);
+        self.store.append(e)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use vclock_proto::Value;
+
+    fn core(id: &str) -> Core<MemStore> {
+        let nodes = ["a", "b", "c"].map(String::from).to_vec();
+        Core::new(id.into(), nodes, MemStore::new(), Limits::default()).unwrap()
+    }
+
+    fn put(n: i64) -> Op {
+        Op::Put(Value::from_serialize(&n).unwrap())
+    }
+
+    fn unwrap_events(events: &[Arc<Event>]) -> Vec<Event> {
+        events.iter().map(|e| (**e).clone()).collect()
+    }
+
+    #[test]
+    fn local_writes_overwrite_and_count() {
+        let mut a = core("a");
+        let e1 = a.local_write("x".into(), put(1)).unwrap();
+        let e2 = a.local_write("x".into(), put(2)).unwrap();
+        assert_eq!((e1.seq, e2.seq), (1, 2));
+        assert_eq!(e2.deps.get("a"), 1);
+        let read = a.read("x").unwrap();
+        assert_eq!(read.siblings.len(), 1);
+        assert_eq!(read.winner().unwrap().json(), "2");
+        assert_eq!(read.applied.get("a"), 2);
+    }
+
+    #[test]
+    fn out_of_order_event_is_buffered_then_delivered() {
+        let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
+        let ea = a.local_write("x".into(), put(100)).unwrap();
+        b.receive(vec![(*ea).clone()]).unwrap();
+        let eb = b.local_write("x".into(), put(200)).unwrap();
+
+        // c gets b's write first: it depends on a:1, so it waits.
+        let receipt = c.receive(vec![(*eb).clone()]).unwrap();
+        assert!(receipt.delivered.is_empty());
+        assert_eq!(
+            receipt.buffered,
+            vec![(
+                Dot::new("b", 1),
+                vec![Missing {
+                    node: "a".into(),
+                    have: 0,
+                    want: 1
+                }]
+            )]
+        );
+        assert_eq!(c.buffered(), 1);
+        assert!(c.read("x").unwrap().siblings.is_empty());
+
+        // a's write arrives: both are applied, in causal order.
+        let receipt = c.receive(vec![(*ea).clone()]).unwrap();
+        assert_eq!(receipt.delivered, vec![Dot::new("a", 1), Dot::new("b", 1)]);
+        assert_eq!(receipt.from_buffer, vec![Dot::new("b", 1)]);
+        assert_eq!(c.buffered(), 0);
+        assert_eq!(c.read("x").unwrap().winner().unwrap().json(), "200");
+    }
+
+    #[test]
+    fn duplicates_are_ignored() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        let e = a.local_write("x".into(), put(1)).unwrap();
+        b.receive(vec![(*e).clone()]).unwrap();
+        let receipt = b.receive(vec![(*e).clone(), (*e).clone()]).unwrap();
+        assert_eq!(receipt.duplicates, 2);
+        assert_eq!(b.applied().get("a"), 1);
+    }
+
+    #[test]
+    fn concurrent_writes_become_siblings_with_one_winner() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        let ea = a.local_write("k".into(), put(1)).unwrap();
+        let eb = b.local_write("k".into(), put(2)).unwrap();
+        a.receive(vec![(*eb).clone()]).unwrap();
+        b.receive(vec![(*ea).clone()]).unwrap();
+        let (ra, rb) = (a.read("k").unwrap(), b.read("k").unwrap());
+        assert_eq!(ra.siblings, rb.siblings);
+        assert_eq!(ra.siblings.len(), 2);
+        // Equal sums: the larger origin id wins.
+        assert_eq!(ra.winner().unwrap().json(), "2");
+
+        // A write that saw both replaces both.
+        let resolved = a.local_write("k".into(), put(3)).unwrap();
+        b.receive(vec![(*resolved).clone()]).unwrap();
+        assert_eq!(b.read("k").unwrap().siblings.len(), 1);
+        assert_eq!(b.read("k").unwrap().winner().unwrap().json(), "3");
+    }
+
+    #[test]
+    fn delete_leaves_a_tombstone_that_reads_as_absent() {
+        let mut a = core("a");
+        a.local_write("k".into(), put(1)).unwrap();
+        a.local_write("k".into(), Op::Delete).unwrap();
+        let read = a.read("k").unwrap();
+        assert_eq!(read.siblings.len(), 1);
+        assert!(read.winner().is_none());
+    }
+
+    #[test]
+    fn invalid_batches_change_nothing() {
+        let mut a = core("a");
+        let mut b = core("b");
+        let good = b.local_write("k".into(), put(1)).unwrap();
+        let mut stranger = (*good).clone();
+        stranger.origin = "z".into();
+        let err = a.receive(vec![(*good).clone(), stranger]).unwrap_err();
+        assert!(matches!(err, CoreError::InvalidEvent { .. }), "{err}");
+        assert_eq!(a.applied().get("b"), 0);
+
+        let mut bad_deps = (*good).clone();
+        bad_deps.deps.set("b", 7);
+        assert!(a.receive(vec![bad_deps]).is_err());
+
+        let mut forged = (*good).clone();
+        forged.origin = "a".into();
+        forged.deps = VClock::new();
+        assert!(
+            a.receive(vec![forged]).is_err(),
+            "a cannot receive its own unmade write"
+        );
+        assert_eq!(a.applied().get("a"), 0);
+    }
+
+    #[test]
+    fn full_buffer_refuses_without_acknowledging() {
+        let nodes = ["a", "b", "c"].map(String::from).to_vec();
+        let mut c = Core::new(
+            "c".into(),
+            nodes,
+            MemStore::new(),
+            Limits { max_buffered: 1 },
+        )
+        .unwrap();
+        let mut a = core("a");
+        let mut b = core("b");
+        let ea = a.local_write("x".into(), put(1)).unwrap();
+        b.receive(vec![(*ea).clone()]).unwrap();
+        let eb1 = b.local_write("x".into(), put(2)).unwrap();
+        let eb2 = b.local_write("y".into(), put(3)).unwrap();
+        let receipt = c.receive(unwrap_events(&[eb1, eb2.clone()])).unwrap();
+        assert_eq!((receipt.buffered.len(), receipt.refused), (1, 1));
+        c.receive(vec![(*ea).clone()]).unwrap();
+        assert_eq!(
+            c.applied().get("b"),
+            1,
+            "the refused event was not acknowledged"
+        );
+        c.receive(vec![(*eb2).clone()]).unwrap();
+        assert_eq!(c.applied().get("b"), 2);
+    }
+
+    #[test]
+    fn log_is_collected_once_every_node_has_applied() {
+        let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
+        let e = a.local_write("x".into(), put(1)).unwrap();
+        assert_eq!(a.store().log_len(), 1);
+        b.receive(vec![(*e).clone()]).unwrap();
+        a.record_ack("b", &b.applied().clone()).unwrap();
+        assert_eq!(a.store().log_len(), 1, "c has not applied it yet");
+        c.receive(vec![(*e).clone()]).unwrap();
+        a.record_ack("c", &c.applied().clone()).unwrap();
+        assert_eq!(a.store().log_len(), 0);
+        assert_eq!(a.stable().get("a"), 1);
+    }
+
+    #[test]
+    fn contexts_are_checked_against_history() {
+        let mut a = core("a");
+        a.local_write("x".into(), put(1)).unwrap();
+        let ctx =
+            |entries: &[(&str, u64)]| entries.iter().map(|&(n, s)| (n, s)).collect::<VClock>();
+        assert_eq!(a.check_context(&ctx(&[("a", 1)])), ContextCheck::Satisfied);
+        assert_eq!(
+            a.check_context(&ctx(&[("b", 2)])),
+            ContextCheck::Behind(vec![Missing {
+                node: "b".into(),
+                have: 0,
+                want: 2
+            }])
+        );
+        assert!(matches!(
+            a.check_context(&ctx(&[("a", 5)])),
+            ContextCheck::Impossible(_)
+        ));
+        assert_eq!(
+            a.check_context(&ctx(&[("zz", 0)])),
+            ContextCheck::UnknownNode("zz".into())
+        );
+    }
+}

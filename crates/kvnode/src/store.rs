@@ -1,0 +1,160 @@
+//! The storage trait of the causal core, and its in-memory implementation.
+//!
+//! The core keeps three things in storage: each key's siblings, the log of
+//! applied events (kept until every node has applied them) and the `applied`
+//! clock. Changes made between two [`Store::commit`] calls form one transaction:
+//! a durable engine makes them visible and durable together, or not at all.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use vclock_proto::{Event, NodeId, Seq, VClock};
+
+/// A storage failure. The node cannot go on safely after one, so callers report
+/// it as an internal error.
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+/// Result of storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The siblings of one key: the writes to it that no other applied write has
+/// overwritten, sorted so that the single-value winner is last.
+pub type Siblings = Vec<Arc<Event>>;
+
+/// What the causal core needs from storage. Synchronous: the core runs on one
+/// writer path and never awaits.
+pub trait Store {
+    /// The siblings of `key` (empty when the key was never written).
+    fn siblings(&self, key: &str) -> StoreResult<Siblings>;
+    /// Replaces the siblings of `key`.
+    fn set_siblings(&mut self, key: &str, siblings: Siblings) -> StoreResult<()>;
+    /// Appends an applied event to the log. Each origin's events arrive in seq order.
+    fn append(&mut self, event: Arc<Event>) -> StoreResult<()>;
+    /// Up to `limit` logged events of `origin` with a seq greater than `after`, in order.
+    fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>>;
+    /// Drops logged events of `origin` with a seq up to `through`.
+    fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()>;
+    /// Number of events in the log.
+    fn log_len(&self) -> u64;
+    /// The `applied` clock as of the last commit.
+    fn applied(&self) -> StoreResult<VClock>;
+    /// Ends the current transaction, recording `applied` with it.
+    fn commit(&mut self, applied: &VClock) -> StoreResult<()>;
+}
+
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn siblings(&self, key: &str) -> StoreResult<Siblings> {
+        (**self).siblings(key)
+    }
+    fn set_siblings(&mut self, key: &str, siblings: Siblings) -> StoreResult<()> {
+        (**self).set_siblings(key, siblings)
+    }
+    fn append(&mut self, event: Arc<Event>) -> StoreResult<()> {
+        (**self).append(event)
+    }
+    fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>> {
+        (**self).log_after(origin, after, limit)
+    }
+    fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()> {
+        (**self).truncate(origin, through)
+    }
+    fn log_len(&self) -> u64 {
+        (**self).log_len()
+    }
+    fn applied(&self) -> StoreResult<VClock> {
+        (**self).applied()
+    }
+    fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
+        (**self).commit(applied)
+    }
+}
+
+/// Storage in memory: everything is lost when the process ends.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    keys: HashMap<String, Siblings>,
+    log: BTreeMap<NodeId, VecDeque<Arc<Event>>>,
+    log_len: u64,
+    applied: VClock,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every key with siblings, in key order (for tests that compare replicas).
+    pub fn dump(&self) -> BTreeMap<String, Siblings> {
+        self.keys
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Store for MemStore {
+    fn siblings(&self, key: &str) -> StoreResult<Siblings> {
+        Ok(self.keys.get(key).cloned().unwrap_or_default())
+    }
+
+    fn set_siblings(&mut self, key: &str, siblings: Siblings) -> StoreResult<()> {
+        if siblings.is_empty() {
+            self.keys.remove(key);
+        } else {
+            self.keys.insert(key.to_owned(), siblings);
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, event: Arc<Event>) -> StoreResult<()> {
+        let log = self.log.entry(event.origin.clone()).or_default();
+        if let Some(last) = log.back() {
+            if event.seq != last.seq + 1 {
+                return Err(StoreError(format!(
+                    "log of {} jumps from {} to {}",
+                    event.origin, last.seq, event.seq
+                )));
+            }
+        }
+        log.push_back(event);
+        self.log_len += 1;
+        Ok(())
+    }
+
+    fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>> {
+        let Some(log) = self.log.get(origin) else {
+            return Ok(Vec::new());
+        };
+        let Some(first) = log.front().map(|e| e.seq) else {
+            return Ok(Vec::new());
+        };
+        let skip = (after + 1).saturating_sub(first) as usize;
+        Ok(log.iter().skip(skip).take(limit).cloned().collect())
+    }
+
+    fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()> {
+        if let Some(log) = self.log.get_mut(origin) {
+            while log.front().is_some_and(|e| e.seq <= through) {
+                log.pop_front();
+                self.log_len -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn log_len(&self) -> u64 {
+        self.log_len
+    }
+
+    fn applied(&self) -> StoreResult<VClock> {
+        Ok(self.applied.clone())
+    }
+
+    fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
+        self.applied = applied.clone();
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! Every message of the three HTTP APIs.
+//!
+//! - The **compatibility API** (`/health`, `/write`, `/read`) is the prototype's,
+//!   field for field.
+//! - The **native API** (`/v1/kv/{key}`) shows siblings, supports deletes and
+//!   takes causal contexts.
+//! - The **peer API** (`/peer/v1/...`) carries replication and clock exchange.
+//!
+//! Errors on every API have one shape, [`ErrorResponse`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Missing, NodeId, Seq, VClock};
+use crate::event::{Dot, Event, Value};
+
+// ---- Compatibility API -------------------------------------------------------
+
+/// `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// Always `"healthy"` when the node answers.
+    pub status: String,
+    /// The node's id.
+    pub node: NodeId,
+    /// The node's `applied` clock.
+    pub timestamp: VClock,
+}
+
+/// `POST /write`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteRequest {
+    /// The key; a non-empty string.
+    pub key: String,
+    /// Any JSON value.
+    pub value: Value,
+    /// The causal context: the node applies the write only after everything
+    /// this clock counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<VClock>,
+}
+
+/// Answer to `POST /write`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    /// Always `"success"`.
+    pub status: String,
+    /// The write's timestamp (its dependencies plus itself).
+    pub timestamp: VClock,
+}
+
+/// Query of `GET /read`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadQuery {
+    /// The key to read.
+    pub key: String,
+}
+
+/// Answer to `GET /read`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// The winning sibling's value, or `null` when the key is absent or deleted.
+    pub value: Value,
+    /// The node's `applied` clock when the value was read: use it as a context.
+    pub timestamp: VClock,
+}
+
+// ---- Native API --------------------------------------------------------------
+
+/// Query of `GET /v1/kv/{key}` and `DELETE /v1/kv/{key}`: an optional context as
+/// JSON text, e.g. `?context={"node1":3}` (URL-encoded).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextQuery {
+    /// The causal context, as JSON text.
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// One of a key's concurrent writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sibling {
+    /// The write that produced it.
+    pub dot: Dot,
+    /// The write's timestamp.
+    pub timestamp: VClock,
+    /// True for a delete (a tombstone); then `value` is `null`.
+    pub deleted: bool,
+    /// The value written (`null` for a delete).
+    pub value: Value,
+}
+
+/// Answer to `GET /v1/kv/{key}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetResponse {
+    /// The key read.
+    pub key: String,
+    /// True when the key has a value (the winning sibling is not a delete).
+    pub found: bool,
+    /// The deterministic winner's value (what `/read` returns), or `null`.
+    pub value: Value,
+    /// Every concurrent write of the key, in a deterministic order (winner last).
+    pub siblings: Vec<Sibling>,
+    /// The node's `applied` clock, read together with the siblings. Send it as
+    /// the context of a put to replace all of them.
+    pub context: VClock,
+}
+
+/// Body of `PUT /v1/kv/{key}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRequest {
+    /// Any JSON value.
+    pub value: Value,
+    /// The causal context, usually the `context` of a previous answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<VClock>,
+}
+
+/// Body of `DELETE /v1/kv/{key}` (optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    /// The causal context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<VClock>,
+}
+
+/// Answer to `PUT` and `DELETE` on `/v1/kv/{key}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// The write's dot.
+    pub dot: Dot,
+    /// The write's timestamp; also a context that covers the write.
+    pub timestamp: VClock,
+}
+
+// ---- Errors ------------------------------------------------------------------
+
+/// The body of every error answer: `{"error":{"code":...,"message":...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// What went wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, such as `bad_request` or `causal_timeout`.
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+    /// For `causal_timeout` and `unknown_history`: the context entries this node
+    /// lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<Missing>,
+}
+
+// ---- Peer API ----------------------------------------------------------------
+
+/// `POST /peer/v1/events`: a batch of events, each origin's in seq order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    /// The sending node.
+    pub from: NodeId,
+    /// The events.
+    pub events: Vec<Event>,
+}
+
+/// Answer to a batch and to a clock exchange: the receiver's `applied` clock,
+/// which acknowledges every event it counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockMessage {
+    /// The node whose clock this is.
+    pub node: NodeId,
+    /// Its `applied` clock.
+    pub applied: VClock,
+}
+
+// ---- Operations --------------------------------------------------------------
+
+/// `GET /status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// The node's id.
+    pub node: NodeId,
+    /// The node's `applied` clock.
+    pub applied: VClock,
+    /// Events received but not yet deliverable, per origin.
+    pub buffered: BTreeMap<NodeId, u64>,
+    /// Total of `buffered`.
+    pub buffered_total: u64,
+    /// The buffered events' dots and what each waits for (at most 100 listed).
+    pub buffered_events: Vec<BufferedEvent>,
+    /// Events kept in the log until every node has applied them.
+    pub log_len: u64,
+    /// Writes applied by every node (pointwise minimum of acknowledged clocks).
+    pub stable: VClock,
+    /// One entry per peer, in id order.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A buffered event and the first dependency it waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferedEvent {
+    /// The event.
+    pub dot: Dot,
+    /// Its key.
+    pub key: String,
+    /// What this node lacks to deliver it.
+    pub waiting_for: Vec<Missing>,
+}
+
+/// Replication state of one peer, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's id.
+    pub node: NodeId,
+    /// Its URL.
+    pub url: String,
+    /// The last `applied` clock it acknowledged.
+    pub acked: VClock,
+    /// How many of this node's own writes it has not acknowledged.
+    pub lag: Seq,
+    /// True when the fault hook has paused the link to it.
+    pub paused: bool,
+    /// True when the last request to it succeeded.
+    pub reachable: bool,
+    /// The last error talking to it, if the last request failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Answer of the fault hook: the links from this node that are paused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultsResponse {
+    /// The node's id.
+    pub node: NodeId,
+    /// Peers to which replication from this node is paused.
+    pub paused: Vec<NodeId>,
+}
