@@ -104,6 +104,30 @@ pub enum ContextCheck {
     UnknownNode(String),
 }
 
+/// Relates a client's `context` to the clock `applied` of node `id` in a cluster
+/// of `nodes` (sorted).
+pub fn check_context(
+    id: &str,
+    nodes: &[NodeId],
+    applied: &VClock,
+    context: &VClock,
+) -> ContextCheck {
+    let is_member = |n: &str| nodes.binary_search_by(|m| m.as_str().cmp(n)).is_ok();
+    if let Some(unknown) = context.nodes().find(|n| !is_member(n)) {
+        return ContextCheck::UnknownNode(unknown.clone());
+    }
+    let missing: Vec<Missing> = applied.missing(context).collect();
+    if missing.is_empty() {
+        return ContextCheck::Satisfied;
+    }
+    let impossible: Vec<Missing> = missing.iter().filter(|m| m.node == id).cloned().collect();
+    if impossible.is_empty() {
+        ContextCheck::Behind(missing)
+    } else {
+        ContextCheck::Impossible(impossible)
+    }
+}
+
 /// One replica's causal state.
 #[derive(Debug)]
 pub struct Core<S> {
@@ -169,23 +193,7 @@ impl<S: Store> Core<S> {
 
     /// Relates a client's context to what this node has applied.
     pub fn check_context(&self, context: &VClock) -> ContextCheck {
-        if let Some(unknown) = context.nodes().find(|n| !self.is_member(n)) {
-            return ContextCheck::UnknownNode(unknown.clone());
-        }
-        let missing: Vec<Missing> = self.applied.missing(context).collect();
-        if missing.is_empty() {
-            return ContextCheck::Satisfied;
-        }
-        let impossible: Vec<Missing> = missing
-            .iter()
-            .filter(|m| m.node == self.id)
-            .cloned()
-            .collect();
-        if impossible.is_empty() {
-            ContextCheck::Behind(missing)
-        } else {
-            ContextCheck::Impossible(impossible)
-        }
+        check_context(&self.id, &self.nodes, &self.applied, context)
     }
 
     /// Accepts a write from a client (rule 1). The caller has already waited for

@@ -1,0 +1,436 @@
+//! The node's configuration: defaults, then a TOML file, then the environment.
+//!
+//! Sources, later ones winning:
+//! 1. the defaults below;
+//! 2. a TOML file given with `--config FILE`;
+//! 3. the prototype's variables `NODE_ID`, `NODES` and `PORT`;
+//! 4. `KVNODE_*` variables, one per field (`KVNODE_NODE_ID`, `KVNODE_CAUSAL_WAIT`...).
+//!
+//! `nodes` lists the cluster, as a comma-separated string or a TOML array. Each
+//! entry is an id (its URL is then `http://<id>:<port>`, as in docker compose) or
+//! `id=url`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vclock_proto::NodeId;
+
+/// A configuration that cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The settings as written by the user, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_id: Option<String>,
+    #[serde(default)]
+    nodes: Option<NodeList>,
+    #[serde(default = "defaults::listen")]
+    listen: String,
+    #[serde(default = "defaults::port")]
+    port: u16,
+    #[serde(default = "defaults::data_dir")]
+    data_dir: Option<PathBuf>,
+    #[serde(default = "defaults::causal_wait", with = "humantime_serde")]
+    causal_wait: Duration,
+    #[serde(default = "defaults::max_key_bytes")]
+    max_key_bytes: usize,
+    #[serde(default = "defaults::max_value_bytes")]
+    max_value_bytes: usize,
+    #[serde(default = "defaults::max_buffered")]
+    max_buffered: usize,
+    #[serde(default = "defaults::max_batch_events")]
+    max_batch_events: usize,
+    #[serde(default = "defaults::max_batch_bytes")]
+    max_batch_bytes: usize,
+    #[serde(default = "defaults::sync_interval", with = "humantime_serde")]
+    sync_interval: Duration,
+    #[serde(default = "defaults::retransmit_after", with = "humantime_serde")]
+    retransmit_after: Duration,
+    #[serde(default = "defaults::peer_timeout", with = "humantime_serde")]
+    peer_timeout: Duration,
+    #[serde(default)]
+    faults: bool,
+    #[serde(default)]
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NodeList {
+    Text(String),
+    List(Vec<String>),
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn listen() -> String {
+        "0.0.0.0".into()
+    }
+    pub fn port() -> u16 {
+        5000
+    }
+    pub fn data_dir() -> Option<PathBuf> {
+        None
+    }
+    pub fn causal_wait() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_key_bytes() -> usize {
+        1024
+    }
+    pub fn max_value_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn max_buffered() -> usize {
+        100_000
+    }
+    pub fn max_batch_events() -> usize {
+        1024
+    }
+    pub fn max_batch_bytes() -> usize {
+        8 * 1024 * 1024
+    }
+    pub fn sync_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn retransmit_after() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn peer_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its base URL, without a trailing slash.
+    pub url: String,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id (`node_id`, `KVNODE_NODE_ID`, `NODE_ID`).
+    pub node_id: NodeId,
+    /// Every node of the cluster, this one included, sorted by id.
+    pub members: Vec<Member>,
+    /// Address to listen on (`listen`, default `0.0.0.0`).
+    pub listen: String,
+    /// Port to listen on (`port`, `KVNODE_PORT`, `PORT`; default 5000).
+    pub port: u16,
+    /// Where the node keeps its data (`data_dir`). Used by durable storage.
+    pub data_dir: Option<PathBuf>,
+    /// How long a request waits for its causal context before a 503 (default 5 s).
+    pub causal_wait: Duration,
+    /// Largest key, in bytes (default 1 KiB).
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes of JSON text (default 1 MiB).
+    pub max_value_bytes: usize,
+    /// Most events held in the buffer of undeliverable events (default 100 000).
+    pub max_buffered: usize,
+    /// Most events per replication batch (default 1024).
+    pub max_batch_events: usize,
+    /// Approximate largest replication batch, in bytes (default 8 MiB).
+    pub max_batch_bytes: usize,
+    /// How often an idle link exchanges clocks with its peer (default 1 s).
+    pub sync_interval: Duration,
+    /// How long a sent batch may stay unacknowledged before it is sent again (default 1 s).
+    pub retransmit_after: Duration,
+    /// Timeout of one request to a peer (default 5 s).
+    pub peer_timeout: Duration,
+    /// Enables the fault hook under `/admin/v1/links` (default off).
+    pub faults: bool,
+    /// HTTP worker threads (default: one per core).
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Loads the configuration from `file` (if any) and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars().collect())
+    }
+
+    /// Loads the configuration from `file` (if any) and the given environment.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let prototype: HashMap<String, String> = ["NODE_ID", "NODES", "PORT"]
+            .into_iter()
+            .filter_map(|var| env.get(var).map(|v| (var.to_owned(), v.clone())))
+            .collect();
+        builder = builder
+            .add_source(
+                config::Environment::default()
+                    .source(Some(prototype))
+                    .try_parsing(true),
+            )
+            .add_source(
+                config::Environment::with_prefix("KVNODE")
+                    .source(Some(env))
+                    .try_parsing(true),
+            );
+        let raw: RawConfig = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let err = |msg: String| Err(ConfigError(msg));
+        let Some(node_id) = raw.node_id.filter(|id| !id.is_empty()) else {
+            return err("node_id is not set: set KVNODE_NODE_ID (or NODE_ID), or node_id in the config file".into());
+        };
+        check_id(&node_id, "node_id")?;
+        let entries: Vec<String> = match raw.nodes {
+            None => vec![node_id.clone()],
+            Some(NodeList::Text(text)) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            Some(NodeList::List(list)) => list,
+        };
+        let mut members = Vec::new();
+        for entry in entries {
+            let (id, url) = match entry.split_once('=') {
+                Some((id, url)) => (
+                    id.trim().to_owned(),
+                    url.trim().trim_end_matches('/').to_owned(),
+                ),
+                None => (
+                    entry.trim().to_owned(),
+                    format!("http://{}:{}", entry.trim(), raw.port),
+                ),
+            };
+            check_id(&id, "nodes")?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return err(format!(
+                    "nodes: the URL of {id} must start with http:// or https://, got {url:?}"
+                ));
+            }
+            if members.iter().any(|m: &Member| m.id == id) {
+                return err(format!("nodes: {id} is listed twice"));
+            }
+            members.push(Member { id, url });
+        }
+        if members.is_empty() {
+            return err("nodes is empty".into());
+        }
+        if !members.iter().any(|m| m.id == node_id) {
+            return err(format!("nodes must include this node's id {node_id}"));
+        }
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        for (name, value) in [
+            ("max_key_bytes", raw.max_key_bytes),
+            ("max_value_bytes", raw.max_value_bytes),
+            ("max_buffered", raw.max_buffered),
+            ("max_batch_events", raw.max_batch_events),
+            ("max_batch_bytes", raw.max_batch_bytes),
+        ] {
+            if value == 0 {
+                return err(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("sync_interval", raw.sync_interval),
+            ("retransmit_after", raw.retransmit_after),
+            ("peer_timeout", raw.peer_timeout),
+        ] {
+            if value.is_zero() {
+                return err(format!("{name} must be longer than 0"));
+            }
+        }
+        if raw.workers == Some(0) {
+            return err("workers must be at least 1".into());
+        }
+        Ok(Self {
+            node_id,
+            members,
+            listen: raw.listen,
+            port: raw.port,
+            data_dir: raw.data_dir,
+            causal_wait: raw.causal_wait,
+            max_key_bytes: raw.max_key_bytes,
+            max_value_bytes: raw.max_value_bytes,
+            max_buffered: raw.max_buffered,
+            max_batch_events: raw.max_batch_events,
+            max_batch_bytes: raw.max_batch_bytes,
+            sync_interval: raw.sync_interval,
+            retransmit_after: raw.retransmit_after,
+            peer_timeout: raw.peer_timeout,
+            faults: raw.faults,
+            workers: raw.workers,
+        })
+    }
+
+    /// The ids of every node, sorted.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// Every member but this node.
+    pub fn peers(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(move |m| m.id != self.node_id)
+    }
+
+    /// A configuration for tests: `node_id` in a cluster of `members`.
+    pub fn for_test(node_id: &str, members: Vec<Member>) -> Self {
+        let mut env = HashMap::new();
+        env.insert("KVNODE_NODE_ID".to_owned(), node_id.to_owned());
+        let nodes: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.url))
+            .collect();
+        env.insert("KVNODE_NODES".to_owned(), nodes.join(","));
+        Self::load_from(None, env).expect("a valid test configuration")
+    }
+}
+
+fn check_id(id: &str, setting: &str) -> Result<(), ConfigError> {
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{setting}: node id {id:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn prototype_variables_work() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("NODE_ID", "node2"),
+                ("NODES", "node1,node2,node3"),
+                ("PORT", "5000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.node_id, "node2");
+        assert_eq!(c.port, 5000);
+        assert_eq!(
+            c.members[0],
+            Member {
+                id: "node1".into(),
+                url: "http://node1:5000".into()
+            }
+        );
+        assert_eq!(c.peers().count(), 2);
+    }
+
+    #[test]
+    fn kvnode_variables_win_and_accept_urls() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("NODE_ID", "node9"),
+                ("KVNODE_NODE_ID", "a"),
+                (
+                    "KVNODE_NODES",
+                    "a=http://127.0.0.1:7001/, b=http://127.0.0.1:7002",
+                ),
+                ("KVNODE_CAUSAL_WAIT", "250ms"),
+                ("KVNODE_FAULTS", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.node_id, "a");
+        assert_eq!(c.members[0].url, "http://127.0.0.1:7001");
+        assert_eq!(c.causal_wait, Duration::from_millis(250));
+        assert!(c.faults);
+    }
+
+    #[test]
+    fn toml_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"n1\"\nnodes = [\"n1=http://10.0.0.1:5000\", \"n2=http://10.0.0.2:5000\"]\nport = 6000\nmax_key_bytes = 64\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), env(&[("KVNODE_PORT", "6001")])).unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.port, c.max_key_bytes),
+            ("n1", 6001, 64)
+        );
+        assert_eq!(c.members.len(), 2);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "node_id is not set"),
+            (
+                &[("NODE_ID", "node1"), ("NODES", "node2,node3")],
+                "must include this node",
+            ),
+            (
+                &[("NODE_ID", "node1"), ("NODES", "node1,node1")],
+                "listed twice",
+            ),
+            (&[("NODE_ID", "no de")], "node id"),
+            (&[("NODE_ID", "n"), ("NODES", "n=ftp://x")], "http://"),
+            (&[("NODE_ID", "n"), ("PORT", "http")], "port"),
+            (
+                &[("NODE_ID", "n"), ("KVNODE_CAUSAL_WAIT", "soon")],
+                "causal_wait",
+            ),
+            (
+                &[("NODE_ID", "n"), ("KVNODE_MAX_BUFFERED", "0")],
+                "max_buffered",
+            ),
+            (
+                &[("NODE_ID", "n"), ("KVNODE_CAUSAL_WIAT", "1s")],
+                "causal_wiat",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = Config::load_from(None, env(vars)).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{vars:?}: {err:?} should mention {expected:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The node: the causal core behind one writer path, and what HTTP handlers call.
+//!
+//! Every command that changes state (a client write, a batch from a peer, a
+//! peer's acknowledgement) goes through one channel to one writer thread. The
+//! writer takes everything that is waiting, runs it through the core under the
+//! core's lock, commits once for the whole group, publishes the new `applied`
+//! clock, then answers each caller. Reads take the lock briefly and never wait
+//! for the writer.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use log::{debug, error, info};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use vclock_proto::{BufferedEvent, Event, Missing, NodeId, Op, PeerStatus, StatusResponse, VClock};
+
+use crate::config::{Config, Member};
+use crate::core::{self, ContextCheck, Core, Limits, ReadResult, Receipt};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// Most commands the writer takes into one commit.
+const MAX_GROUP: usize = 4096;
+/// Capacity of the writer's queue; callers wait when it is full.
+const QUEUE: usize = 16 * 1024;
+
+/// The storage the node runs on.
+pub type BoxStore = Box<dyn Store + Send>;
+
+enum Command {
+    Write {
+        key: String,
+        op: Op,
+        reply: oneshot::Sender<Result<Arc<Event>>>,
+    },
+    Receive {
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<(Receipt, VClock)>>,
+    },
+    Ack {
+        peer: NodeId,
+        applied: VClock,
+    },
+}
+
+/// The replication link from this node to one peer.
+#[derive(Debug)]
+pub struct Link {
+    /// The peer.
+    pub member: Member,
+    /// Set by the fault hook: nothing is sent while paused.
+    pub paused: AtomicBool,
+    /// Wakes the link's sender: new writes to send, or a resume.
+    pub wake: Notify,
+    health: Mutex<LinkHealth>,
+}
+
+#[derive(Debug, Default)]
+struct LinkHealth {
+    reachable: bool,
+    last_error: Option<String>,
+}
+
+impl Link {
+    fn new(member: Member) -> Self {
+        Self {
+            member,
+            paused: AtomicBool::new(false),
+            wake: Notify::new(),
+            health: Mutex::new(LinkHealth::default()),
+        }
+    }
+
+    /// Records the outcome of a request to the peer; returns true when the
+    /// peer's reachability changed.
+    pub fn record(&self, outcome: std::result::Result<(), String>) -> bool {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let was = health.reachable;
+        health.reachable = outcome.is_ok();
+        health.last_error = outcome.err();
+        was != health.reachable
+    }
+
+    /// True when the fault hook paused this link.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+}
+
+struct Shared {
+    config: Arc<Config>,
+    core: Mutex<Core<BoxStore>>,
+    applied: watch::Sender<VClock>,
+    links: Vec<Arc<Link>>,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core<BoxStore>> {
+        // A panic while holding the lock is a bug; the state is still the last
+        // consistent one the core left, so keep serving.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running node.
+pub struct Node {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<Command>,
+    node_ids: Vec<NodeId>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.shared.config.node_id)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node's writer over `store`. Replication is started separately,
+    /// with [`crate::replication::spawn_links`], inside an actix runtime.
+    pub fn start(config: Config, store: BoxStore) -> Result<Arc<Self>> {
+        let config = Arc::new(config);
+        let node_ids = config.node_ids();
+        let core = Core::new(
+            config.node_id.clone(),
+            node_ids.clone(),
+            store,
+            Limits {
+                max_buffered: config.max_buffered,
+            },
+        )?;
+        let (applied, _) = watch::channel(core.applied().clone());
+        let links = config
+            .peers()
+            .map(|m| Arc::new(Link::new(m.clone())))
+            .collect();
+        let shared = Arc::new(Shared {
+            config,
+            core: Mutex::new(core),
+            applied,
+            links,
+        });
+        let (writer, commands) = mpsc::channel(QUEUE);
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("kvnode-writer".into())
+            .spawn(move || run_writer(&writer_shared, commands))
+            .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new(Self {
+            shared,
+            writer,
+            node_ids,
+        }))
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.shared.config.node_id
+    }
+
+    /// The replication links, one per peer, in id order.
+    pub fn links(&self) -> &[Arc<Link>] {
+        &self.shared.links
+    }
+
+    /// The committed `applied` clock.
+    pub fn applied(&self) -> VClock {
+        self.shared.applied.borrow().clone()
+    }
+
+    /// Watches the committed `applied` clock.
+    pub fn subscribe(&self) -> watch::Receiver<VClock> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Runs `f` on the core, under its lock (for the replication senders).
+    pub(crate) fn with_core<T>(&self, f: impl FnOnce(&Core<BoxStore>) -> T) -> T {
+        f(&self.shared.core())
+    }
+
+    /// Classifies a context against the committed clock.
+    pub fn check_context(&self, context: &VClock) -> ContextCheck {
+        core::check_context(
+            self.id(),
+            &self.node_ids,
+            &self.shared.applied.borrow(),
+            context,
+        )
+    }
+
+    /// Waits until this node has applied everything `context` counts (rule 1 and
+    /// rule 5), at most `causal_wait`. While waiting it asks the origin of each
+    /// missing entry whether it made those writes at all, so that a context
+    /// claiming writes that never happened gets a 409 rather than a timeout.
+    pub async fn wait_for(&self, context: &VClock) -> Result<()> {
+        let wait = self.config().causal_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut applied = self.subscribe();
+        let mut asked = BTreeSet::new();
+        let (verdicts_tx, mut verdicts) = mpsc::unbounded_channel::<Vec<Missing>>();
+        loop {
+            let missing = match self.check_context(context) {
+                ContextCheck::Satisfied => return Ok(()),
+                ContextCheck::UnknownNode(node) => {
+                    return Err(Error::UnknownNode(node, self.node_ids.join(", ")))
+                }
+                ContextCheck::Impossible(missing) => return Err(Error::UnknownHistory(missing)),
+                ContextCheck::Behind(missing) => missing,
+            };
+            for m in &missing {
+                if asked.insert(m.node.clone()) {
+                    if let Some(link) = self.links().iter().find(|l| l.member.id == m.node) {
+                        let url = link.member.url.clone();
+                        let (origin, want) = (m.node.clone(), m.want);
+                        let tx = verdicts_tx.clone();
+                        let me = self.id().clone();
+                        let timeout = self.config().peer_timeout.min(wait);
+                        actix_web::rt::spawn(async move {
+                            if let Ok(clock) =
+                                crate::replication::exchange_clock(&url, &me, None, timeout).await
+                            {
+                                let have = clock.get(&origin);
+                                if have < want {
+                                    let _ = tx.send(vec![Missing {
+                                        node: origin,
+                                        have,
+                                        want,
+                                    }]);
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            tokio::select! {
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Unavailable("the node is stopping".into()));
+                    }
+                }
+                Some(never_made) = verdicts.recv() => {
+                    return Err(Error::UnknownHistory(never_made));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::CausalTimeout { missing, waited_ms: wait.as_millis() });
+                }
+            }
+        }
+    }
+
+    /// A client write: waits for `context`, then applies and commits the write.
+    pub async fn write(&self, key: String, op: Op, context: Option<&VClock>) -> Result<Arc<Event>> {
+        if let Some(context) = context {
+            self.wait_for(context).await?;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Write { key, op, reply }).await?;
+        answer.await.map_err(|_| stopping())?
+    }
+
+    /// A client read: waits for `context`, then reads siblings and clock together.
+    pub async fn read(&self, key: &str, context: Option<&VClock>) -> Result<ReadResult> {
+        if let Some(context) = context {
+            self.wait_for(context).await?;
+        }
+        Ok(self.shared.core().read(key)?)
+    }
+
+    /// A batch from a peer: what happened to it, and the clock to acknowledge with.
+    pub async fn receive(&self, events: Vec<Event>) -> Result<(Receipt, VClock)> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Receive { events, reply }).await?;
+        answer.await.map_err(|_| stopping())?
+    }
+
+    /// Records a peer's acknowledged clock (used for log collection).
+    pub async fn record_ack(&self, peer: &str, applied: VClock) -> Result<()> {
+        self.submit(Command::Ack {
+            peer: peer.to_owned(),
+            applied,
+        })
+        .await
+    }
+
+    /// What `/status` shows.
+    pub fn status(&self) -> StatusResponse {
+        let core = self.shared.core();
+        let applied = core.applied().clone();
+        let own = applied.get(self.id());
+        let peers = self
+            .links()
+            .iter()
+            .map(|link| {
+                let acked = core.acked(&link.member.id).cloned().unwrap_or_default();
+                let health = link.health.lock().unwrap_or_else(|e| e.into_inner());
+                PeerStatus {
+                    node: link.member.id.clone(),
+                    url: link.member.url.clone(),
+                    lag: own.saturating_sub(acked.get(self.id())),
+                    acked,
+                    paused: link.is_paused(),
+                    reachable: health.reachable,
+                    last_error: health.last_error.clone(),
+                }
+            })
+            .collect();
+        StatusResponse {
+            node: self.id().clone(),
+            buffered: core.buffered_per_origin(),
+            buffered_total: core.buffered() as u64,
+            buffered_events: core
+                .buffered_events(100)
+                .into_iter()
+                .map(|(e, waiting_for)| BufferedEvent {
+                    dot: e.dot(),
+                    key: e.key.clone(),
+                    waiting_for,
+                })
+                .collect(),
+            log_len: core.store().log_len(),
+            stable: core.stable(),
+            applied,
+            peers,
+        }
+    }
+
+    async fn submit(&self, command: Command) -> Result<()> {
+        self.writer.send(command).await.map_err(|_| stopping())
+    }
+}
+
+fn stopping() -> Error {
+    Error::Unavailable("the node is stopping".into())
+}
+
+/// The writer path: one group of commands, one commit.
+fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
+    let mut group = Vec::with_capacity(64);
+    while let Some(first) = commands.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match commands.try_recv() {
+                Ok(command) => group.push(command),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(group.len());
+        let mut wrote = false;
+        let (committed, applied) = {
+            let mut core = shared.core();
+            for command in group.drain(..) {
+                match command {
+                    Command::Write { key, op, reply } => {
+                        let result = core.local_write(key, op).map_err(Error::from);
+                        wrote |= result.is_ok();
+                        replies.push(Reply::Write(reply, result));
+                    }
+                    Command::Receive { events, reply } => {
+                        let result = core.receive(events).map_err(Error::from);
+                        if let Ok(receipt) = &result {
+                            log_receipt(receipt);
+                        }
+                        replies.push(Reply::Receive(reply, result));
+                    }
+                    Command::Ack { peer, applied } => {
+                        if let Err(e) = core.record_ack(&peer, &applied) {
+                            error!("cannot collect the log: {e}");
+                        }
+                    }
+                }
+            }
+            (core.commit(), core.applied().clone())
+        };
+        if let Err(e) = &committed {
+            error!("commit failed: {e}");
+        }
+        shared.applied.send_if_modified(|current| {
+            let changed = *current != applied;
+            *current = applied.clone();
+            changed
+        });
+        for reply in replies.drain(..) {
+            reply.send(&committed, &applied);
+        }
+        if wrote {
+            for link in &shared.links {
+                link.wake.notify_one();
+            }
+        }
+    }
+    debug!("writer stopped");
+}
+
+enum Reply {
+    Write(oneshot::Sender<Result<Arc<Event>>>, Result<Arc<Event>>),
+    Receive(oneshot::Sender<Result<(Receipt, VClock)>>, Result<Receipt>),
+}
+
+impl Reply {
+    fn send(self, committed: &core::CoreResult<()>, applied: &VClock) {
+        let failed = |e: &core::CoreError| Error::Internal(format!("commit failed: {e}"));
+        match self {
+            Reply::Write(tx, result) => {
+                let result = match committed {
+                    Ok(()) => result,
+                    Err(e) => Err(failed(e)),
+                };
+                let _ = tx.send(result);
+            }
+            Reply::Receive(tx, result) => {
+                let result = match committed {
+                    Ok(()) => result.map(|r| (r, applied.clone())),
+                    Err(e) => Err(failed(e)),
+                };
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+fn log_receipt(receipt: &Receipt) {
+    for (dot, missing) in &receipt.buffered {
+        let waits: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        info!("buffered {dot}: waiting for {}", waits.join(", "));
+    }
+    for dot in &receipt.from_buffer {
+        info!("delivered {dot} from the buffer");
+    }
+    if receipt.refused > 0 {
+        info!(
+            "buffer full: refused {} events (the sender will retry)",
+            receipt.refused
+        );
+    }
+    debug!(
+        "received batch: {} delivered, {} duplicates",
+        receipt.delivered.len(),
+        receipt.duplicates
+    );
+}
+
+/// How long a retry loop waits after `attempt` failures: 50 ms doubling to 5 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(5))
+}

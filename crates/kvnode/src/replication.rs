@@ -1,0 +1,280 @@
+//! Replication: one sender per peer pushes this node's writes, in batches, over
+//! a keep-alive connection.
+//!
+//! A sender keeps two cursors into this node's own writes: `acked`, the last one
+//! the peer acknowledged (its `applied` clock counts it), and `sent`, the last
+//! one put on the wire. It sends what lies after `sent` as soon as there is
+//! something; if the peer's acknowledgement does not catch up with `sent` for
+//! `retransmit_after` (a lost batch, a batch the peer had to buffer or refuse),
+//! it goes back to `acked` and sends again. Receiving is idempotent, so
+//! resending is always safe. When there is nothing to send, the sender exchanges
+//! clocks with the peer every `sync_interval`, which feeds log collection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use serde::Serialize;
+use vclock_proto::{ClockMessage, ErrorResponse, Event, Seq, VClock};
+
+use crate::node::{backoff, Link, Node};
+
+/// Starts one sender per peer on the current actix runtime.
+pub fn spawn_links(node: &Arc<Node>) {
+    for link in node.links() {
+        actix_web::rt::spawn(run_link(node.clone(), link.clone()));
+    }
+}
+
+/// What a batch looks like on the wire ([`vclock_proto::EventBatch`]), borrowed.
+#[derive(Serialize)]
+struct OutgoingBatch<'a> {
+    from: &'a str,
+    events: &'a [Arc<Event>],
+}
+
+enum SendError {
+    /// The peer is unreachable or answered garbage.
+    Transport(String),
+    /// The peer's buffer is full; it asks us to come back later.
+    Busy(String),
+    /// The peer refused the request: a bug or a misconfiguration.
+    Refused(String),
+}
+
+impl SendError {
+    fn message(&self) -> &str {
+        match self {
+            SendError::Transport(m) | SendError::Busy(m) | SendError::Refused(m) => m,
+        }
+    }
+}
+
+fn client(timeout: Duration) -> awc::Client {
+    awc::Client::builder()
+        .timeout(timeout)
+        .disable_redirects()
+        .finish()
+}
+
+async fn post<T: Serialize>(
+    client: &awc::Client,
+    url: &str,
+    body: &T,
+) -> Result<ClockMessage, SendError> {
+    let mut response = client
+        .post(url)
+        .send_json(body)
+        .await
+        .map_err(|e| SendError::Transport(format!("{url}: {e}")))?;
+    let status = response.status();
+    let bytes = response
+        .body()
+        .limit(1 << 20)
+        .await
+        .map_err(|e| SendError::Transport(format!("{url}: reading the answer: {e}")))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| SendError::Transport(format!("{url}: unexpected answer: {e}")));
+    }
+    let message = serde_json::from_slice::<ErrorResponse>(&bytes)
+        .map(|e| e.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+    let message = format!("{url}: {status}: {message}");
+    Err(if status.as_u16() == 503 {
+        SendError::Busy(message)
+    } else {
+        SendError::Refused(message)
+    })
+}
+
+/// Sends this node's clock (if given) to the node at `url` and returns that
+/// node's `applied` clock.
+pub async fn exchange_clock(
+    url: &str,
+    me: &str,
+    applied: Option<&VClock>,
+    timeout: Duration,
+) -> Result<VClock, String> {
+    let message = ClockMessage {
+        node: me.to_owned(),
+        applied: applied.cloned().unwrap_or_default(),
+    };
+    post(&client(timeout), &format!("{url}/peer/v1/sync"), &message)
+        .await
+        .map(|answer| answer.applied)
+        .map_err(|e| e.message().to_owned())
+}
+
+struct Sender {
+    node: Arc<Node>,
+    link: Arc<Link>,
+    client: awc::Client,
+    events_url: String,
+    sync_url: String,
+    /// The peer's last acknowledged clock, once known.
+    acked: Option<VClock>,
+    /// The last of our own writes put on the wire.
+    sent: Seq,
+    /// When `acked` last moved forward, or when we last went back to it.
+    progress_at: Instant,
+    failures: u32,
+}
+
+async fn run_link(node: Arc<Node>, link: Arc<Link>) {
+    let config = node.config();
+    let mut sender = Sender {
+        client: client(config.peer_timeout),
+        events_url: format!("{}/peer/v1/events", link.member.url),
+        sync_url: format!("{}/peer/v1/sync", link.member.url),
+        acked: None,
+        sent: 0,
+        progress_at: Instant::now(),
+        failures: 0,
+        node: node.clone(),
+        link,
+    };
+    sender.run().await;
+}
+
+impl Sender {
+    async fn run(&mut self) {
+        let (sync_interval, retransmit_after) = {
+            let c = self.node.config();
+            (c.sync_interval, c.retransmit_after)
+        };
+        loop {
+            if self.link.paused.load(Ordering::Acquire) {
+                self.link.wake.notified().await;
+                continue;
+            }
+            if self.failures > 0 {
+                tokio::time::sleep(backoff(self.failures)).await;
+            }
+            let Some(acked) = self.acked.clone() else {
+                self.sync().await;
+                continue;
+            };
+            let acked_own = acked.get(self.node.id());
+            if self.sent > acked_own && self.progress_at.elapsed() >= retransmit_after {
+                debug!(
+                    "{}: no acknowledgement past {acked_own}, resending",
+                    self.link.member.id
+                );
+                self.sent = acked_own;
+                self.progress_at = Instant::now();
+            }
+            let batch = self.next_batch();
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.link.wake.notified() => {}
+                    _ = tokio::time::sleep(sync_interval) => self.sync().await,
+                }
+                continue;
+            }
+            if batch[0].seq != self.sent + 1 {
+                warn!(
+                    "{} needs writes {}..{} of this node, which are no longer in the log \
+                     (every node had acknowledged them); it may have lost its data",
+                    self.link.member.id,
+                    self.sent + 1,
+                    batch[0].seq - 1
+                );
+            }
+            let last = batch.last().map_or(self.sent, |e| e.seq);
+            let body = OutgoingBatch {
+                from: self.node.id(),
+                events: &batch,
+            };
+            match post(&self.client, &self.events_url, &body).await {
+                Ok(answer) => {
+                    self.sent = self.sent.max(last);
+                    self.acknowledged(answer.applied).await;
+                }
+                Err(e) => self.failed(e),
+            }
+        }
+    }
+
+    /// The next events to send: our own writes after `sent`, within the batch limits.
+    fn next_batch(&self) -> Vec<Arc<Event>> {
+        let config = self.node.config();
+        let mut events = self
+            .node
+            .with_core(|core| core.own_events_after(self.sent, config.max_batch_events))
+            .unwrap_or_default();
+        let mut bytes = 0usize;
+        let keep = events
+            .iter()
+            .take_while(|e| {
+                bytes +=
+                    e.key.len() + e.op.value().map_or(0, |v| v.json().len()) + 64 * e.deps.len();
+                bytes <= config.max_batch_bytes
+            })
+            .count()
+            .max(1);
+        events.truncate(keep);
+        events
+    }
+
+    async fn sync(&mut self) {
+        let message = ClockMessage {
+            node: self.node.id().clone(),
+            applied: self.node.applied(),
+        };
+        match post(&self.client, &self.sync_url, &message).await {
+            Ok(answer) => self.acknowledged(answer.applied).await,
+            Err(e) => self.failed(e),
+        }
+    }
+
+    async fn acknowledged(&mut self, applied: VClock) {
+        let me = self.node.id();
+        let own = applied.get(me);
+        match &self.acked {
+            None => {
+                self.sent = own;
+                self.progress_at = Instant::now();
+            }
+            Some(before) if own > before.get(me) => self.progress_at = Instant::now(),
+            Some(before) if own < before.get(me) => {
+                warn!(
+                    "{} went back from {} to {} of this node's writes (restarted without its data?); resending",
+                    self.link.member.id,
+                    before.get(me),
+                    own
+                );
+                self.sent = own;
+            }
+            Some(_) => {}
+        }
+        if self.link.record(Ok(())) {
+            info!(
+                "{} is reachable at {}",
+                self.link.member.id, self.link.member.url
+            );
+        }
+        self.failures = 0;
+        self.acked = Some(applied.clone());
+        let _ = self.node.record_ack(&self.link.member.id, applied).await;
+    }
+
+    fn failed(&mut self, error: SendError) {
+        let peer = &self.link.member.id;
+        let message = error.message().to_owned();
+        let changed = self.link.record(Err(message.clone()));
+        match error {
+            SendError::Transport(_) if changed || self.failures == 0 => {
+                warn!("{peer} is unreachable: {message}; retrying with backoff")
+            }
+            SendError::Transport(_) => debug!("{peer} still unreachable: {message}"),
+            SendError::Busy(_) => info!("{peer} is busy: {message}; retrying with backoff"),
+            SendError::Refused(_) => warn!("{peer} refused a request: {message}"),
+        }
+        if let Some(acked) = &self.acked {
+            self.sent = acked.get(self.node.id());
+        }
+        self.failures = self.failures.saturating_add(1);
+    }
+}
