@@ -1,1 +1,57 @@
-fn main() {}
+//! `cargo xtask`: the developer tasks that plain `cargo` does not cover.
+//!
+//! One module per task. Only what the README and CI need lives here:
+//! `cluster` runs a local demo cluster, `ci` runs the checks CI runs.
+
+mod ci;
+mod cluster;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Developer tasks for the causal key-value store")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build kvnode (release) and run a local cluster until Ctrl-C.
+    Cluster(cluster::Args),
+    /// Run the CI checks: fmt, clippy, tests.
+    Ci,
+}
+
+fn main() -> ExitCode {
+    let root = workspace_root();
+    let result = match Cli::parse().task {
+        Task::Cluster(args) => cluster::run(&root, &args),
+        Task::Ci => ci::run(&root),
+    };
+    // Printed by hand: returning the error would add a backtrace under RUST_BACKTRACE.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that launched us (`cargo xtask` sets `CARGO`), else the one on `PATH`.
+fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}

@@ -1,1 +1,257 @@
-//! x
+//! kvctl: the client of the causally consistent key-value store.
+//!
+//! [`Client`] talks to one or more nodes over the native `/v1` API and moves on
+//! to the next node when one cannot be reached. [`Session`] does the causal
+//! bookkeeping of DESIGN.md rule 6: it merges every clock it receives and sends
+//! the result as the context of its next operation, so a session reads its own
+//! writes and never reads older than it did before, whichever node it talks to.
+//!
+//! The client runs on an actix runtime (it uses awc); from synchronous code,
+//! wrap calls in `actix_rt::System::new().block_on(...)`.
+//!
+//! # What is left out
+//!
+//! No connection-level retries of writes: a write that timed out may or may not
+//! have been applied, and the caller decides whether to write again.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vclock_proto::{
+    ErrorResponse, GetResponse, PutRequest, PutResponse, StatusResponse, VClock, Value,
+};
+
+/// What can go wrong talking to the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No node answered; one entry per node tried: `(url, why)`.
+    #[error("no node reachable: {}", .0.iter().map(|(u, e)| format!("{u}: {e}")).collect::<Vec<_>>().join("; "))]
+    Unreachable(Vec<(String, String)>),
+    /// A node refused the request; its status and error body.
+    #[error("{url} refused the request ({status}): {message}")]
+    Refused {
+        /// The node.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The error code from the body, e.g. `causal_timeout`.
+        code: String,
+        /// The error message from the body.
+        message: String,
+    },
+    /// A value could not be encoded.
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+}
+
+/// Result of client calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A client of one or more nodes.
+#[derive(Clone, Debug)]
+pub struct Client {
+    nodes: Vec<String>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client of `nodes` (base URLs such as `http://127.0.0.1:5001`), tried in order.
+    pub fn new<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            nodes: nodes
+                .into_iter()
+                .map(|n| n.into().trim_end_matches('/').to_owned())
+                .collect(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the timeout of each request (default 10 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The nodes, in the order they are tried.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// Reads `key` with all its siblings, after everything `context` counts.
+    pub async fn get(&self, key: &str, context: Option<&VClock>) -> Result<GetResponse> {
+        let query = context_query(context);
+        self.request(awc::http::Method::GET, &kv_path(key, &query), None::<&()>)
+            .await
+    }
+
+    /// Writes `value` to `key` after everything `context` counts. The write
+    /// replaces every sibling the node has applied.
+    pub async fn put(&self, key: &str, value: Value, context: Option<&VClock>) -> Result<PutResponse> {
+        let body = PutRequest {
+            value,
+            context: context.cloned(),
+        };
+        self.request(awc::http::Method::PUT, &kv_path(key, ""), Some(&body))
+            .await
+    }
+
+    /// Deletes `key` (writes a tombstone) after everything `context` counts.
+    pub async fn delete(&self, key: &str, context: Option<&VClock>) -> Result<PutResponse> {
+        let query = context_query(context);
+        self.request(awc::http::Method::DELETE, &kv_path(key, &query), None::<&()>)
+            .await
+    }
+
+    /// The status of the node at `url`.
+    pub async fn status_of(&self, url: &str) -> Result<StatusResponse> {
+        let single = Client {
+            nodes: vec![url.trim_end_matches('/').to_owned()],
+            timeout: self.timeout,
+        };
+        single
+            .request(awc::http::Method::GET, "/status", None::<&()>)
+            .await
+    }
+
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let http = awc::Client::builder().timeout(self.timeout).finish();
+        let mut tried = Vec::new();
+        for node in &self.nodes {
+            let url = format!("{node}{path}");
+            let request = http.request(method.clone(), &url);
+            let sent = match body {
+                Some(body) => request.send_json(body).await,
+                None => request.send().await,
+            };
+            let mut response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    tried.push((node.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let status = response.status();
+            let bytes = match response.body().limit(64 << 20).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tried.push((node.clone(), format!("reading the answer: {e}")));
+                    continue;
+                }
+            };
+            if status.is_success() {
+                return serde_json::from_slice(&bytes).map_err(|e| Error::Refused {
+                    url: node.clone(),
+                    status: status.as_u16(),
+                    code: "bad_answer".into(),
+                    message: format!("unexpected answer: {e}"),
+                });
+            }
+            let (code, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
+                Ok(e) => (e.error.code, e.error.message),
+                Err(_) => ("unknown".into(), String::from_utf8_lossy(&bytes).into_owned()),
+            };
+            return Err(Error::Refused {
+                url: node.clone(),
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+        Err(Error::Unreachable(tried))
+    }
+}
+
+/// A causal session: every operation carries the merge of all clocks seen so far.
+#[derive(Clone, Debug)]
+pub struct Session {
+    client: Client,
+    context: VClock,
+}
+
+impl Session {
+    /// A new session with an empty context.
+    pub fn new(client: Client) -> Self {
+        Self::resume(client, VClock::new())
+    }
+
+    /// A session that continues from a saved `context`.
+    pub fn resume(client: Client, context: VClock) -> Self {
+        Self { client, context }
+    }
+
+    /// The session's context: everything it has observed.
+    pub fn context(&self) -> &VClock {
+        &self.context
+    }
+
+    /// Reads `key`; sees at least everything this session has seen.
+    pub async fn get(&mut self, key: &str) -> Result<GetResponse> {
+        let answer = self.client.get(key, Some(&self.context)).await?;
+        self.context.merge(&answer.context);
+        Ok(answer)
+    }
+
+    /// Writes `value` to `key`, after everything this session has seen.
+    pub async fn put(&mut self, key: &str, value: Value) -> Result<PutResponse> {
+        let answer = self.client.put(key, value, Some(&self.context)).await?;
+        self.context.merge(&answer.timestamp);
+        Ok(answer)
+    }
+
+    /// Deletes `key`, after everything this session has seen.
+    pub async fn delete(&mut self, key: &str) -> Result<PutResponse> {
+        let answer = self.client.delete(key, Some(&self.context)).await?;
+        self.context.merge(&answer.timestamp);
+        Ok(answer)
+    }
+}
+
+fn context_query(context: Option<&VClock>) -> String {
+    match context {
+        Some(c) if !c.is_empty() => {
+            let json = serde_json::to_string(c).expect("clocks serialise");
+            format!("?context={}", percent_encode(&json))
+        }
+        _ => String::new(),
+    }
+}
+
+fn kv_path(key: &str, query: &str) -> String {
+    format!("/v1/kv/{}{query}", percent_encode(key).replace("%2F", "/"))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_contexts_are_encoded() {
+        assert_eq!(kv_path("a b/c", ""), "/v1/kv/a%20b/c");
+        let ctx: VClock = [("node1", 2)].into_iter().collect();
+        assert_eq!(context_query(Some(&ctx)), "?context=%7B%22node1%22%3A2%7D");
+        assert_eq!(context_query(Some(&VClock::new())), "");
+    }
+}
