@@ -13,8 +13,14 @@
 //!    is a duplicate; any other is buffered. After every delivery the buffer is
 //!    retried, per origin in seq order, until nothing more is deliverable.
 //! 3. Applying event `e` to a key removes every sibling that `e` saw and adds `e`.
-//!    Siblings are sorted by `(sum of timestamp, origin)`, so the last one is the
-//!    single-value winner and every replica holds the same list.
+//!    Siblings are sorted by `(sum of timestamp, origin)`, so every replica holds
+//!    the same list.
+//! 4. The single-value view shows the last put among the siblings. A delete
+//!    hides the key only when no concurrent put remains (add-wins), so that
+//!    collecting a stable tombstone never changes what a read shows.
+//!
+//! Events stay in the log until they are stable (every node acknowledged them);
+//! collecting a stable delete also drops its tombstone sibling.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,9 +91,10 @@ pub struct ReadResult {
 }
 
 impl ReadResult {
-    /// The single-value view: the winner's value, `None` when absent or deleted.
+    /// The single-value view: the value of the last put among the siblings,
+    /// `None` when the key is absent or every sibling is a delete.
     pub fn winner(&self) -> Option<&vclock_proto::Value> {
-        self.siblings.last().and_then(|e| e.op.value())
+        self.siblings.iter().rev().find_map(|e| e.op.value())
     }
 }
 
@@ -267,16 +274,43 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
-    /// Records that `peer` has applied everything `clock` counts, and drops log
-    /// entries that every node has now applied.
+    /// Records that `peer` has applied everything `clock` counts, and collects
+    /// what every node has now applied.
     pub fn record_ack(&mut self, peer: &str, clock: &VClock) -> CoreResult<()> {
         let Some(acked) = self.acked.get_mut(peer) else {
             return Ok(());
         };
         acked.merge(clock);
+        self.collect()
+    }
+
+    /// Drops stable events from the log, and the tombstones of stable deletes
+    /// from their keys.
+    fn collect(&mut self) -> CoreResult<()> {
+        const CHUNK: usize = 1024;
         let stable = self.stable();
-        for origin in &self.nodes {
-            self.store.truncate(origin, stable.get(origin))?;
+        for origin in self.nodes.clone() {
+            let through = stable.get(&origin);
+            loop {
+                let events = self.store.log_after(&origin, 0, CHUNK)?;
+                let stable_events: Vec<_> =
+                    events.iter().take_while(|e| e.seq <= through).collect();
+                let Some(last) = stable_events.last().map(|e| e.seq) else {
+                    break;
+                };
+                for e in stable_events.iter().filter(|e| e.op == Op::Delete) {
+                    let mut siblings = self.store.siblings(&e.key)?;
+                    let before = siblings.len();
+                    siblings.retain(|s| !(s.origin == e.origin && s.seq == e.seq));
+                    if siblings.len() != before {
+                        self.store.set_siblings(&e.key, siblings)?;
+                    }
+                }
+                self.store.truncate(&origin, last)?;
+                if last == through || events.len() < CHUNK {
+                    break;
+                }
+            }
         }
         Ok(())
     }
@@ -540,13 +574,51 @@ mod tests {
     }
 
     #[test]
-    fn delete_leaves_a_tombstone_that_reads_as_absent() {
-        let mut a = core("a");
+    fn delete_leaves_a_tombstone_until_it_is_stable() {
+        let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
         a.local_write("k".into(), put(1)).unwrap();
-        a.local_write("k".into(), Op::Delete).unwrap();
+        let del = a.local_write("k".into(), Op::Delete).unwrap();
         let read = a.read("k").unwrap();
         assert_eq!(read.siblings.len(), 1);
         assert!(read.winner().is_none());
+
+        let events: Vec<Event> = a
+            .store()
+            .log_after("a", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| (**e).clone())
+            .collect();
+        b.receive(events.clone()).unwrap();
+        c.receive(events).unwrap();
+        a.record_ack("b", &b.applied().clone()).unwrap();
+        assert_eq!(
+            a.read("k").unwrap().siblings.len(),
+            1,
+            "not stable: c has not acknowledged"
+        );
+        a.record_ack("c", &c.applied().clone()).unwrap();
+        assert!(
+            a.read("k").unwrap().siblings.is_empty(),
+            "stable tombstone {del:?} collected"
+        );
+        assert_eq!(a.store().log_len(), 0);
+    }
+
+    #[test]
+    fn a_concurrent_put_wins_over_a_delete() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        let first = a.local_write("k".into(), put(1)).unwrap();
+        b.receive(vec![(*first).clone()]).unwrap();
+        let del = a.local_write("k".into(), Op::Delete).unwrap();
+        let upd = b.local_write("k".into(), put(2)).unwrap();
+        a.receive(vec![(*upd).clone()]).unwrap();
+        b.receive(vec![(*del).clone()]).unwrap();
+        for node in [&a, &b] {
+            let read = node.read("k").unwrap();
+            assert_eq!(read.siblings.len(), 2);
+            assert_eq!(read.winner().unwrap().json(), "2");
+        }
     }
 
     #[test]
