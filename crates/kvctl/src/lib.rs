@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+pub mod session_file;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vclock_proto::{
@@ -91,7 +93,12 @@ impl Client {
 
     /// Writes `value` to `key` after everything `context` counts. The write
     /// replaces every sibling the node has applied.
-    pub async fn put(&self, key: &str, value: Value, context: Option<&VClock>) -> Result<PutResponse> {
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Value,
+        context: Option<&VClock>,
+    ) -> Result<PutResponse> {
         let body = PutRequest {
             value,
             context: context.cloned(),
@@ -103,8 +110,12 @@ impl Client {
     /// Deletes `key` (writes a tombstone) after everything `context` counts.
     pub async fn delete(&self, key: &str, context: Option<&VClock>) -> Result<PutResponse> {
         let query = context_query(context);
-        self.request(awc::http::Method::DELETE, &kv_path(key, &query), None::<&()>)
-            .await
+        self.request(
+            awc::http::Method::DELETE,
+            &kv_path(key, &query),
+            None::<&()>,
+        )
+        .await
     }
 
     /// The status of the node at `url`.
@@ -158,7 +169,10 @@ impl Client {
             }
             let (code, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
                 Ok(e) => (e.error.code, e.error.message),
-                Err(_) => ("unknown".into(), String::from_utf8_lossy(&bytes).into_owned()),
+                Err(_) => (
+                    "unknown".into(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ),
             };
             return Err(Error::Refused {
                 url: node.clone(),
@@ -216,6 +230,14 @@ impl Session {
     }
 }
 
+/// Reads command-line text as a value: JSON if it parses as JSON, else a string.
+pub fn parse_value(text: &str) -> Value {
+    let trimmed = text.trim();
+    Value::from_json(trimmed).unwrap_or_else(|_| {
+        Value::from_serialize(text.trim_end_matches('\n')).expect("strings serialise")
+    })
+}
+
 fn context_query(context: Option<&VClock>) -> String {
     match context {
         Some(c) if !c.is_empty() => {
@@ -246,6 +268,15 @@ fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_json_or_text() {
+        assert_eq!(parse_value("5").json(), "5");
+        assert_eq!(parse_value(" {\"a\": 1}\n").json(), "{\"a\": 1}");
+        assert_eq!(parse_value("hello world").json(), "\"hello world\"");
+        assert_eq!(parse_value("\"quoted\"").json(), "\"quoted\"");
+        assert_eq!(parse_value("line\n").json(), "\"line\"");
+    }
 
     #[test]
     fn keys_and_contexts_are_encoded() {

@@ -1,0 +1,334 @@
+//! The kvctl command line: put, get, del and status against a cluster, with
+//! causal sessions that span commands and nodes.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kvctl::session_file::SessionFile;
+use kvctl::{Client, Error};
+use vclock_proto::{GetResponse, PutResponse, Value};
+
+const DEFAULT_NODES: &str = "http://127.0.0.1:5001,http://127.0.0.1:5002,http://127.0.0.1:5003";
+
+/// Client of the causally consistent key-value store.
+///
+/// Nodes are tried in order until one answers. With --session NAME, the
+/// session's causal context is kept in a file, so that a later command of the
+/// same session, at any node, sees everything the earlier ones did.
+///
+/// Exit codes: 0 ok, 1 key not found, 2 usage error, 3 no node reachable,
+/// 4 the server refused the request.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, after_help = EXAMPLES)]
+struct Cli {
+    /// A node URL; repeat for several (tried in order).
+    #[arg(long = "node", short = 'n', value_name = "URL", env = "KVCTL_NODES",
+          value_delimiter = ',', default_value = DEFAULT_NODES, global = true)]
+    nodes: Vec<String>,
+
+    /// Keep this session's causal context across commands (in
+    /// $XDG_STATE_HOME/kvctl/sessions/NAME.json).
+    #[arg(long, short, value_name = "NAME", env = "KVCTL_SESSION", global = true)]
+    session: Option<String>,
+
+    /// Output format: plain (values only, for scripts), table (for people) or json.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+
+    /// Timeout of each request, e.g. 10s or 500ms.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  kvctl put greeting '\"hello\"'              # a JSON string
+  kvctl put count 5                          # the number 5
+  kvctl put doc --file doc.json              # a value from a file (- for stdin)
+  kvctl get greeting                         # every sibling, as a table
+  kvctl -o plain get count                   # just the value
+  kvctl --session s -n http://127.0.0.1:5001 put k 1
+  kvctl --session s -n http://127.0.0.1:5003 get k   # sees 1 or newer
+  kvctl del greeting
+  kvctl status                               # every node's clock, buffer and lag";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Plain,
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a value: JSON if VALUE parses as JSON, else a string.
+    #[command(
+        after_help = "Examples:\n  kvctl put k 42\n  kvctl put k 'plain text'\n  kvctl put k '{\"a\":[1,2]}'\n  kvctl put k --file value.json\n  echo '[1,2,3]' | kvctl put k --file -"
+    )]
+    Put {
+        /// The key.
+        key: String,
+        /// The value (omit with --file).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from a file, or from standard input with -.
+        #[arg(long, short, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Read a key: the value, and every concurrent sibling.
+    #[command(
+        after_help = "Examples:\n  kvctl get k\n  kvctl -o plain get k\n  kvctl -o json get k"
+    )]
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete a key (a tombstone that replaces what the node has applied).
+    #[command(after_help = "Example:\n  kvctl del k")]
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Show every node's applied clock, buffered events and replication lag.
+    #[command(after_help = "Examples:\n  kvctl status\n  kvctl -o json status")]
+    Status,
+}
+
+/// Exit codes.
+mod exit {
+    pub const NOT_FOUND: u8 = 1;
+    pub const UNREACHABLE: u8 = 3;
+    pub const REFUSED: u8 = 4;
+    pub const LOCAL: u8 = 5;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let system = actix_rt::System::new();
+    match system.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("kvctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match e {
+            Error::Unreachable(_) => exit::UNREACHABLE,
+            Error::Refused { .. } => exit::REFUSED,
+            Error::InvalidValue(_) => 2,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn local(message: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: exit::LOCAL,
+        message: message.to_string(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let client = Client::new(cli.nodes.iter().map(|n| n.trim()).filter(|n| !n.is_empty()))
+        .with_timeout(cli.timeout);
+    if client.nodes().is_empty() {
+        return Err(Failure {
+            code: 2,
+            message: "no node given (--node URL or KVCTL_NODES)".into(),
+        });
+    }
+    let session = match &cli.session {
+        Some(name) => Some(SessionFile::open(name).map_err(local)?),
+        None => None,
+    };
+    let context = match &session {
+        Some(s) => Some(s.load().map_err(local)?),
+        None => None,
+    };
+    let (code, seen) = match &cli.command {
+        Command::Put { key, value, file } => {
+            let value = read_value(value.as_deref(), file.as_deref())?;
+            let answer = client.put(key, value, context.as_ref()).await?;
+            print_put(cli.output, &answer);
+            (0, Some(answer.timestamp))
+        }
+        Command::Del { key } => {
+            let answer = client.delete(key, context.as_ref()).await?;
+            print_put(cli.output, &answer);
+            (0, Some(answer.timestamp))
+        }
+        Command::Get { key } => {
+            let answer = client.get(key, context.as_ref()).await?;
+            print_get(cli.output, &answer);
+            let code = if answer.found { 0 } else { exit::NOT_FOUND };
+            (code, Some(answer.context))
+        }
+        Command::Status => (status(&client, cli.output).await?, None),
+    };
+    if let (Some(session), Some(seen)) = (&session, seen) {
+        session.merge(&seen).map_err(local)?;
+    }
+    Ok(code)
+}
+
+fn read_value(text: Option<&str>, file: Option<&std::path::Path>) -> Result<Value, Failure> {
+    let text = match (text, file) {
+        (Some(text), _) => text.to_owned(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = String::new();
+            std::io::stdin()
+                .read_to_string(&mut buf)
+                .map_err(|e| local(format!("reading standard input: {e}")))?;
+            buf
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| local(format!("reading {}: {e}", path.display())))?,
+        (None, None) => unreachable!("clap requires a value or --file"),
+    };
+    Ok(kvctl::parse_value(&text))
+}
+
+/// A value for people and scripts: strings without quotes, the rest as JSON.
+fn display_value(value: &Value) -> String {
+    match value.to_json_value() {
+        serde_json::Value::String(s) => s,
+        _ => value.json().to_owned(),
+    }
+}
+
+fn print_put(output: Output, answer: &PutResponse) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(answer).expect("serialisable")),
+        Output::Plain => println!("{}", answer.dot),
+        Output::Table => println!("ok  {}  timestamp {}", answer.dot, answer.timestamp),
+    }
+}
+
+fn print_get(output: Output, answer: &GetResponse) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(answer).expect("serialisable")),
+        Output::Plain => {
+            if answer.found {
+                println!("{}", display_value(&answer.value));
+            }
+            if answer.siblings.len() > 1 {
+                eprintln!(
+                    "kvctl: {} has {} concurrent siblings; this is the winner (see -o table)",
+                    answer.key,
+                    answer.siblings.len()
+                );
+            }
+        }
+        Output::Table => {
+            if answer.siblings.is_empty() {
+                println!("{}: not found (context {})", answer.key, answer.context);
+                return;
+            }
+            if answer.siblings.len() > 1 {
+                println!(
+                    "{}: {} concurrent siblings; a put with this context replaces them all",
+                    answer.key,
+                    answer.siblings.len()
+                );
+            }
+            println!("{:<8} {:<12} {:<32} VALUE", "", "DOT", "TIMESTAMP");
+            let winner = answer.siblings.iter().rposition(|s| !s.deleted);
+            for (i, s) in answer.siblings.iter().enumerate().rev() {
+                let mark = if Some(i) == winner { "winner" } else { "" };
+                let value = if s.deleted {
+                    "(deleted)".to_owned()
+                } else {
+                    display_value(&s.value)
+                };
+                println!(
+                    "{mark:<8} {:<12} {:<32} {value}",
+                    s.dot.to_string(),
+                    s.timestamp.to_string()
+                );
+            }
+            println!("context {}", answer.context);
+        }
+    }
+}
+
+async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
+    let mut rows = Vec::new();
+    let mut reached = 0;
+    for url in client.nodes() {
+        let result = client.status_of(url).await;
+        reached += usize::from(result.is_ok());
+        rows.push((url.clone(), result));
+    }
+    match output {
+        Output::Json => {
+            let doc: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(url, r)| match r {
+                    Ok(s) => serde_json::json!({"url": url, "status": s}),
+                    Err(e) => serde_json::json!({"url": url, "error": e.to_string()}),
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(doc));
+        }
+        Output::Plain | Output::Table => {
+            println!(
+                "{:<26} {:<8} {:<36} {:>8} {:>8} LAG",
+                "URL", "NODE", "APPLIED", "BUFFERED", "LOG"
+            );
+            for (url, r) in &rows {
+                match r {
+                    Ok(s) => {
+                        let lag: Vec<String> = s
+                            .peers
+                            .iter()
+                            .map(|p| {
+                                let state = if p.paused {
+                                    " paused"
+                                } else if !p.reachable {
+                                    " unreachable"
+                                } else {
+                                    ""
+                                };
+                                format!("{}={}{state}", p.node, p.lag)
+                            })
+                            .collect();
+                        println!(
+                            "{url:<26} {:<8} {:<36} {:>8} {:>8} {}",
+                            s.node,
+                            s.applied.to_string(),
+                            s.buffered_total,
+                            s.log_len,
+                            lag.join(" ")
+                        );
+                    }
+                    Err(e) => println!("{url:<26} unreachable: {e}"),
+                }
+            }
+        }
+    }
+    if reached == 0 {
+        let tried = rows
+            .into_iter()
+            .map(|(url, r)| (url, r.err().map(|e| e.to_string()).unwrap_or_default()))
+            .collect();
+        return Err(Error::Unreachable(tried).into());
+    }
+    Ok(0)
+}
