@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use vclock_proto::NodeId;
 
+use crate::durable::Durability;
+
 /// A configuration that cannot be used; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -33,8 +35,14 @@ struct RawConfig {
     listen: String,
     #[serde(default = "defaults::port")]
     port: u16,
-    #[serde(default = "defaults::data_dir")]
+    #[serde(default)]
     data_dir: Option<PathBuf>,
+    #[serde(default)]
+    durability: Durability,
+    #[serde(default)]
+    memory: bool,
+    #[serde(default = "defaults::repair_after", with = "humantime_serde")]
+    repair_after: Duration,
     #[serde(default = "defaults::causal_wait", with = "humantime_serde")]
     causal_wait: Duration,
     #[serde(default = "defaults::max_key_bytes")]
@@ -56,6 +64,14 @@ struct RawConfig {
     #[serde(default)]
     faults: bool,
     #[serde(default)]
+    cluster_secret: Option<String>,
+    #[serde(default)]
+    cluster_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    client_token: Option<String>,
+    #[serde(default)]
+    client_token_file: Option<PathBuf>,
+    #[serde(default)]
     workers: Option<usize>,
 }
 
@@ -67,7 +83,6 @@ enum NodeList {
 }
 
 mod defaults {
-    use std::path::PathBuf;
     use std::time::Duration;
 
     pub fn listen() -> String {
@@ -76,8 +91,8 @@ mod defaults {
     pub fn port() -> u16 {
         5000
     }
-    pub fn data_dir() -> Option<PathBuf> {
-        None
+    pub fn repair_after() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn causal_wait() -> Duration {
         Duration::from_secs(5)
@@ -128,8 +143,16 @@ pub struct Config {
     pub listen: String,
     /// Port to listen on (`port`, `KVNODE_PORT`, `PORT`; default 5000).
     pub port: u16,
-    /// Where the node keeps its data (`data_dir`). Used by durable storage.
-    pub data_dir: Option<PathBuf>,
+    /// Where the node keeps its data (`data_dir`, default `./data/<node_id>`).
+    pub data_dir: PathBuf,
+    /// `fsync` (default): a write is acknowledged once it is on disk. `none`:
+    /// commits are not synced; for throwaway benchmarks only.
+    pub durability: Durability,
+    /// Keep everything in memory instead of `data_dir` (lost on restart).
+    pub memory: bool,
+    /// How long a peer may lack events this node holds (of any origin) before
+    /// this node sends them itself (default 10 s).
+    pub repair_after: Duration,
     /// How long a request waits for its causal context before a 503 (default 5 s).
     pub causal_wait: Duration,
     /// Largest key, in bytes (default 1 KiB).
@@ -150,6 +173,12 @@ pub struct Config {
     pub peer_timeout: Duration,
     /// Enables the fault hook under `/admin/v1/links` (default off).
     pub faults: bool,
+    /// When set, peer and admin requests must carry it as a bearer token
+    /// (`cluster_secret`, or read from `cluster_secret_file`).
+    pub cluster_secret: Option<Secret>,
+    /// When set, client API requests (all but `/health`) must carry it as a
+    /// bearer token (`client_token` or `client_token_file`).
+    pub client_token: Option<Secret>,
     /// HTTP worker threads (default: one per core).
     pub workers: Option<usize>,
 }
@@ -258,6 +287,7 @@ impl Config {
             ("sync_interval", raw.sync_interval),
             ("retransmit_after", raw.retransmit_after),
             ("peer_timeout", raw.peer_timeout),
+            ("repair_after", raw.repair_after),
         ] {
             if value.is_zero() {
                 return err(format!("{name} must be longer than 0"));
@@ -266,12 +296,24 @@ impl Config {
         if raw.workers == Some(0) {
             return err("workers must be at least 1".into());
         }
+        let cluster_secret = secret(
+            raw.cluster_secret,
+            raw.cluster_secret_file,
+            "cluster_secret",
+        )?;
+        let client_token = secret(raw.client_token, raw.client_token_file, "client_token")?;
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("data").join(&node_id));
         Ok(Self {
             node_id,
             members,
             listen: raw.listen,
             port: raw.port,
-            data_dir: raw.data_dir,
+            data_dir,
+            durability: raw.durability,
+            memory: raw.memory,
+            repair_after: raw.repair_after,
             causal_wait: raw.causal_wait,
             max_key_bytes: raw.max_key_bytes,
             max_value_bytes: raw.max_value_bytes,
@@ -282,6 +324,8 @@ impl Config {
             retransmit_after: raw.retransmit_after,
             peer_timeout: raw.peer_timeout,
             faults: raw.faults,
+            cluster_secret,
+            client_token,
             workers: raw.workers,
         })
     }
@@ -307,6 +351,63 @@ impl Config {
         env.insert("KVNODE_NODES".to_owned(), nodes.join(","));
         Self::load_from(None, env).expect("a valid test configuration")
     }
+}
+
+/// A secret: compared in constant time, never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's text, to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when `candidate` is the secret (constant time in its content).
+    pub fn matches(&self, candidate: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(candidate.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+fn secret(
+    value: Option<String>,
+    file: Option<PathBuf>,
+    setting: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    let text = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError(format!(
+                "{setting} and {setting}_file are both set; use one"
+            )))
+        }
+        (Some(text), None) => text,
+        (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError(format!(
+                "{setting}_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?,
+        (None, None) => return Ok(None),
+    };
+    let text = text.trim().to_owned();
+    if text.len() < 16 {
+        return Err(ConfigError(format!(
+            "{setting} must be at least 16 characters"
+        )));
+    }
+    if !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ConfigError(format!(
+            "{setting} must be printable ASCII without spaces"
+        )));
+    }
+    Ok(Some(Secret(text)))
 }
 
 fn check_id(id: &str, setting: &str) -> Result<(), ConfigError> {
@@ -395,6 +496,70 @@ mod tests {
             ("n1", 6001, 64)
         );
         assert_eq!(c.members.len(), 2);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/node.example.toml");
+        let c = Config::load_from(Some(&path), HashMap::new()).unwrap();
+        assert_eq!(c.node_id, "node1");
+        assert_eq!(c.members.len(), 3);
+        assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/kvnode"));
+    }
+
+    #[test]
+    fn durability_and_data_dir() {
+        let c = Config::load_from(
+            None,
+            env(&[("NODE_ID", "n"), ("KVNODE_DURABILITY", "none")]),
+        )
+        .unwrap();
+        assert_eq!(c.durability, Durability::None);
+        assert_eq!(c.data_dir, PathBuf::from("data/n"));
+        let err = Config::load_from(
+            None,
+            env(&[("NODE_ID", "n"), ("KVNODE_DURABILITY", "sometimes")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("durability") || err.contains("sometimes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_values_or_files_and_are_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef-file\n").unwrap();
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("NODE_ID", "n"),
+                ("KVNODE_CLUSTER_SECRET_FILE", file.to_str().unwrap()),
+                ("KVNODE_CLIENT_TOKEN", "client-token-0123456789"),
+            ]),
+        )
+        .unwrap();
+        let secret = c.cluster_secret.as_ref().unwrap();
+        assert!(secret.matches("0123456789abcdef-file"));
+        assert!(!secret.matches("0123456789abcdef-filX"));
+        assert!(c
+            .client_token
+            .as_ref()
+            .unwrap()
+            .matches("client-token-0123456789"));
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("0123456789abcdef") && !printed.contains("client-token"));
+        let err = Config::load_from(
+            None,
+            env(&[("NODE_ID", "n"), ("KVNODE_CLUSTER_SECRET", "short")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cluster_secret"), "{err}");
     }
 
     #[test]

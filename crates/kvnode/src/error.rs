@@ -35,6 +35,9 @@ pub enum Error {
     /// The buffer of undeliverable events is full: the sender retries later.
     #[error("the buffer of undeliverable events is full ({0} events); retry later")]
     BufferFull(usize),
+    /// The request lacks the bearer token this route requires.
+    #[error("{0}")]
+    Unauthorized(String),
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
@@ -65,6 +68,7 @@ impl Error {
             Error::UnknownHistory(_) => "unknown_history",
             Error::CausalTimeout { .. } => "causal_timeout",
             Error::BufferFull(_) => "buffer_full",
+            Error::Unauthorized(_) => "unauthorized",
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
@@ -97,6 +101,7 @@ impl ResponseError for Error {
             Error::CausalTimeout { .. } | Error::BufferFull(_) | Error::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

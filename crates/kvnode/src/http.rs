@@ -4,15 +4,17 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::future::{ready, Ready};
+
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use vclock_proto::{
     ClockMessage, ContextQuery, EventBatch, FaultsResponse, GetResponse, HealthResponse, Op,
     PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling, VClock, Value, WriteRequest,
     WriteResponse,
 };
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::error::{Error, Result};
 use crate::node::Node;
 
@@ -114,6 +116,61 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     HttpResponse::MethodNotAllowed().json(body)
 }
 
+// ---- authentication --------------------------------------------------------------
+
+/// A request that carried the cluster secret, if one is configured. Peer and
+/// admin routes take it.
+#[derive(Debug)]
+pub struct PeerAuth;
+
+/// A request that carried the client token, if one is configured. Client
+/// routes (all but `/health`) take it.
+#[derive(Debug)]
+pub struct ClientAuth;
+
+fn bearer_matches(req: &HttpRequest, secret: Option<&Secret>, what: &str) -> Result<()> {
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if secret.matches(token.trim()) => Ok(()),
+        Some(_) => Err(Error::Unauthorized(format!("wrong {what}"))),
+        None => Err(Error::Unauthorized(format!(
+            "this route requires the {what}: send Authorization: Bearer <token>"
+        ))),
+    }
+}
+
+fn node_of(req: &HttpRequest) -> &Node {
+    req.app_data::<web::Data<Node>>()
+        .expect("configure() registers the node")
+}
+
+impl FromRequest for PeerAuth {
+    type Error = Error;
+    type Future = Ready<Result<Self>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let secret = node_of(req).config().cluster_secret.as_ref();
+        ready(bearer_matches(req, secret, "cluster secret").map(|()| PeerAuth))
+    }
+}
+
+impl FromRequest for ClientAuth {
+    type Error = Error;
+    type Future = Ready<Result<Self>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = node_of(req).config().client_token.as_ref();
+        ready(bearer_matches(req, token, "client token").map(|()| ClientAuth))
+    }
+}
+
 // ---- validation ----------------------------------------------------------------
 
 fn check_key(config: &Config, key: &str) -> Result<()> {
@@ -166,6 +223,7 @@ async fn health(node: web::Data<Node>) -> web::Json<HealthResponse> {
 }
 
 async fn write(
+    _auth: ClientAuth,
     node: web::Data<Node>,
     body: web::Json<WriteRequest>,
 ) -> Result<web::Json<WriteResponse>> {
@@ -184,6 +242,7 @@ async fn write(
 }
 
 async fn read(
+    _auth: ClientAuth,
     node: web::Data<Node>,
     query: web::Query<ReadQuery>,
 ) -> Result<web::Json<ReadResponse>> {
@@ -198,6 +257,7 @@ async fn read(
 // ---- native API ------------------------------------------------------------------
 
 async fn get_key(
+    _auth: ClientAuth,
     node: web::Data<Node>,
     key: web::Path<String>,
     query: web::Query<ContextQuery>,
@@ -227,6 +287,7 @@ async fn get_key(
 }
 
 async fn put_key(
+    _auth: ClientAuth,
     node: web::Data<Node>,
     key: web::Path<String>,
     body: web::Json<PutRequest>,
@@ -243,6 +304,7 @@ async fn put_key(
 }
 
 async fn delete_key(
+    _auth: ClientAuth,
     node: web::Data<Node>,
     key: web::Path<String>,
     query: web::Query<ContextQuery>,
@@ -270,6 +332,7 @@ fn check_peer(node: &Node, from: &str) -> Result<()> {
 }
 
 async fn receive_events(
+    _auth: PeerAuth,
     node: web::Data<Node>,
     body: web::Json<EventBatch>,
 ) -> Result<web::Json<ClockMessage>> {
@@ -300,6 +363,7 @@ async fn receive_events(
 }
 
 async fn sync_clock(
+    _auth: PeerAuth,
     node: web::Data<Node>,
     body: web::Json<ClockMessage>,
 ) -> Result<web::Json<ClockMessage>> {
@@ -326,7 +390,7 @@ async fn sync_clock(
 
 // ---- operations and the fault hook -----------------------------------------------
 
-async fn status(node: web::Data<Node>) -> HttpResponse {
+async fn status(_auth: ClientAuth, node: web::Data<Node>) -> HttpResponse {
     HttpResponse::Ok().json(node.status())
 }
 
@@ -353,12 +417,13 @@ fn paused_links(node: &Node) -> web::Json<FaultsResponse> {
     })
 }
 
-async fn links(node: web::Data<Node>) -> Result<web::Json<FaultsResponse>> {
+async fn links(_auth: PeerAuth, node: web::Data<Node>) -> Result<web::Json<FaultsResponse>> {
     faults_enabled(&node)?;
     Ok(paused_links(&node))
 }
 
 async fn set_link(
+    _auth: PeerAuth,
     node: web::Data<Node>,
     path: web::Path<(String, String)>,
 ) -> Result<web::Json<FaultsResponse>> {

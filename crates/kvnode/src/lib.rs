@@ -13,7 +13,9 @@
 //! - [`core`] is the causal core, free of IO: vector clocks, the delivery rule
 //!   with its buffer, the multi-value register per key, log collection. The
 //!   simulation tests drive it directly.
-//! - [`store`] is the core's synchronous storage trait and its in-memory store.
+//! - [`store`] is the core's synchronous storage trait and its in-memory store;
+//!   [`durable`] is the production store on fjall: one atomic batch per group
+//!   of commands, synced before any of them is acknowledged.
 //! - [`node`] runs the core behind one writer thread that groups commands into
 //!   one commit, and waits for clients' causal contexts.
 //! - [`replication`] pushes each node's writes to every peer, batched, retrying
@@ -24,15 +26,45 @@
 //!
 //! # What is left out
 //!
-//! Membership is static. Storage is in memory: a restarted node starts empty.
-//! Only a write's origin sends it to peers, so a write whose origin dies before
-//! reaching every peer stays where it reached. Stable tombstones are not
-//! collected yet.
+//! Membership is static. The buffer of undeliverable events lives in memory:
+//! after a restart, peers resend what it held. Peers' acknowledged clocks are
+//! not stored, so after a restart the log is collected only once every peer has
+//! answered again. A value is stored twice while its event is in the log.
 
 pub mod config;
 pub mod core;
+pub mod durable;
 pub mod error;
 pub mod http;
 pub mod node;
 pub mod replication;
 pub mod store;
+
+/// Sends `GET /health` to the node at `address` (`host:port`) over plain HTTP
+/// and succeeds when it answers 200. Needs no runtime, for health checks.
+pub fn probe_health(address: &str, timeout: std::time::Duration) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+
+    let target = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "unexpected answer {:?}",
+            String::from_utf8_lossy(&head)
+        )))
+    }
+}

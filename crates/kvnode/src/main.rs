@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use actix_web::{middleware, App, HttpServer};
 use clap::Parser;
 use kvnode::config::Config;
-use kvnode::node::Node;
+use kvnode::durable::{Durability, DurableStore};
+use kvnode::node::{BoxStore, Node};
 use kvnode::store::MemStore;
 
 /// A node of the causally consistent key-value store.
@@ -22,10 +23,26 @@ struct Args {
     /// A TOML configuration file.
     #[arg(long, short, value_name = "FILE", env = "KVNODE_CONFIG")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Exits 0 when the node at ADDRESS answers GET /health with 200 (for
+    /// container health checks: the image has no curl).
+    Healthcheck {
+        /// host:port of the node; default 127.0.0.1 and the configured port
+        /// (KVNODE_PORT, PORT, or 5000).
+        address: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Healthcheck { address }) = args.command {
+        return healthcheck(address);
+    }
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -38,6 +55,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(address: Option<String>) -> ExitCode {
+    let address = address.unwrap_or_else(|| {
+        let port = ["KVNODE_PORT", "PORT"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
+            .unwrap_or_else(|| "5000".into());
+        format!("127.0.0.1:{port}")
+    });
+    match kvnode::probe_health(&address, std::time::Duration::from_secs(3)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvnode healthcheck: {address}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -70,7 +104,34 @@ async fn serve(config: Config) -> std::io::Result<()> {
         .peers()
         .map(|m| format!("{} at {}", m.id, m.url))
         .collect();
-    let node = Node::start(config, Box::new(MemStore::new())).map_err(std::io::Error::other)?;
+    let (store, storage): (BoxStore, String) = if config.memory {
+        (
+            Box::new(MemStore::new()),
+            "in memory (lost on restart)".into(),
+        )
+    } else {
+        let store = DurableStore::open(&config.data_dir, config.durability)
+            .map_err(std::io::Error::other)?;
+        let sync = match config.durability {
+            Durability::Fsync => "fsync before every acknowledgement",
+            Durability::None => "durability = none: commits are NOT synced",
+        };
+        (
+            Box::new(store),
+            format!("in {} ({sync})", config.data_dir.display()),
+        )
+    };
+    if config.durability == Durability::None && !config.memory {
+        log::warn!("durability = none: a crash of the machine can lose acknowledged writes; use only for throwaway benchmarks");
+    }
+    let node = Node::start(config, store).map_err(std::io::Error::other)?;
+    let applied = node.applied();
+    if applied.iter().any(|(_, &seq)| seq > 0) {
+        log::info!(
+            "recovered state: applied {applied}, {} events in the log",
+            node.status().log_len
+        );
+    }
     let app_node = node.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -87,7 +148,7 @@ async fn serve(config: Config) -> std::io::Result<()> {
     })?
     .run();
     log::info!(
-        "listening on http://{}:{} with {workers} workers; storage in memory",
+        "listening on http://{}:{} with {workers} workers; storage {storage}",
         address.0,
         address.1
     );
@@ -95,6 +156,9 @@ async fn serve(config: Config) -> std::io::Result<()> {
         log::info!("no peers: a single-node cluster");
     } else {
         log::info!("peers: {}", peers.join(", "));
+    }
+    if node.config().cluster_secret.is_none() {
+        log::warn!("no cluster_secret: the peer API (replication, clock exchange, fault hook) is open to anyone who can reach this node");
     }
     if node.config().faults {
         log::warn!("the fault hook is enabled: POST /admin/v1/links/<peer>/pause and /resume");

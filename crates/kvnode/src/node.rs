@@ -224,10 +224,17 @@ impl Node {
                         let tx = verdicts_tx.clone();
                         let me = self.id().clone();
                         let timeout = self.config().peer_timeout.min(wait);
+                        let secret = self.config().cluster_secret.clone();
                         actix_web::rt::spawn(async move {
-                            if let Ok(clock) =
-                                crate::replication::exchange_clock(&url, &me, None, timeout).await
-                            {
+                            let answer = crate::replication::exchange_clock(
+                                &url,
+                                &me,
+                                None,
+                                secret.as_ref(),
+                                timeout,
+                            )
+                            .await;
+                            if let Ok(clock) = answer {
                                 let have = clock.get(&origin);
                                 if have < want {
                                     let _ = tx.send(vec![Missing {
@@ -328,6 +335,7 @@ impl Node {
                 .collect(),
             log_len: core.store().log_len(),
             stable: core.stable(),
+            fsyncs: core.store().fsyncs(),
             applied,
             peers,
         }
@@ -378,18 +386,26 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                     }
                 }
             }
-            (core.commit(), core.applied().clone())
+            let committed = core.commit();
+            let applied = core.applied().clone();
+            // Publish under the core's lock: whoever reads the core afterwards
+            // (reads, senders) must find a published clock that covers it, or a
+            // clock shown to a client could be refused as its context.
+            shared.applied.send_if_modified(|current| {
+                let changed = *current != applied;
+                *current = applied.clone();
+                changed
+            });
+            (committed, applied)
         };
-        if let Err(e) = &committed {
-            error!("commit failed: {e}");
-        }
-        shared.applied.send_if_modified(|current| {
-            let changed = *current != applied;
-            *current = applied.clone();
-            changed
-        });
         for reply in replies.drain(..) {
             reply.send(&committed, &applied);
+        }
+        if let Err(e) = committed {
+            // Memory is now ahead of disk. Stop rather than serve or replicate
+            // state that a restart would not find; a restart recovers from disk.
+            error!("commit failed: {e}; stopping the node to protect its data");
+            std::process::exit(70);
         }
         if wrote {
             for link in &shared.links {

@@ -9,15 +9,23 @@
 //! it goes back to `acked` and sends again. Receiving is idempotent, so
 //! resending is always safe. When there is nothing to send, the sender exchanges
 //! clocks with the peer every `sync_interval`, which feeds log collection.
+//!
+//! **Repair.** Every answer from the peer carries its `applied` clock. When the
+//! peer has lacked the same event of some other origin for `repair_after` while
+//! this node holds it, this node sends it (and what follows it in the log). So
+//! a write reaches every live node even if its origin died right after
+//! replicating it to one peer, or a link between two nodes is cut.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use serde::Serialize;
-use vclock_proto::{ClockMessage, ErrorResponse, Event, Seq, VClock};
+use vclock_proto::{ClockMessage, ErrorResponse, Event, NodeId, Seq, VClock};
 
+use crate::config::Secret;
 use crate::node::{backoff, Link, Node};
 
 /// Starts one sender per peer on the current actix runtime.
@@ -51,11 +59,13 @@ impl SendError {
     }
 }
 
-fn client(timeout: Duration) -> awc::Client {
-    awc::Client::builder()
-        .timeout(timeout)
-        .disable_redirects()
-        .finish()
+/// A client for peer requests; it sends the cluster secret when there is one.
+fn client(timeout: Duration, secret: Option<&Secret>) -> awc::Client {
+    let builder = awc::Client::builder().timeout(timeout).disable_redirects();
+    match secret {
+        Some(secret) => builder.bearer_auth(secret.expose()).finish(),
+        None => builder.finish(),
+    }
 }
 
 async fn post<T: Serialize>(
@@ -95,16 +105,21 @@ pub async fn exchange_clock(
     url: &str,
     me: &str,
     applied: Option<&VClock>,
+    secret: Option<&Secret>,
     timeout: Duration,
 ) -> Result<VClock, String> {
     let message = ClockMessage {
         node: me.to_owned(),
         applied: applied.cloned().unwrap_or_default(),
     };
-    post(&client(timeout), &format!("{url}/peer/v1/sync"), &message)
-        .await
-        .map(|answer| answer.applied)
-        .map_err(|e| e.message().to_owned())
+    post(
+        &client(timeout, secret),
+        &format!("{url}/peer/v1/sync"),
+        &message,
+    )
+    .await
+    .map(|answer| answer.applied)
+    .map_err(|e| e.message().to_owned())
 }
 
 struct Sender {
@@ -120,18 +135,21 @@ struct Sender {
     /// When `acked` last moved forward, or when we last went back to it.
     progress_at: Instant,
     failures: u32,
+    /// Per other origin: the first event of it the peer lacks, and since when.
+    lacking: BTreeMap<NodeId, (Seq, Instant)>,
 }
 
 async fn run_link(node: Arc<Node>, link: Arc<Link>) {
     let config = node.config();
     let mut sender = Sender {
-        client: client(config.peer_timeout),
+        client: client(config.peer_timeout, config.cluster_secret.as_ref()),
         events_url: format!("{}/peer/v1/events", link.member.url),
         sync_url: format!("{}/peer/v1/sync", link.member.url),
         acked: None,
         sent: 0,
         progress_at: Instant::now(),
         failures: 0,
+        lacking: BTreeMap::new(),
         node: node.clone(),
         link,
     };
@@ -164,6 +182,17 @@ impl Sender {
                 );
                 self.sent = acked_own;
                 self.progress_at = Instant::now();
+            }
+            if let Some(repair) = self.repair_batch(&acked) {
+                let body = OutgoingBatch {
+                    from: self.node.id(),
+                    events: &repair,
+                };
+                match post(&self.client, &self.events_url, &body).await {
+                    Ok(answer) => self.acknowledged(answer.applied).await,
+                    Err(e) => self.failed(e),
+                }
+                continue;
             }
             let batch = self.next_batch();
             if batch.is_empty() {
@@ -200,22 +229,57 @@ impl Sender {
     /// The next events to send: our own writes after `sent`, within the batch limits.
     fn next_batch(&self) -> Vec<Arc<Event>> {
         let config = self.node.config();
-        let mut events = self
+        let events = self
             .node
             .with_core(|core| core.own_events_after(self.sent, config.max_batch_events))
             .unwrap_or_default();
-        let mut bytes = 0usize;
-        let keep = events
-            .iter()
-            .take_while(|e| {
-                bytes +=
-                    e.key.len() + e.op.value().map_or(0, |v| v.json().len()) + 64 * e.deps.len();
-                bytes <= config.max_batch_bytes
-            })
-            .count()
-            .max(1);
-        events.truncate(keep);
-        events
+        within_bytes(events, config.max_batch_bytes)
+    }
+
+    /// Events of other origins that the peer has lacked for `repair_after`.
+    fn repair_batch(&mut self, peer_applied: &VClock) -> Option<Vec<Arc<Event>>> {
+        let config = self.node.config();
+        let mine = self.node.applied();
+        let now = Instant::now();
+        let (me, peer) = (self.node.id(), &self.link.member.id);
+        for (origin, &have) in mine.iter() {
+            if origin == me || origin == peer {
+                continue;
+            }
+            let lacks = peer_applied.get(origin) + 1;
+            if lacks > have {
+                self.lacking.remove(origin);
+                continue;
+            }
+            let since = match self.lacking.get(origin) {
+                Some(&(seq, since)) if seq == lacks => since,
+                _ => {
+                    self.lacking.insert(origin.clone(), (lacks, now));
+                    now
+                }
+            };
+            if now.duration_since(since) < config.repair_after {
+                continue;
+            }
+            let events = self
+                .node
+                .with_core(|core| {
+                    core.store()
+                        .log_after(origin, lacks - 1, config.max_batch_events)
+                })
+                .unwrap_or_default();
+            self.lacking.insert(origin.clone(), (lacks, now));
+            if events.is_empty() {
+                continue;
+            }
+            info!(
+                "repair: {peer} has lacked {origin}:{lacks} for {:?}; sending {} events of {origin}",
+                config.repair_after,
+                events.len()
+            );
+            return Some(events);
+        }
+        None
     }
 
     async fn sync(&mut self) {
@@ -277,4 +341,19 @@ impl Sender {
         }
         self.failures = self.failures.saturating_add(1);
     }
+}
+
+/// Keeps the longest prefix of `events` (at least one) of about `max_bytes` on the wire.
+fn within_bytes(mut events: Vec<Arc<Event>>, max_bytes: usize) -> Vec<Arc<Event>> {
+    let mut bytes = 0usize;
+    let keep = events
+        .iter()
+        .take_while(|e| {
+            bytes += e.key.len() + e.op.value().map_or(0, |v| v.json().len()) + 64 * e.deps.len();
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1);
+    events.truncate(keep);
+    events
 }

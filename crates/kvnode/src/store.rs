@@ -42,6 +42,10 @@ pub trait Store {
     fn applied(&self) -> StoreResult<VClock>;
     /// Ends the current transaction, recording `applied` with it.
     fn commit(&mut self, applied: &VClock) -> StoreResult<()>;
+    /// Number of fsyncs done so far (0 for a store that never syncs).
+    fn fsyncs(&self) -> u64 {
+        0
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -69,10 +73,13 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
         (**self).commit(applied)
     }
+    fn fsyncs(&self) -> u64 {
+        (**self).fsyncs()
+    }
 }
 
 /// Storage in memory: everything is lost when the process ends.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct MemStore {
     keys: HashMap<String, Siblings>,
     log: BTreeMap<NodeId, VecDeque<Arc<Event>>>,

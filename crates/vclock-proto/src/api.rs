@@ -28,9 +28,8 @@ pub struct HealthResponse {
     pub timestamp: VClock,
 }
 
-/// `POST /write`.
+/// `POST /write`. Unknown fields are ignored, as the prototype did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WriteRequest {
     /// The key; a non-empty string.
     pub key: String,
@@ -200,6 +199,10 @@ pub struct StatusResponse {
     pub log_len: u64,
     /// Writes applied by every node (pointwise minimum of acknowledged clocks).
     pub stable: VClock,
+    /// Storage syncs (fsync) since the node started; with group commit many
+    /// writes share one.
+    #[serde(default)]
+    pub fsyncs: u64,
     /// One entry per peer, in id order.
     pub peers: Vec<PeerStatus>,
 }
