@@ -1,16 +1,33 @@
-//! Deterministic simulation of the causal core.
+//! Deterministic simulation of the causal core, with crashes and restarts.
 //!
-//! Three to five replicas of [`Core`] over [`MemStore`] exchange their writes
-//! through a simulated network that reorders, duplicates, delays and drops
-//! messages (events and acknowledgements alike), while client sessions write and
-//! read at random replicas, carrying their causal context as `kvctl` does. One
-//! seeded generator drives everything, so a seed replays exactly.
+//! Three to five replicas of [`Core`] exchange their writes through a simulated
+//! network that reorders, duplicates, delays and drops messages (events and
+//! acknowledgements alike), while client sessions write and read at random
+//! replicas, carrying their causal context as `kvctl` does. One seeded generator
+//! drives everything, so a seed replays exactly.
+//!
+//! Each replica works like the node's writer path: the commands it takes (client
+//! writes, received batches, peers' acknowledgements) form groups of random size,
+//! each ended by one [`Core::commit`]. Only a commit makes a group visible: a
+//! client's write is acknowledged, and a batch's sender gets its ack, once the
+//! group is committed; senders push only committed events and reads see only
+//! committed state (as in the node, where both take the core between groups).
+//! At random moments a replica crashes: its core, buffer and open group are
+//! dropped without a commit, and a new [`Core`] is built over its store's
+//! committed state. The same simulation runs over two stores:
+//!
+//! - [`MemStore`], wrapped to keep a copy of its state at each commit, which a
+//!   crash goes back to (1000 seeds by default);
+//! - [`DurableStore`] in a temporary directory (under `/dev/shm` when there is
+//!   one, `SIM_DURABLE_DIR` to choose) with [`Durability::None`], where a crash
+//!   drops the store with its uncommitted changes and reopens the directory:
+//!   the node's recovery path (50 seeds by default).
 //!
 //! The simulator keeps its own ground truth and never trusts the core's clocks
 //! for it: the causal past of every write (the writes applied at its origin when
 //! it was made) and the writes each replica has applied (its local writes and
-//! what [`Receipt::delivered`] reports). Against that ground truth, every seed
-//! checks:
+//! what [`Receipt::delivered`] reports), both in all and as of its last commit.
+//! Against that ground truth, every seed checks:
 //!
 //! 1. **causal delivery**: a replica applies a write only after its whole causal
 //!    past, and only once;
@@ -19,43 +36,60 @@
 //! 3. **no lost writes**: every acknowledged write is applied everywhere, and
 //!    once everything is stable each key's siblings are exactly its puts that no
 //!    other write of the key saw: a write disappears only by being overwritten,
-//!    or as a tombstone collected once stable;
+//!    or as a tombstone collected once stable, or by a crash before the commit
+//!    of its group (it was never acknowledged);
 //! 4. **sessions**: read-your-writes and monotonic reads: every write a session
-//!    made or read is, at each later read of the key, a sibling or in the causal
-//!    past of a sibling (or of a collected tombstone);
+//!    made (and had acknowledged) or read is, at each later read of the key, a
+//!    sibling or in the causal past of a sibling (or of a collected tombstone);
 //! 5. **siblings**: at every read, a key's siblings are its causally maximal
 //!    applied writes (so pairwise concurrent), less tombstones the replica knows
 //!    to be stable; the last one is the largest by `(sum of timestamp, origin)`,
 //!    the single-value view shows the largest put, and after the flush every
-//!    replica shows the same.
+//!    replica shows the same;
+//! 6. **recovery**: after a crash, the rebuilt core's `applied` clock counts
+//!    exactly the writes the replica had committed, its siblings are those of
+//!    its committed writes, and a write lost in the crash is held by no other
+//!    replica, in no buffer and in no message in flight (it never left).
 //!
 //! Along the way it also checks the core's bookkeeping against the ground truth:
 //! its `applied` clock, the seqs it assigns, and that log collection never drops
 //! an event a peer has not acknowledged.
 //!
-//! The mutation check runs the same machinery over a network that strips the
-//! dependencies off every event it carries, and requires the causal-delivery
-//! check to notice: the oracle can fail.
+//! Mutation checks run the same machinery broken on purpose and require the
+//! oracle to notice: a network that strips the dependencies off every event
+//! (caught as a causal-delivery violation), a store whose commit does not
+//! persist the `applied` clock, senders that push uncommitted events (both
+//! caught by the recovery check), and replicas that acknowledge writes and
+//! batches before their commit (caught by the recovery or session checks).
 //!
-//! Seeds: 1000 by default, `SIM_SEEDS=N` to change that, `SIM_SEED=S` to replay
-//! one (`SIM_SEED=S cargo test -p kvnode --test simulation`).
+//! Seeds: 1000 in memory and 50 on disk by default; `SIM_SEEDS=N` and
+//! `SIM_DURABLE_SEEDS=N` change that, `SIM_SEED=S` replays one seed in both
+//! (`SIM_SEED=S cargo test -p kvnode --test simulation`).
 //!
-//! Left out: node restarts over a durable store, and repair through third
-//! replicas (senders push only their own writes here).
+//! Left out: repair through third replicas (senders push only their own writes
+//! here), and the per-peer acknowledged clocks surviving a restart (the core
+//! starts them from zero, which the simulation accepts).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use kvnode::core::{ContextCheck, Core, CoreError, Limits, ReadResult, Receipt};
-use kvnode::store::{MemStore, Store};
+use kvnode::core::{check_context, ContextCheck, Core, CoreError, Limits, ReadResult, Receipt};
+use kvnode::durable::{Durability, DurableStore};
+use kvnode::store::{MemStore, Siblings, Store, StoreResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vclock_proto::{Dot, Event, Op, Seq, VClock, Value};
 
-/// Seeds run when neither `SIM_SEEDS` nor `SIM_SEED` is set.
+/// In-memory seeds run when neither `SIM_SEEDS` nor `SIM_SEED` is set.
 const DEFAULT_SEEDS: u64 = 1000;
-/// Seeds the mutation check tries.
+/// Seeds on the durable store when neither `SIM_DURABLE_SEEDS` nor `SIM_SEED` is set.
+const DEFAULT_DURABLE_SEEDS: u64 = 50;
+/// Seeds each mutation check tries.
 const MUTATION_SEEDS: u64 = 20;
 /// How many of the last steps a failure report shows.
 const TRACE_TAIL: usize = 25;
@@ -66,29 +100,27 @@ const REPLAY: &str = "cargo test -p kvnode --test simulation";
 
 #[test]
 fn random_schedules_keep_causal_consistency() {
-    let seeds = seeds_to_run();
-    let mut total = Stats::default();
-    for &seed in &seeds {
-        match run_seed(seed, Network::Faithful) {
-            Ok(stats) => total.add(&stats),
-            Err(failure) => panic!(
-                "simulation seed {seed} failed: {failure}\nreplay it with: SIM_SEED={seed} {REPLAY}"
-            ),
-        }
-    }
-    println!("{} seeds passed; totals: {total:?}", seeds.len());
+    let seeds = seeds_to_run("SIM_SEEDS", DEFAULT_SEEDS);
+    run_seeds(&seeds, "random_schedules_keep_causal_consistency", |seed| {
+        run_seed(seed, Mutation::None, MemBackend::default())
+    });
+}
+
+#[test]
+fn random_schedules_keep_causal_consistency_on_durable_store() {
+    let seeds = seeds_to_run("SIM_DURABLE_SEEDS", DEFAULT_DURABLE_SEEDS);
+    run_seeds(
+        &seeds,
+        "random_schedules_keep_causal_consistency_on_durable_store",
+        |seed| run_seed(seed, Mutation::None, DurableBackend::new()),
+    );
 }
 
 #[test]
 fn mutation_check_catches_delivery_that_ignores_dependencies() {
-    let mut caught = Vec::new();
-    for seed in 0..MUTATION_SEEDS {
-        if let Err(failure) = run_seed(seed, Network::StripsDependencies) {
-            if failure.check == Check::CausalDelivery {
-                caught.push(seed);
-            }
-        }
-    }
+    let caught = mutation_caught(&[Check::CausalDelivery], |seed| {
+        run_seed(seed, Mutation::StripsDependencies, MemBackend::default())
+    });
     assert!(
         !caught.is_empty(),
         "a network that strips dependencies went unnoticed by the causal-delivery check \
@@ -100,12 +132,83 @@ fn mutation_check_catches_delivery_that_ignores_dependencies() {
     );
 }
 
-/// `SIM_SEED=S` runs seed `S` only; otherwise seeds `0..SIM_SEEDS` (default 1000).
-fn seeds_to_run() -> Vec<u64> {
+#[test]
+fn mutation_check_catches_a_commit_that_loses_the_applied_clock() {
+    let caught = mutation_caught(&[Check::Recovery], |seed| {
+        run_seed(seed, Mutation::None, MemBackend::losing_applied_clock())
+    });
+    assert!(
+        !caught.is_empty(),
+        "a store that does not persist the applied clock went unnoticed by the recovery \
+         check in seeds 0..{MUTATION_SEEDS}"
+    );
+    println!(
+        "lost applied clocks caught in {} of {MUTATION_SEEDS} seeds: {caught:?}",
+        caught.len()
+    );
+}
+
+#[test]
+fn mutation_check_catches_acknowledging_before_commit() {
+    let caught = mutation_caught(&[Check::Recovery, Check::Sessions], |seed| {
+        run_seed(seed, Mutation::AcksBeforeCommit, MemBackend::default())
+    });
+    assert!(
+        !caught.is_empty(),
+        "acknowledging writes and batches before their commit went unnoticed by the \
+         recovery and session checks in seeds 0..{MUTATION_SEEDS}"
+    );
+    println!(
+        "acknowledgements before commit caught in {} of {MUTATION_SEEDS} seeds: {caught:?}",
+        caught.len()
+    );
+}
+
+#[test]
+fn mutation_check_catches_senders_that_push_uncommitted_events() {
+    let caught = mutation_caught(&[Check::Recovery], |seed| {
+        run_seed(seed, Mutation::SendsUncommitted, MemBackend::default())
+    });
+    assert!(
+        !caught.is_empty(),
+        "senders that push uncommitted events went unnoticed by the recovery check \
+         in seeds 0..{MUTATION_SEEDS}"
+    );
+    println!(
+        "uncommitted events leaving a replica caught in {} of {MUTATION_SEEDS} seeds: {caught:?}",
+        caught.len()
+    );
+}
+
+/// Runs `seeds`, panicking at the first failure with the command that replays it.
+fn run_seeds(seeds: &[u64], test: &str, run: impl Fn(u64) -> Result<Stats, Failure>) {
+    let mut total = Stats::default();
+    for &seed in seeds {
+        match run(seed) {
+            Ok(stats) => total.add(&stats),
+            Err(failure) => panic!(
+                "simulation seed {seed} failed: {failure}\nreplay it with: \
+                 SIM_SEED={seed} {REPLAY} {test}"
+            ),
+        }
+    }
+    println!("{} seeds passed; totals: {total:?}", seeds.len());
+}
+
+/// The seeds among `0..MUTATION_SEEDS` where `run` fails with one of `checks`.
+fn mutation_caught(checks: &[Check], run: impl Fn(u64) -> Result<Stats, Failure>) -> Vec<u64> {
+    (0..MUTATION_SEEDS)
+        .filter(|&seed| run(seed).is_err_and(|failure| checks.contains(&failure.check)))
+        .collect()
+}
+
+/// `SIM_SEED=S` runs seed `S` only; otherwise seeds `0..$count_var` (default
+/// `default`).
+fn seeds_to_run(count_var: &str, default: u64) -> Vec<u64> {
     if let Some(seed) = env_number("SIM_SEED") {
         return vec![seed];
     }
-    (0..env_number("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect()
+    (0..env_number(count_var).unwrap_or(default)).collect()
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -118,13 +221,13 @@ fn env_number(name: &str) -> Option<u64> {
 }
 
 /// Runs one seed; a panic inside it becomes a failure that names the seed.
-fn run_seed(seed: u64, network: Network) -> Result<Stats, Failure> {
-    panic::catch_unwind(AssertUnwindSafe(|| simulate(seed, network)))
+fn run_seed<B: Backend>(seed: u64, mutation: Mutation, backend: B) -> Result<Stats, Failure> {
+    panic::catch_unwind(AssertUnwindSafe(|| simulate(seed, mutation, backend)))
         .unwrap_or_else(|payload| Err(Failure::panicked(payload.as_ref())))
 }
 
-fn simulate(seed: u64, network: Network) -> Result<Stats, Failure> {
-    let mut sim = Sim::new(seed, network).map_err(|v| Failure::new(v, "", &[]))?;
+fn simulate<B: Backend>(seed: u64, mutation: Mutation, backend: B) -> Result<Stats, Failure> {
+    let mut sim = Sim::new(seed, mutation, backend).map_err(|v| Failure::new(v, "", &[]))?;
     match sim.run() {
         Ok(()) => Ok(sim.stats),
         Err(violation) => Err(Failure::new(
@@ -132,6 +235,142 @@ fn simulate(seed: u64, network: Network) -> Result<Stats, Failure> {
             &format!("{:?}", sim.params),
             &sim.trace,
         )),
+    }
+}
+
+// ---- Stores ---------------------------------------------------------------------
+
+/// Where the replicas keep their state, and what a crash leaves of it.
+trait Backend {
+    type Store: Store + fmt::Debug;
+
+    /// Opens the store of replica `at`: empty the first time, and after a crash
+    /// with what it had committed. The replica's previous store is dropped.
+    fn open(&mut self, at: usize) -> StoreResult<Self::Store>;
+
+    /// Every key with siblings, in key order.
+    fn dump(store: &Self::Store) -> StoreResult<BTreeMap<String, Siblings>>;
+}
+
+/// [`MemStore`]s that a crash takes back to their last commit.
+#[derive(Debug, Default)]
+struct MemBackend {
+    /// Per replica, its store as of its last commit.
+    committed: Vec<Rc<RefCell<MemStore>>>,
+    /// Broken on purpose: commits keep everything but the `applied` clock.
+    loses_applied_clock: bool,
+}
+
+impl MemBackend {
+    fn losing_applied_clock() -> Self {
+        Self {
+            loses_applied_clock: true,
+            ..Self::default()
+        }
+    }
+}
+
+impl Backend for MemBackend {
+    type Store = CrashableMemStore;
+
+    fn open(&mut self, at: usize) -> StoreResult<CrashableMemStore> {
+        while self.committed.len() <= at {
+            self.committed.push(Rc::default());
+        }
+        let committed = self.committed[at].clone();
+        let live = committed.borrow().clone();
+        Ok(CrashableMemStore {
+            live,
+            committed,
+            loses_applied_clock: self.loses_applied_clock,
+        })
+    }
+
+    fn dump(store: &CrashableMemStore) -> StoreResult<BTreeMap<String, Siblings>> {
+        Ok(store.live.dump())
+    }
+}
+
+/// A [`MemStore`] whose every commit also saves a copy of it, for a crash to go
+/// back to: the changes since the last commit are what a crash loses.
+#[derive(Debug)]
+struct CrashableMemStore {
+    live: MemStore,
+    committed: Rc<RefCell<MemStore>>,
+    loses_applied_clock: bool,
+}
+
+impl Store for CrashableMemStore {
+    fn siblings(&self, key: &str) -> StoreResult<Siblings> {
+        self.live.siblings(key)
+    }
+    fn set_siblings(&mut self, key: &str, siblings: Siblings) -> StoreResult<()> {
+        self.live.set_siblings(key, siblings)
+    }
+    fn append(&mut self, event: Arc<Event>) -> StoreResult<()> {
+        self.live.append(event)
+    }
+    fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>> {
+        self.live.log_after(origin, after, limit)
+    }
+    fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()> {
+        self.live.truncate(origin, through)
+    }
+    fn log_len(&self) -> u64 {
+        self.live.log_len()
+    }
+    fn applied(&self) -> StoreResult<VClock> {
+        self.live.applied()
+    }
+    fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
+        self.live.commit(applied)?;
+        let mut snapshot = self.live.clone();
+        if self.loses_applied_clock {
+            let previous = self.committed.borrow().applied()?;
+            snapshot.commit(&previous)?;
+        }
+        *self.committed.borrow_mut() = snapshot;
+        Ok(())
+    }
+    fn fsyncs(&self) -> u64 {
+        self.live.fsyncs()
+    }
+}
+
+/// [`DurableStore`]s in a temporary directory, one subdirectory per replica;
+/// a crash drops the store with its uncommitted changes and reopens it.
+#[derive(Debug)]
+struct DurableBackend {
+    dir: tempfile::TempDir,
+}
+
+impl DurableBackend {
+    /// In `SIM_DURABLE_DIR` when set, else in `/dev/shm` when there is one:
+    /// opening a new fjall database syncs files and directories, which is
+    /// slow on a busy disk and free in memory. A crash here is the process's
+    /// (the store is dropped), so the medium does not change what is tested.
+    fn new() -> Self {
+        let base = std::env::var_os("SIM_DURABLE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("kvnode-sim-")
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("cannot make a directory in {}: {e}", base.display()));
+        Self { dir }
+    }
+}
+
+impl Backend for DurableBackend {
+    type Store = DurableStore;
+
+    fn open(&mut self, at: usize) -> StoreResult<DurableStore> {
+        DurableStore::open(&self.dir.path().join(format!("node{at}")), Durability::None)
+    }
+
+    fn dump(store: &DurableStore) -> StoreResult<BTreeMap<String, Siblings>> {
+        store.dump()
     }
 }
 
@@ -145,6 +384,9 @@ enum Check {
     NoLostWrites,
     Sessions,
     Siblings,
+    /// A restarted replica does not hold exactly what it had committed, or a
+    /// write lost in a crash had left the replica.
+    Recovery,
     /// The core's bookkeeping disagrees with the ground truth, or it failed.
     Core,
     /// Something panicked.
@@ -236,6 +478,8 @@ struct Stats {
     reads: u64,
     /// Client operations skipped because the replica lagged the session's context.
     stale_contexts: u64,
+    /// Client operations skipped because the session waited for a write's ack.
+    waiting_for_ack: u64,
     /// Stable tombstones found collected by a read.
     collected_tombstones_read: u64,
     events_delivered: u64,
@@ -244,6 +488,16 @@ struct Stats {
     refused: u64,
     messages_dropped: u64,
     messages_duplicated: u64,
+    commits: u64,
+    /// Commits of groups of more than one command.
+    group_commits: u64,
+    crashes: u64,
+    /// Crashes that lost an open group.
+    crashes_losing_a_group: u64,
+    /// Client writes lost in a crash before their commit (never acknowledged).
+    writes_lost: u64,
+    /// Events lost in a crash while buffered.
+    buffered_lost: u64,
 }
 
 impl Stats {
@@ -252,6 +506,7 @@ impl Stats {
         self.deletes += other.deletes;
         self.reads += other.reads;
         self.stale_contexts += other.stale_contexts;
+        self.waiting_for_ack += other.waiting_for_ack;
         self.collected_tombstones_read += other.collected_tombstones_read;
         self.events_delivered += other.events_delivered;
         self.delivered_from_buffer += other.delivered_from_buffer;
@@ -259,6 +514,12 @@ impl Stats {
         self.refused += other.refused;
         self.messages_dropped += other.messages_dropped;
         self.messages_duplicated += other.messages_duplicated;
+        self.commits += other.commits;
+        self.group_commits += other.group_commits;
+        self.crashes += other.crashes;
+        self.crashes_losing_a_group += other.crashes_losing_a_group;
+        self.writes_lost += other.writes_lost;
+        self.buffered_lost += other.buffered_lost;
     }
 }
 
@@ -322,6 +583,9 @@ struct Write {
     key: usize,
     /// The writes applied at the origin when this one was made: its causal past.
     past: WriteSet,
+    /// Lost in a crash of its origin before its group was committed. Its seq is
+    /// then given to a later write of the origin.
+    lost: bool,
 }
 
 impl Write {
@@ -333,7 +597,8 @@ impl Write {
 #[derive(Debug)]
 struct GroundTruth {
     writes: Vec<Write>,
-    /// `by_origin[o][seq - 1]` is the id of write `seq` of replica `o`.
+    /// `by_origin[o][seq - 1]` is the id of write `seq` of replica `o` (lost
+    /// writes leave it).
     by_origin: Vec<Vec<WriteId>>,
 }
 
@@ -345,6 +610,7 @@ impl GroundTruth {
             origin,
             key,
             past,
+            lost: false,
         });
         self.by_origin[origin].push(id);
         id
@@ -368,14 +634,18 @@ fn dot_list(dots: impl IntoIterator<Item = Dot>) -> String {
 
 // ---- The simulated world --------------------------------------------------------
 
-/// How the network treats the events it carries.
+/// What the simulation breaks on purpose, for the mutation checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Network {
-    /// Events arrive as they were sent.
-    Faithful,
-    /// Broken on purpose: every event arrives with its `deps` cut down to its
-    /// origin's entry, so receivers deliver it before its dependencies.
+enum Mutation {
+    None,
+    /// Every event arrives with its `deps` cut down to its origin's entry, so
+    /// receivers deliver it before its dependencies.
     StripsDependencies,
+    /// Senders push events of the open group, before its commit.
+    SendsUncommitted,
+    /// Replicas answer each command at once: a client's write, and a batch
+    /// with an ack, are acknowledged before the commit of their group.
+    AcksBeforeCommit,
 }
 
 /// The random shape of one seed's world.
@@ -386,27 +656,73 @@ struct Params {
     keys: usize,
     steps: usize,
     max_buffered: usize,
-    /// Weight of "drop a message" against 95 for all other steps.
+    /// Weight of "drop a message" against [`STEP_WEIGHTS`] for all other steps.
     drop_weight: u32,
     /// Chance that a delivered message stays in flight to arrive again.
     duplicate_chance: f64,
+    /// Chance that a group ends after one command.
+    single_command_groups: f64,
+    /// Most commands in a group.
+    max_group: usize,
+}
+
+/// What the ground truth says one replica has applied and knows.
+#[derive(Clone, Debug)]
+struct Knowledge {
+    /// The writes this replica has applied.
+    applied: WriteSet,
+    /// How many writes of each origin it has applied.
+    applied_per_origin: Vec<Seq>,
+    /// Per key, the applied writes of the key that no other applied write of the
+    /// key has in its past. The siblings must be these, less the tombstones
+    /// collected once stable.
+    expected_siblings: Vec<Vec<WriteId>>,
+    /// Per peer, the writes its acknowledgements have shown applied.
+    acked_by_peer: Vec<WriteSet>,
+}
+
+/// What a replica owes for a command of its open group, once it is committed.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    /// Acknowledge write `id` to `session`.
+    Write { session: usize, id: WriteId },
+    /// Acknowledge a batch to `peer`, with the `applied` clock after the commit.
+    Ack { peer: usize },
+}
+
+/// The commands a replica has taken since its last commit.
+#[derive(Debug, Default)]
+struct Group {
+    commands: usize,
+    /// The group is committed once it holds this many commands.
+    target: usize,
+    replies: Vec<Reply>,
 }
 
 #[derive(Debug)]
-struct Replica {
-    core: Core<MemStore>,
-    /// Ground truth: the writes this replica has applied.
-    applied: WriteSet,
-    /// Ground truth: how many writes of each origin it has applied.
-    applied_per_origin: Vec<Seq>,
-    /// Ground truth: per key, the applied writes of the key that no other applied
-    /// write of the key has in its past. The siblings must be these, less the
-    /// tombstones collected once stable.
-    expected_siblings: Vec<Vec<WriteId>>,
-    /// Ground truth: per peer, the writes its acknowledgements have shown applied.
-    acked_by_peer: Vec<WriteSet>,
+struct Replica<S> {
+    /// `None` only while the replica restarts.
+    core: Option<Core<S>>,
+    /// Ground truth, including the open group.
+    now: Knowledge,
+    /// Ground truth as of the last commit: what a crash goes back to.
+    committed: Knowledge,
+    /// The core's `applied` clock as of the last commit: what clients and
+    /// senders see (the node publishes it after each commit).
+    committed_clock: VClock,
+    group: Group,
     /// Per peer, the highest own seq sent to it: a pipelining sender's cursor.
     sent_through: Vec<Seq>,
+}
+
+impl<S: Store> Replica<S> {
+    fn core(&self) -> &Core<S> {
+        self.core.as_ref().expect("a replica is up between steps")
+    }
+
+    fn core_mut(&mut self) -> &mut Core<S> {
+        self.core.as_mut().expect("a replica is up between steps")
+    }
 }
 
 /// A client session, as `kvctl` keeps one.
@@ -418,6 +734,8 @@ struct Session {
     context: VClock,
     /// Per key, the writes it made or read: each later read must cover them.
     must_see: Vec<WriteSet>,
+    /// A write it waits to see acknowledged; it does nothing else meanwhile.
+    waiting_for: Option<WriteId>,
 }
 
 #[derive(Clone, Debug)]
@@ -497,6 +815,15 @@ enum Step {
     Drop {
         message: MessageSummary,
     },
+    Commit {
+        at: usize,
+        commands: usize,
+    },
+    Crash {
+        at: usize,
+        commands: usize,
+        writes: usize,
+    },
     Flush,
 }
 
@@ -546,29 +873,49 @@ impl fmt::Display for Step {
                 write!(f, "deliver {message}{copy}")
             }
             Step::Drop { message } => write!(f, "drop {message}"),
+            Step::Commit { at, commands } => {
+                write!(f, "node{at} commits a group of {commands} commands")
+            }
+            Step::Crash {
+                at,
+                commands,
+                writes,
+            } => write!(
+                f,
+                "node{at} crashes and restarts, losing a group of {commands} commands \
+                 ({writes} client writes)"
+            ),
             Step::Flush => f.write_str("reliable flush"),
         }
     }
 }
 
+/// Weights of the random steps: client writes, client reads, sends,
+/// deliveries, commits of an open group, crashes; drops come on top.
+const STEP_WEIGHTS: [u32; 6] = [25, 20, 20, 30, 5, 3];
+
 #[derive(Debug)]
-struct Sim {
+struct Sim<B: Backend> {
     rng: StdRng,
-    network: Network,
+    mutation: Mutation,
+    backend: B,
     params: Params,
+    limits: Limits,
     nodes: Vec<String>,
     keys: Vec<String>,
-    replicas: Vec<Replica>,
+    replicas: Vec<Replica<B::Store>>,
     sessions: Vec<Session>,
     truth: GroundTruth,
     in_flight: Vec<Message>,
     trace: Vec<Step>,
     stats: Stats,
     last_value: u64,
+    /// In the reliable flush every command is committed at once.
+    flushing: bool,
 }
 
-impl Sim {
-    fn new(seed: u64, network: Network) -> SimResult<Self> {
+impl<B: Backend> Sim<B> {
+    fn new(seed: u64, mutation: Mutation, mut backend: B) -> SimResult<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
         let params = Params {
             replicas: rng.random_range(3..=5),
@@ -582,20 +929,32 @@ impl Sim {
             },
             drop_weight: rng.random_range(0..=8),
             duplicate_chance: rng.random_range(0.0..0.2),
+            single_command_groups: rng.random_range(0.2..0.8),
+            max_group: rng.random_range(2..=6),
         };
         let nodes: Vec<String> = (0..params.replicas).map(|i| format!("node{i}")).collect();
         let keys = (0..params.keys).map(|k| format!("k{k}")).collect();
         let limits = Limits {
             max_buffered: params.max_buffered,
         };
+        let knowledge = Knowledge {
+            applied: WriteSet::default(),
+            applied_per_origin: vec![0; params.replicas],
+            expected_siblings: vec![Vec::new(); params.keys],
+            acked_by_peer: vec![WriteSet::default(); params.replicas],
+        };
         let mut replicas = Vec::new();
-        for id in &nodes {
+        for (at, id) in nodes.iter().enumerate() {
+            let store = backend.open(at).map_err(|e| {
+                Violation::new(Check::Core, format!("cannot open the store of {id}: {e}"))
+            })?;
+            let core = Core::new(id.clone(), nodes.clone(), store, limits.clone())?;
             replicas.push(Replica {
-                core: Core::new(id.clone(), nodes.clone(), MemStore::new(), limits.clone())?,
-                applied: WriteSet::default(),
-                applied_per_origin: vec![0; params.replicas],
-                expected_siblings: vec![Vec::new(); params.keys],
-                acked_by_peer: vec![WriteSet::default(); params.replicas],
+                committed_clock: core.applied().clone(),
+                core: Some(core),
+                now: knowledge.clone(),
+                committed: knowledge.clone(),
+                group: Group::default(),
                 sent_through: vec![0; params.replicas],
             });
         }
@@ -604,16 +963,19 @@ impl Sim {
                 home: rng.random_range(0..params.replicas),
                 context: VClock::new(),
                 must_see: vec![WriteSet::default(); params.keys],
+                waiting_for: None,
             })
             .collect();
         Ok(Self {
             rng,
-            network,
+            mutation,
+            backend,
             truth: GroundTruth {
                 writes: Vec::new(),
                 by_origin: vec![Vec::new(); params.replicas],
             },
             params,
+            limits,
             nodes,
             keys,
             replicas,
@@ -622,7 +984,12 @@ impl Sim {
             trace: Vec::new(),
             stats: Stats::default(),
             last_value: 0,
+            flushing: false,
         })
+    }
+
+    fn core(&self, at: usize) -> &Core<B::Store> {
+        self.replicas[at].core()
     }
 
     fn run(&mut self) -> SimResult {
@@ -636,20 +1003,28 @@ impl Sim {
         self.check_sessions_after_flush()
     }
 
-    /// One random step. Weights, out of `95 + drop_weight`: 25 client writes,
-    /// 20 client reads, 20 sends, 30 deliveries, `drop_weight` losses.
+    /// One random step, weighted by [`STEP_WEIGHTS`] and the drop weight.
     fn random_step(&mut self) -> SimResult {
-        let roll = self.rng.random_range(0..95 + self.params.drop_weight);
+        let total: u32 = STEP_WEIGHTS.iter().sum();
+        let mut roll = self.rng.random_range(0..total + self.params.drop_weight);
+        let kind = STEP_WEIGHTS
+            .iter()
+            .position(|&weight| {
+                let here = roll < weight;
+                roll = roll.saturating_sub(weight);
+                here
+            })
+            .unwrap_or(STEP_WEIGHTS.len());
         let replicas = self.replicas.len();
-        match roll {
-            0..25 => {
+        match kind {
+            0 => {
                 let session = self.rng.random_range(0..self.sessions.len());
                 let at = self.choose_replica(session);
                 let key = self.rng.random_range(0..self.keys.len());
                 let delete = self.rng.random_bool(0.15);
                 self.client_write(session, at, key, delete)
             }
-            25..45 => {
+            1 => {
                 let session = self.rng.random_range(0..self.sessions.len());
                 let at = self.choose_replica(session);
                 let key = self.rng.random_range(0..self.keys.len());
@@ -657,20 +1032,301 @@ impl Sim {
                 self.client_read(session, at, key)?;
                 Ok(())
             }
-            45..65 => {
+            2 => {
                 let from = self.rng.random_range(0..replicas);
                 let to = (from + self.rng.random_range(1..replicas)) % replicas;
                 self.send(from, to)
             }
-            65..95 => {
+            3 => {
                 let kept_copy = self.rng.random_bool(self.params.duplicate_chance);
                 self.deliver_random(kept_copy)
+            }
+            4 => {
+                let open: Vec<usize> = (0..replicas)
+                    .filter(|&at| self.replicas[at].group.commands > 0)
+                    .collect();
+                if open.is_empty() {
+                    return Ok(());
+                }
+                let at = open[self.rng.random_range(0..open.len())];
+                self.commit(at)
+            }
+            5 => {
+                let at = self.rng.random_range(0..replicas);
+                self.crash(at)
             }
             _ => {
                 self.drop_random();
                 Ok(())
             }
         }
+    }
+
+    // ---- The writer path ----
+
+    /// Adds a command that replica `at` has just run to its open group, and
+    /// commits the group once it is full.
+    fn add_to_group(&mut self, at: usize, reply: Option<Reply>) -> SimResult {
+        if self.replicas[at].group.commands == 0 {
+            let target = if self.flushing || self.rng.random_bool(self.params.single_command_groups)
+            {
+                1
+            } else {
+                self.rng.random_range(2..=self.params.max_group)
+            };
+            self.replicas[at].group.target = target;
+        }
+        let group = &mut self.replicas[at].group;
+        group.commands += 1;
+        group.replies.extend(reply);
+        let full = group.commands >= group.target;
+        if let Some(reply) = reply.filter(|_| self.mutation == Mutation::AcksBeforeCommit) {
+            self.answer(at, reply);
+        }
+        if full {
+            self.commit(at)?;
+        }
+        Ok(())
+    }
+
+    /// Commits replica `at`'s open group, then answers its commands: client
+    /// writes are acknowledged, batches' senders get an ack.
+    fn commit(&mut self, at: usize) -> SimResult {
+        let commands = std::mem::take(&mut self.replicas[at].group.commands);
+        let replies = std::mem::take(&mut self.replicas[at].group.replies);
+        self.trace.push(Step::Commit { at, commands });
+        self.stats.commits += 1;
+        if commands > 1 {
+            self.stats.group_commits += 1;
+        }
+        let replica = &mut self.replicas[at];
+        replica.core_mut().commit()?;
+        replica.committed = replica.now.clone();
+        replica.committed_clock = replica.core().applied().clone();
+        self.check_clock(at, &self.replicas[at].committed_clock, "committed clock")?;
+        if self.mutation != Mutation::AcksBeforeCommit {
+            for reply in replies {
+                self.answer(at, reply);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica `at` answers a command: a client's write is acknowledged (the
+    /// session adds it to its context), a batch's sender gets an ack.
+    fn answer(&mut self, at: usize, reply: Reply) {
+        match reply {
+            Reply::Write { session, id } => {
+                let write = &self.truth.writes[id];
+                let session = &mut self.sessions[session];
+                if session.waiting_for == Some(id) {
+                    session.waiting_for = None;
+                }
+                session.context.merge(&write.event.timestamp());
+                session.must_see[write.key].insert(id);
+            }
+            Reply::Ack { peer } => {
+                let ack = self.ack(at, peer);
+                self.in_flight.push(ack);
+            }
+        }
+    }
+
+    /// Replica `at` crashes and restarts: its core (with its buffer and its
+    /// peers' acknowledged clocks) and its open group are dropped without a
+    /// commit, and a new core is built over what its store had committed.
+    fn crash(&mut self, at: usize) -> SimResult {
+        let node = self.nodes[at].clone();
+        let replies = std::mem::take(&mut self.replicas[at].group.replies);
+        let commands = std::mem::take(&mut self.replicas[at].group.commands);
+        let lost: Vec<WriteId> = replies
+            .iter()
+            .filter_map(|reply| match *reply {
+                Reply::Write { session, id } => {
+                    // The client's request fails: it did not get an ack.
+                    let session = &mut self.sessions[session];
+                    if session.waiting_for == Some(id) {
+                        session.waiting_for = None;
+                    }
+                    Some(id)
+                }
+                Reply::Ack { .. } => None,
+            })
+            .collect();
+        self.trace.push(Step::Crash {
+            at,
+            commands,
+            writes: lost.len(),
+        });
+        self.stats.crashes += 1;
+        self.stats.crashes_losing_a_group += u64::from(commands > 0);
+        self.stats.writes_lost += lost.len() as u64;
+        self.stats.buffered_lost += self.core(at).buffered() as u64;
+
+        // Drop the old store first: a durable one holds its directory's lock.
+        let replica = &mut self.replicas[at];
+        replica.core = None;
+        replica.now = replica.committed.clone();
+        replica.group = Group::default();
+        replica.sent_through.fill(0);
+
+        // Its writes after the last commit are exactly the lost ones; their
+        // seqs go to its next writes.
+        let committed_own = self.replicas[at].committed.applied_per_origin[at] as usize;
+        let own = &mut self.truth.by_origin[at];
+        let mut dropped: Vec<WriteId> = own.split_off(committed_own.min(own.len()));
+        dropped.sort_unstable();
+        let mut expected_lost = lost.clone();
+        expected_lost.sort_unstable();
+        ensure!(
+            dropped == expected_lost,
+            Check::Core,
+            "{node} had written {} since its last commit, but its open group held {}",
+            self.truth.dots(&dropped),
+            self.truth.dots(&expected_lost)
+        );
+        for &id in &lost {
+            self.truth.writes[id].lost = true;
+        }
+
+        let store = self.backend.open(at).map_err(|e| {
+            Violation::new(
+                Check::Recovery,
+                format!("{node} cannot reopen its store after a crash: {e}"),
+            )
+        })?;
+        let core = Core::new(node.clone(), self.nodes.clone(), store, self.limits.clone())
+            .map_err(|e| {
+                Violation::new(
+                    Check::Recovery,
+                    format!("{node} cannot restart over its store: {e}"),
+                )
+            })?;
+        self.replicas[at].core = Some(core);
+        self.check_recovered(at, &lost)
+    }
+
+    /// After a restart, replica `at` holds exactly what it had committed, and
+    /// the writes `lost` with its open group never reached anyone.
+    fn check_recovered(&self, at: usize, lost: &[WriteId]) -> SimResult {
+        let node = &self.nodes[at];
+        let replica = &self.replicas[at];
+        let core = replica.core();
+        let counts = &replica.committed.applied_per_origin;
+        let agrees = self
+            .nodes
+            .iter()
+            .zip(counts)
+            .all(|(n, &count)| core.applied().get(n) == count);
+        ensure!(
+            agrees && core.applied().nodes().all(|n| self.nodes.contains(n)),
+            Check::Recovery,
+            "{node} restarted with applied {}, but it had committed {counts:?} writes per \
+             origin",
+            core.applied()
+        );
+        ensure!(
+            *core.applied() == replica.committed_clock,
+            Check::Recovery,
+            "{node} restarted with applied {}, but its last commit recorded {}",
+            core.applied(),
+            replica.committed_clock
+        );
+        ensure!(
+            core.buffered() == 0,
+            Check::Recovery,
+            "{node} restarted with {} buffered events",
+            core.buffered()
+        );
+        for (peer, acked) in replica.committed.acked_by_peer.iter().enumerate() {
+            let Some(clock) = core.acked(&self.nodes[peer]) else {
+                continue;
+            };
+            let truth = self.per_origin(acked);
+            let within = self
+                .nodes
+                .iter()
+                .zip(&truth)
+                .all(|(n, &count)| clock.get(n) <= count);
+            ensure!(
+                within,
+                Check::Recovery,
+                "{node} restarted believing {} acknowledged {clock}, but it had acknowledged \
+                 only {truth:?} writes per origin",
+                self.nodes[peer]
+            );
+        }
+        for key in 0..self.keys.len() {
+            let read = core.read(&self.keys[key])?;
+            let siblings = self.sibling_ids(&read)?;
+            self.check_siblings(at, key, &siblings)?;
+            self.check_winner(at, key, &read, &siblings)?;
+        }
+        // Its log still holds every own write a peer has not acknowledged.
+        for peer in (0..self.replicas.len()).filter(|&peer| peer != at) {
+            let acked = self.acked_own_truth(at, peer);
+            self.outgoing(at, peer, acked, usize::MAX)?;
+        }
+        // What its peers hold as its acknowledgements, and the acks it sent
+        // that are still in flight, count only what it had committed: they
+        // stay true across the crash.
+        let committed = &replica.committed_clock;
+        for (other, peer) in self.replicas.iter().enumerate() {
+            let Some(acked) = peer.core().acked(node).filter(|_| other != at) else {
+                continue;
+            };
+            ensure!(
+                committed.covers(acked),
+                Check::Recovery,
+                "{} holds {acked} as acknowledged by {node}, which had committed only \
+                 {committed} when it crashed",
+                self.nodes[other]
+            );
+        }
+        for message in &self.in_flight {
+            if let Message::Ack { from, applied, .. } = message {
+                ensure!(
+                    *from != at || committed.covers(applied),
+                    Check::Recovery,
+                    "an ack of {node} in flight counts {applied}, but {node} had committed \
+                     only {committed} when it crashed"
+                );
+            }
+        }
+        // A lost write had not left: it was never committed, so never sent.
+        for &id in lost {
+            let dot = self.truth.dot(id);
+            for (other, replica) in self.replicas.iter().enumerate() {
+                ensure!(
+                    !replica.now.applied.contains(id),
+                    Check::Recovery,
+                    "{node} lost {dot} in a crash before committing it, but {} has applied it",
+                    self.nodes[other]
+                );
+                let buffered = replica
+                    .core()
+                    .buffered_events(usize::MAX)
+                    .iter()
+                    .any(|(e, _)| e.dot() == dot);
+                ensure!(
+                    !buffered,
+                    Check::Recovery,
+                    "{node} lost {dot} in a crash before committing it, but {} buffers it",
+                    self.nodes[other]
+                );
+            }
+            let in_flight = self.in_flight.iter().any(|m| match m {
+                Message::Events { events, .. } => events.iter().any(|e| e.dot() == dot),
+                Message::Ack { applied_writes, .. } => applied_writes.contains(id),
+            });
+            ensure!(
+                !in_flight,
+                Check::Recovery,
+                "{node} lost {dot} in a crash before committing it, but a message in flight \
+                 carries it"
+            );
+        }
+        Ok(())
     }
 
     // ---- Clients ----
@@ -685,11 +1341,13 @@ impl Sim {
         }
     }
 
-    /// Whether the replica has applied everything the session's context counts;
-    /// when not, the client's operation fails and it retries later.
+    /// Whether the replica has committed everything the session's context
+    /// counts; when not, the client's operation fails and it retries later.
     fn context_satisfied(&self, session: usize, at: usize) -> SimResult<bool> {
         let context = &self.sessions[session].context;
-        match self.replicas[at].core.check_context(context) {
+        let replica = &self.replicas[at];
+        let core = replica.core();
+        match check_context(core.id(), core.nodes(), &replica.committed_clock, context) {
             ContextCheck::Satisfied => Ok(true),
             ContextCheck::Behind(_) => Ok(false),
             other => Err(Violation::new(
@@ -702,6 +1360,14 @@ impl Sim {
         }
     }
 
+    /// Whether the session still waits for the ack of a write (then it does
+    /// nothing else, as a client blocked on its request).
+    fn waiting(&mut self, session: usize) -> bool {
+        let waiting = self.sessions[session].waiting_for.is_some();
+        self.stats.waiting_for_ack += u64::from(waiting);
+        waiting
+    }
+
     fn client_write(&mut self, session: usize, at: usize, key: usize, delete: bool) -> SimResult {
         self.trace.push(Step::Write {
             session,
@@ -709,6 +1375,9 @@ impl Sim {
             key,
             delete,
         });
+        if self.waiting(session) {
+            return Ok(());
+        }
         if !self.context_satisfied(session, at)? {
             self.stats.stale_contexts += 1;
             return Ok(());
@@ -721,11 +1390,13 @@ impl Sim {
             Op::Put(Value::from_serialize(&self.last_value).expect("a number is JSON"))
         };
         self.stats.writes += 1;
-        let past = self.replicas[at].applied.clone();
         let replica = &mut self.replicas[at];
-        let event = replica.core.local_write(self.keys[key].clone(), op)?;
-        replica.core.commit()?;
-        let expected = Dot::new(self.nodes[at].clone(), replica.applied_per_origin[at] + 1);
+        let past = replica.now.applied.clone();
+        let event = replica.core_mut().local_write(self.keys[key].clone(), op)?;
+        let expected = Dot::new(
+            self.nodes[at].clone(),
+            replica.now.applied_per_origin[at] + 1,
+        );
         ensure!(
             event.dot() == expected && event.key == self.keys[key],
             Check::Core,
@@ -735,25 +1406,29 @@ impl Sim {
             event.dot(),
             event.key
         );
-        let id = self.truth.record(at, key, event.clone(), past);
+        let id = self.truth.record(at, key, event, past);
         self.observe_apply(at, id)?;
-        self.check_clock(at, self.replicas[at].core.applied(), "applied clock")?;
-        let session = &mut self.sessions[session];
-        session.context.merge(&event.timestamp());
-        session.must_see[key].insert(id);
-        Ok(())
+        self.check_clock(at, self.core(at).applied(), "applied clock")?;
+        self.sessions[session].waiting_for = Some(id);
+        self.add_to_group(at, Some(Reply::Write { session, id }))
     }
 
     /// Reads `key` for `session` at replica `at`, checking what comes back;
-    /// false when the replica lags the session's context.
+    /// false when the replica lags the session's context. The read is served
+    /// after the replica's open group: it sees committed state only.
     fn client_read(&mut self, session: usize, at: usize, key: usize) -> SimResult<bool> {
+        if self.waiting(session) {
+            return Ok(false);
+        }
+        if self.replicas[at].group.commands > 0 {
+            self.commit(at)?;
+        }
         if !self.context_satisfied(session, at)? {
             self.stats.stale_contexts += 1;
             return Ok(false);
         }
         self.stats.reads += 1;
-        let read: ReadResult = self.replicas[at].core.read(&self.keys[key])?;
-        self.replicas[at].core.commit()?;
+        let read: ReadResult = self.core(at).read(&self.keys[key])?;
         let siblings = self.sibling_ids(&read)?;
         let collected = self.check_siblings(at, key, &siblings)?;
         self.check_winner(at, key, &read, &siblings)?;
@@ -788,16 +1463,18 @@ impl Sim {
 
     // ---- Replication ----
 
-    /// Replica `from` pushes a prefix of its own log to `to`, from a cursor that
-    /// is sometimes where it left off, sometimes the peer's last acknowledgement,
-    /// and sometimes confused (behind or ahead).
+    /// Replica `from` pushes a prefix of its own committed log to `to`, from a
+    /// cursor that is sometimes where it left off, sometimes the peer's last
+    /// acknowledgement, and sometimes confused (behind or ahead).
     fn send(&mut self, from: usize, to: usize) -> SimResult {
         let acked = self.acked_own(from, to);
         let replica = &self.replicas[from];
         let after = match self.rng.random_range(0..10) {
             0..5 => acked.max(replica.sent_through[to]),
             5..8 => acked,
-            _ => self.rng.random_range(0..=replica.applied_per_origin[from]),
+            _ => self
+                .rng
+                .random_range(0..=replica.committed.applied_per_origin[from]),
         };
         let limit = self.rng.random_range(1..=6);
         self.trace.push(Step::Send {
@@ -815,22 +1492,48 @@ impl Sim {
         Ok(())
     }
 
-    /// How many of `from`'s own writes `to` has acknowledged, as `from` knows it.
+    /// How many of `from`'s own writes `to` has acknowledged, as `from`'s core
+    /// knows it.
     fn acked_own(&self, from: usize, to: usize) -> Seq {
-        self.replicas[from]
-            .core
+        self.core(from)
             .acked(&self.nodes[to])
             .map_or(0, |clock| clock.get(&self.nodes[from]))
     }
 
-    /// Up to `limit` of `from`'s own events after seq `after`, for `to`, checked:
-    /// in order, without gaps, and with nothing collected from the log that `to`
-    /// has not acknowledged.
+    /// How many of `from`'s own writes the ground truth says `from` has seen
+    /// `to` acknowledge (since its last commit before a crash, at least).
+    fn acked_own_truth(&self, from: usize, to: usize) -> Seq {
+        let acked = &self.replicas[from].now.acked_by_peer[to];
+        self.truth.by_origin[from]
+            .iter()
+            .take_while(|&&id| acked.contains(id))
+            .count() as Seq
+    }
+
+    /// How many writes of each origin `set` holds.
+    fn per_origin(&self, set: &WriteSet) -> Vec<Seq> {
+        let mut counts = vec![0; self.replicas.len()];
+        for id in set.iter() {
+            counts[self.truth.writes[id].origin] += 1;
+        }
+        counts
+    }
+
+    /// Up to `limit` of `from`'s own committed events after seq `after`, for
+    /// `to`, checked: in order, without gaps, and with nothing collected from
+    /// the log that `to` has not acknowledged.
     fn outgoing(&self, from: usize, to: usize, after: Seq, limit: usize) -> SimResult<Vec<Event>> {
-        let events = self.replicas[from].core.own_events_after(after, limit)?;
+        let mut events = self.core(from).own_events_after(after, limit)?;
         let node = &self.nodes[from];
-        let own = self.replicas[from].applied_per_origin[from];
-        let acked = self.acked_own(from, to);
+        let own = if self.mutation == Mutation::SendsUncommitted {
+            self.replicas[from].now.applied_per_origin[from]
+        } else {
+            self.replicas[from].committed.applied_per_origin[from]
+        };
+        // The sender sees the core between groups: the open group's events
+        // are not there yet.
+        events.retain(|e| e.seq <= own);
+        let acked = self.acked_own_truth(from, to);
         let first = events.first().map_or(own + 1, |e| e.seq);
         ensure!(
             first > after && first <= after.max(acked) + 1,
@@ -847,8 +1550,8 @@ impl Sim {
         ensure!(
             in_order && events.len() == expected_len,
             Check::Core,
-            "{node}'s log answers {} for up to {limit} of its events after {after} \
-             (it has made {own})",
+            "{node}'s log answers {} for up to {limit} of its committed events after {after} \
+             (it has committed {own})",
             dot_list(events.iter().map(|e| e.dot()))
         );
         Ok(events.iter().map(|e| (**e).clone()).collect())
@@ -869,10 +1572,7 @@ impl Sim {
             message: message.summary(),
             kept_copy,
         });
-        if let Some(ack) = self.handle(message)? {
-            self.in_flight.push(ack);
-        }
-        Ok(())
+        self.handle(message)
     }
 
     fn drop_random(&mut self) {
@@ -887,10 +1587,11 @@ impl Sim {
         });
     }
 
-    /// Delivers a message; for a batch of events, returns the receiver's ack.
-    fn handle(&mut self, message: Message) -> SimResult<Option<Message>> {
+    /// Delivers a message: a command for the receiver's writer path. A batch
+    /// of events is acknowledged once the receiver commits it.
+    fn handle(&mut self, message: Message) -> SimResult {
         match message {
-            Message::Events { from, to, events } => self.receive(from, to, events).map(Some),
+            Message::Events { from, to, events } => self.receive(from, to, events),
             Message::Ack {
                 from,
                 to,
@@ -898,10 +1599,9 @@ impl Sim {
                 applied_writes,
             } => {
                 let replica = &mut self.replicas[to];
-                replica.core.record_ack(&self.nodes[from], &applied)?;
-                replica.core.commit()?;
-                replica.acked_by_peer[from].union_with(&applied_writes);
-                Ok(None)
+                replica.core_mut().record_ack(&self.nodes[from], &applied)?;
+                replica.now.acked_by_peer[from].union_with(&applied_writes);
+                self.add_to_group(to, None)
             }
         }
     }
@@ -912,20 +1612,18 @@ impl Sim {
         Message::Ack {
             from,
             to,
-            applied: replica.core.applied().clone(),
-            applied_writes: replica.applied.clone(),
+            applied: replica.core().applied().clone(),
+            applied_writes: replica.now.applied.clone(),
         }
     }
 
-    fn receive(&mut self, from: usize, to: usize, mut events: Vec<Event>) -> SimResult<Message> {
-        if self.network == Network::StripsDependencies {
+    fn receive(&mut self, from: usize, to: usize, mut events: Vec<Event>) -> SimResult {
+        if self.mutation == Mutation::StripsDependencies {
             for e in &mut events {
                 e.deps = [(e.origin.clone(), e.seq - 1)].into_iter().collect();
             }
         }
-        let core = &mut self.replicas[to].core;
-        let receipt: Receipt = core.receive(events)?;
-        core.commit()?;
+        let receipt: Receipt = self.replicas[to].core_mut().receive(events)?;
         self.stats.events_delivered += receipt.delivered.len() as u64;
         self.stats.delivered_from_buffer += receipt.from_buffer.len() as u64;
         self.stats.duplicates += receipt.duplicates as u64;
@@ -934,23 +1632,35 @@ impl Sim {
             let id = self.write_id(dot)?;
             self.observe_apply(to, id)?;
         }
-        self.check_clock(to, self.replicas[to].core.applied(), "applied clock")?;
-        Ok(self.ack(to, from))
+        self.check_clock(to, self.core(to).applied(), "applied clock")?;
+        self.add_to_group(to, Some(Reply::Ack { peer: from }))
     }
 
-    /// After the random phase, a reliable network: everything in flight arrives,
-    /// then every replica pushes to every peer all it has not acknowledged until
-    /// no replica applies anything more; then a clock exchange, so that every
-    /// replica learns what everyone has applied and can collect its log.
-    fn flush(&mut self) -> SimResult {
+    /// Delivers everything in flight, in random order, with what that brings.
+    fn drain_in_flight(&mut self) -> SimResult {
         while !self.in_flight.is_empty() {
             let index = self.rng.random_range(0..self.in_flight.len());
             let message = self.in_flight.swap_remove(index);
-            if let Some(ack) = self.handle(message)? {
-                self.handle(ack)?;
+            self.handle(message)?;
+        }
+        Ok(())
+    }
+
+    /// After the random phase, a reliable network and no more crashes: every
+    /// open group is committed and each command from now on commits at once;
+    /// everything in flight arrives, then every replica pushes to every peer
+    /// all it has not acknowledged until no replica applies anything more;
+    /// then a clock exchange, so that every replica learns what everyone has
+    /// applied and can collect its log.
+    fn flush(&mut self) -> SimResult {
+        let replicas = self.replicas.len();
+        for at in 0..replicas {
+            if self.replicas[at].group.commands > 0 {
+                self.commit(at)?;
             }
         }
-        let replicas = self.replicas.len();
+        self.flushing = true;
+        self.drain_in_flight()?;
         let mut rounds = 0;
         loop {
             ensure!(
@@ -965,8 +1675,8 @@ impl Sim {
                     let acked = self.acked_own(from, to);
                     let events = self.outgoing(from, to, acked, usize::MAX)?;
                     if !events.is_empty() {
-                        let ack = self.receive(from, to, events)?;
-                        self.handle(ack)?;
+                        self.receive(from, to, events)?;
+                        self.drain_in_flight()?;
                     }
                 }
             }
@@ -985,7 +1695,7 @@ impl Sim {
     fn applied_total(&self) -> Seq {
         self.replicas
             .iter()
-            .flat_map(|r| &r.applied_per_origin)
+            .flat_map(|r| &r.now.applied_per_origin)
             .sum()
     }
 
@@ -1015,7 +1725,7 @@ impl Sim {
     /// delivery against the ground truth.
     fn observe_apply(&mut self, at: usize, id: WriteId) -> SimResult {
         let write = &self.truth.writes[id];
-        let replica = &mut self.replicas[at];
+        let replica = &mut self.replicas[at].now;
         let node = &self.nodes[at];
         let dot = write.event.dot();
         ensure!(
@@ -1044,7 +1754,7 @@ impl Sim {
     /// Checks a clock of replica `at` against the writes the ground truth says it
     /// has applied.
     fn check_clock(&self, at: usize, clock: &VClock, what: &str) -> SimResult {
-        let counts = &self.replicas[at].applied_per_origin;
+        let counts = &self.replicas[at].now.applied_per_origin;
         let agrees = self
             .nodes
             .iter()
@@ -1082,7 +1792,7 @@ impl Sim {
                 );
             }
         }
-        let expected = &self.replicas[at].expected_siblings[key];
+        let expected = &self.replicas[at].now.expected_siblings[key];
         let (collected, missing): (Vec<WriteId>, Vec<WriteId>) = expected
             .iter()
             .filter(|id| !siblings.contains(id))
@@ -1104,7 +1814,7 @@ impl Sim {
 
     /// Whether replica `at` knows that every node has applied write `id`.
     fn is_stable_at(&self, at: usize, id: WriteId) -> bool {
-        let replica = &self.replicas[at];
+        let replica = &self.replicas[at].now;
         replica.applied.contains(id)
             && (0..self.replicas.len())
                 .filter(|&peer| peer != at)
@@ -1149,43 +1859,58 @@ impl Sim {
 
     // ---- Final checks ----
 
+    fn dump(&self, at: usize) -> SimResult<BTreeMap<String, Siblings>> {
+        B::dump(self.core(at).store()).map_err(|e| {
+            Violation::new(
+                Check::Core,
+                format!("cannot list the keys of {}: {e}", self.nodes[at]),
+            )
+        })
+    }
+
     fn check_converged(&self) -> SimResult {
-        let reference = &self.replicas[0];
-        let reference_dump = reference.core.store().dump();
+        let reference = self.core(0);
+        let reference_dump = self.dump(0)?;
         for (at, replica) in self.replicas.iter().enumerate() {
             let node = &self.nodes[at];
+            let core = replica.core();
             ensure!(
-                replica.core.buffered() == 0,
+                core.buffered() == 0,
                 Check::Convergence,
                 "{node} still buffers {} events after the flush",
-                replica.core.buffered()
+                core.buffered()
+            );
+            ensure!(
+                replica.group.commands == 0 && *core.applied() == replica.committed_clock,
+                Check::Convergence,
+                "{node} has not committed everything after the flush"
             );
             for (origin, writes) in self.truth.by_origin.iter().enumerate() {
                 ensure!(
-                    replica.applied_per_origin[origin] == writes.len() as Seq,
+                    replica.now.applied_per_origin[origin] == writes.len() as Seq,
                     Check::NoLostWrites,
                     "{node} applied {} of the {} writes of {}",
-                    replica.applied_per_origin[origin],
+                    replica.now.applied_per_origin[origin],
                     writes.len(),
                     self.nodes[origin]
                 );
             }
-            self.check_clock(at, replica.core.applied(), "applied clock")?;
+            self.check_clock(at, core.applied(), "applied clock")?;
             ensure!(
-                replica.core.applied() == reference.core.applied(),
+                core.applied() == reference.applied(),
                 Check::Convergence,
                 "{node} applied {} but {} applied {}",
-                replica.core.applied(),
+                core.applied(),
                 self.nodes[0],
-                reference.core.applied()
+                reference.applied()
             );
             ensure!(
-                replica.core.store().log_len() == 0,
+                core.store().log_len() == 0,
                 Check::Core,
                 "{node} keeps {} log entries although every node acknowledged everything",
-                replica.core.store().log_len()
+                core.store().log_len()
             );
-            let dump = replica.core.store().dump();
+            let dump = self.dump(at)?;
             let differing: Vec<&String> = self
                 .keys
                 .iter()
@@ -1209,7 +1934,7 @@ impl Sim {
     /// tombstone: every delete is stable by now.
     fn check_final_siblings(&self, at: usize, key: usize) -> SimResult {
         let node = &self.nodes[at];
-        let read = self.replicas[at].core.read(&self.keys[key])?;
+        let read = self.core(at).read(&self.keys[key])?;
         let siblings = self.sibling_ids(&read)?;
         self.check_siblings(at, key, &siblings)?;
         self.check_winner(at, key, &read, &siblings)?;
@@ -1231,7 +1956,7 @@ impl Sim {
                 self.keys[key]
             );
         }
-        let reference = self.replicas[0].core.read(&self.keys[key])?;
+        let reference = self.core(0).read(&self.keys[key])?;
         ensure!(
             read.siblings == reference.siblings && read.winner() == reference.winner(),
             Check::Convergence,
@@ -1246,12 +1971,12 @@ impl Sim {
 
     /// Computed afresh from the ground truth: once every write is everywhere and
     /// stable, the siblings of a key are the puts that no write of the key saw.
-    /// A write may disappear only by being overwritten, or as a collected
-    /// tombstone.
+    /// A write may disappear only by being overwritten, as a collected
+    /// tombstone, or by a crash before its commit (it was never acknowledged).
     fn check_no_lost_writes(&self) -> SimResult {
         for (key, name) in self.keys.iter().enumerate() {
             let writes: Vec<WriteId> = (0..self.truth.writes.len())
-                .filter(|&id| self.truth.writes[id].key == key)
+                .filter(|&id| self.truth.writes[id].key == key && !self.truth.writes[id].lost)
                 .collect();
             let survivors: Vec<WriteId> = writes
                 .iter()
@@ -1264,7 +1989,7 @@ impl Sim {
                 })
                 .collect();
             for (at, replica) in self.replicas.iter().enumerate() {
-                let mut siblings = self.sibling_ids(&replica.core.read(name)?)?;
+                let mut siblings = self.sibling_ids(&replica.core().read(name)?)?;
                 siblings.sort_unstable();
                 let lost: Vec<WriteId> = survivors
                     .iter()
@@ -1286,10 +2011,16 @@ impl Sim {
         Ok(())
     }
 
-    /// After the flush, every session's context is satisfied everywhere, and a
-    /// read of every key still shows what the session wrote and read.
+    /// After the flush, no session waits for an ack, every session's context is
+    /// satisfied everywhere, and a read of every key still shows what the
+    /// session wrote and read.
     fn check_sessions_after_flush(&mut self) -> SimResult {
         for session in 0..self.sessions.len() {
+            ensure!(
+                self.sessions[session].waiting_for.is_none(),
+                Check::Sessions,
+                "session {session} still waits for an ack after the flush"
+            );
             for at in 0..self.replicas.len() {
                 ensure!(
                     self.context_satisfied(session, at)?,
