@@ -1,7 +1,9 @@
 //! `cargo xtask ci`: the checks CI runs, in order, stopping at the first failure.
 //!
 //! Every step inherits stdout and stderr, so cargo's output (and its colors, as set by
-//! `CARGO_TERM_COLOR`) reaches the log unchanged.
+//! `CARGO_TERM_COLOR`) reaches the log unchanged. The last step, `e2e`, runs the
+//! end-to-end scenarios against containers (`cargo xtask e2e`) when a Docker engine
+//! answers `docker info`; otherwise it says plainly that it skipped them, and why.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,8 +39,16 @@ const STEPS: &[Step] = &[
     },
 ];
 
+/// How a step ended, for the summary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Failed,
+    Skipped,
+}
+
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
-    let mut done: Vec<(&str, Duration)> = Vec::new();
+    let mut done: Vec<(&str, Duration, Outcome)> = Vec::new();
     for step in STEPS {
         let command_line = format!("cargo {}", step.cargo_args.join(" "));
         println!("\n==> {}: {command_line}", step.name);
@@ -48,23 +58,51 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
             .current_dir(root)
             .status()
             .with_context(|| format!("cannot run `{command_line}`"))?;
-        done.push((step.name, started.elapsed()));
         if !status.success() {
-            print_summary(&done, Some(step.name));
+            done.push((step.name, started.elapsed(), Outcome::Failed));
+            print_summary(&done);
             bail!(
                 "ci step `{}` failed: `{command_line}` exited with {status}",
                 step.name
             );
         }
+        done.push((step.name, started.elapsed(), Outcome::Ok));
     }
-    print_summary(&done, None);
+
+    println!("\n==> e2e: cargo xtask e2e");
+    let started = Instant::now();
+    match crate::image::docker_answers() {
+        Err(why) => {
+            println!("skipped e2e: {why:#}");
+            println!("(the end-to-end scenarios need a Docker engine; run `cargo xtask e2e` where one answers)");
+            done.push(("e2e", started.elapsed(), Outcome::Skipped));
+        }
+        Ok(()) => {
+            let result = crate::e2e::run(root, &crate::e2e::Args::default());
+            let outcome = if result.is_ok() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            };
+            done.push(("e2e", started.elapsed(), outcome));
+            if let Err(err) = result {
+                print_summary(&done);
+                return Err(err.context("ci step `e2e` failed"));
+            }
+        }
+    }
+    print_summary(&done);
     Ok(())
 }
 
-fn print_summary(done: &[(&str, Duration)], failed: Option<&str>) {
+fn print_summary(done: &[(&str, Duration, Outcome)]) {
     println!("\n==> summary");
-    for &(name, elapsed) in done {
-        let outcome = if failed == Some(name) { "FAILED" } else { "ok" };
-        println!("    {name:<8} {outcome:<6} {:>7.1}s", elapsed.as_secs_f64());
+    for &(name, elapsed, outcome) in done {
+        let outcome = match outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "FAILED",
+            Outcome::Skipped => "skipped",
+        };
+        println!("    {name:<8} {outcome:<7} {:>7.1}s", elapsed.as_secs_f64());
     }
 }

@@ -1,10 +1,13 @@
 //! `cargo xtask`: the developer tasks that plain `cargo` does not cover.
 //!
 //! One module per task. Only what the README and CI need lives here:
-//! `cluster` runs a local demo cluster, `ci` runs the checks CI runs.
+//! `cluster` runs a local demo cluster, `ci` runs the checks CI runs, `image`
+//! builds the container image and `e2e` runs the end-to-end scenarios against it.
 
 mod ci;
 mod cluster;
+mod e2e;
+mod image;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -23,8 +26,12 @@ struct Cli {
 enum Task {
     /// Build kvnode (release) and run a local cluster until Ctrl-C.
     Cluster(cluster::Args),
-    /// Run the CI checks: fmt, clippy, tests.
+    /// Run the CI checks: fmt, clippy, tests, and e2e when a Docker engine answers.
     Ci,
+    /// Build the kvnode container image (static binaries, FROM scratch).
+    Image,
+    /// Build the image, start a compose cluster and run the end-to-end scenarios.
+    E2e(e2e::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +39,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Cluster(args) => cluster::run(&root, &args),
         Task::Ci => ci::run(&root),
+        Task::Image => image::run(&root),
+        Task::E2e(args) => e2e::run(&root, &args),
     };
     // Printed by hand: returning the error would add a backtrace under RUST_BACKTRACE.
     match result {

@@ -1,0 +1,898 @@
+//! The end-to-end scenarios.
+//!
+//! Each takes the running cluster, bounds its own time (fixed amounts of work; every
+//! wait polls with a deadline), puts the cluster back as it found it (links resumed,
+//! containers running, networks reconnected) even when it fails, and returns a
+//! one-line account of what it checked. Keys are prefixed with the scenario's
+//! name, so scenarios do not see each other's writes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::{self, Display};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use vclock_proto::{Causality, Dot, GetResponse, VClock};
+
+use super::docker;
+use super::http::{LinkAction, NodeClient};
+
+/// A scenario: a name for the command line and the table, a sentence, the check.
+#[derive(Debug)]
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    pub(crate) about: &'static str,
+    pub(crate) run: fn(&Cluster) -> anyhow::Result<String>,
+}
+
+/// Every scenario, in the order they run.
+pub(crate) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "causal-chain",
+        about: "the prototype's scenario 1: x=5 at node1, x=x+5 at node2 after reading it, node3 reads 10",
+        run: causal_chain,
+    },
+    Scenario {
+        name: "out-of-order",
+        about: "the prototype's scenario 2 through the fault hook: node3 buffers node2's write until node1's arrives",
+        run: out_of_order,
+    },
+    Scenario {
+        name: "kill-restart",
+        about: "docker kill node2 while writers run, start it again: no acknowledged write lost, all nodes converge",
+        run: kill_restart,
+    },
+    Scenario {
+        name: "partition",
+        about: "node3 cut off the network, writes on both sides, reconnect: concurrent writes kept as siblings everywhere",
+        run: partition,
+    },
+    Scenario {
+        name: "sessions",
+        about: "concurrent causal sessions at random nodes, checked for causal anomalies",
+        run: sessions,
+    },
+];
+
+/// How long a single expected change (one replication hop) may take.
+const SHORT: Duration = Duration::from_secs(10);
+/// How long the nodes may take to converge after a fault heals.
+const CONVERGE: Duration = Duration::from_secs(60);
+/// How often polls retry.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// The running cluster, as the scenarios see it.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    /// node1, node2, node3, through their published ports.
+    pub(crate) nodes: Vec<NodeClient>,
+    /// Their container ids, in the same order.
+    pub(crate) containers: Vec<String>,
+    /// A network the partition scenario attaches the cut-off node to, so that the
+    /// host still reaches it through its published port.
+    pub(crate) access_network: String,
+    /// Seed of the random choices.
+    pub(crate) seed: u64,
+}
+
+impl Cluster {
+    fn three(&self) -> [&NodeClient; 3] {
+        [&self.nodes[0], &self.nodes[1], &self.nodes[2]]
+    }
+
+    /// Polls `GET /health` until every node has the same clock and it covers
+    /// `floor` (the writes that were acknowledged); returns that clock.
+    fn converge(&self, floor: &VClock) -> anyhow::Result<VClock> {
+        poll("the nodes to converge", CONVERGE, || {
+            let mut clocks = Vec::new();
+            for node in &self.nodes {
+                clocks.push((node.id.as_str(), node.health()?.timestamp));
+            }
+            for (id, clock) in &clocks {
+                let missing: Vec<String> = clock.missing(floor).map(|m| m.to_string()).collect();
+                ensure!(
+                    missing.is_empty(),
+                    "{id} at {clock} lacks acknowledged writes: {}",
+                    missing.join(", ")
+                );
+            }
+            let first = &clocks[0].1;
+            if clocks.iter().any(|(_, clock)| clock != first) {
+                let all: Vec<String> = clocks.iter().map(|(id, c)| format!("{id} {c}")).collect();
+                bail!("clocks differ: {}", all.join(", "));
+            }
+            Ok(first.clone())
+        })
+    }
+
+    /// Whether node `from` says its last request to node `to` succeeded.
+    fn reachable(&self, from: usize, to: usize) -> anyhow::Result<bool> {
+        let status = self.nodes[from].status()?;
+        let peer = status
+            .peers
+            .iter()
+            .find(|p| p.node == self.nodes[to].id)
+            .with_context(|| {
+                format!(
+                    "{} does not list {} as a peer",
+                    self.nodes[from].id, self.nodes[to].id
+                )
+            })?;
+        Ok(peer.reachable)
+    }
+
+    /// Reads every key at every node and checks that all nodes hold the same
+    /// siblings and show the same winner; returns node1's answers.
+    fn agree<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> anyhow::Result<BTreeMap<String, GetResponse>> {
+        let mut agreed = BTreeMap::new();
+        for key in keys {
+            let mut answers = Vec::new();
+            for node in &self.nodes {
+                answers.push((node.id.as_str(), node.get(key, None)?));
+            }
+            let (_, first) = &answers[0];
+            for (id, answer) in &answers[1..] {
+                ensure!(
+                    Siblings(answer) == Siblings(first)
+                        && answer.value.to_json_value() == first.value.to_json_value(),
+                    "the nodes disagree on {key}: {} has {} (value {}), {} has {} (value {})",
+                    answers[0].0,
+                    Siblings(first),
+                    first.value,
+                    id,
+                    Siblings(answer),
+                    answer.value
+                );
+            }
+            let (_, first) = answers.swap_remove(0);
+            agreed.insert(key.to_owned(), first);
+        }
+        Ok(agreed)
+    }
+}
+
+/// Retries `attempt` every [`POLL_EVERY`] until it succeeds; after `timeout`, fails
+/// with its last error (which says what was not there yet). A [`Fatal`] error stops
+/// it at once.
+fn poll<T>(
+    what: impl Display,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is::<Fatal>() => return Err(err),
+            Err(err) if Instant::now() >= deadline => {
+                bail!("waited {timeout:?} for {what}: {err:#}")
+            }
+            Err(_) => thread::sleep(POLL_EVERY),
+        }
+    }
+}
+
+/// An error that waiting longer cannot mend.
+#[derive(Debug)]
+struct Fatal(String);
+
+impl Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Runs a closure when dropped: puts the cluster back on every way out of a scenario.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// A key's siblings, compared as a set of (dot, deleted, value) and printed short.
+struct Siblings<'a>(&'a GetResponse);
+
+impl Siblings<'_> {
+    fn set(&self) -> BTreeSet<(Dot, bool, String)> {
+        self.0
+            .siblings
+            .iter()
+            .map(|s| {
+                (
+                    s.dot.clone(),
+                    s.deleted,
+                    s.value.to_json_value().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl PartialEq for Siblings<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.set() == other.set()
+    }
+}
+
+impl Display for Siblings<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<String> = self
+            .0
+            .siblings
+            .iter()
+            .map(|s| {
+                let value = if s.deleted {
+                    "(deleted)".to_owned()
+                } else {
+                    s.value.to_string()
+                };
+                format!("{}={value}", s.dot)
+            })
+            .collect();
+        write!(f, "[{}]", all.join(", "))
+    }
+}
+
+/// An acknowledged write.
+#[derive(Clone, Debug)]
+struct Acked {
+    key: String,
+    value: serde_json::Value,
+    dot: Dot,
+    timestamp: VClock,
+}
+
+/// Checks that `answer` (a read of `w.key`) shows `w` or a write that overwrote it,
+/// directly or not: a sibling whose timestamp covers `w`'s. (A write is removed
+/// only by one that saw it, so one of these always remains once `w` is applied.)
+fn shows(answer: &GetResponse, w: &Acked) -> bool {
+    answer
+        .siblings
+        .iter()
+        .any(|s| s.timestamp.covers(&w.timestamp))
+}
+
+fn merged<'a>(clocks: impl IntoIterator<Item = &'a VClock>) -> VClock {
+    let mut all = VClock::new();
+    for clock in clocks {
+        all.merge(clock);
+    }
+    all
+}
+
+// ---- (a) the prototype's scenario 1 ---------------------------------------------
+
+fn causal_chain(cluster: &Cluster) -> anyhow::Result<String> {
+    let [node1, node2, node3] = cluster.three();
+    let key = "causal-chain/x";
+    cluster.converge(&VClock::new())?;
+
+    let first = node1.write(key, &json!(5), None)?;
+    let read = poll("node2 to read x=5", SHORT, || {
+        let read = node2.read(key)?;
+        ensure!(
+            read.value.to_json_value() == json!(5),
+            "node2 reads {}",
+            read.value
+        );
+        Ok(read)
+    })?;
+    let five = read
+        .value
+        .to_json_value()
+        .as_i64()
+        .context("x is not a number")?;
+    let second = node2.write(key, &json!(five + 5), Some(&read.timestamp))?;
+    ensure!(
+        second.timestamp.compare(&first.timestamp) == Causality::After,
+        "node2's write {} does not follow node1's {}",
+        second.timestamp,
+        first.timestamp
+    );
+    let third = poll("node3 to read x=10", SHORT, || {
+        let read = node3.read(key)?;
+        ensure!(
+            read.value.to_json_value() == json!(10),
+            "node3 reads {}",
+            read.value
+        );
+        Ok(read)
+    })?;
+    ensure!(
+        third.timestamp.covers(&second.timestamp),
+        "node3 shows 10 with clock {}, which does not count the write {}",
+        third.timestamp,
+        second.timestamp
+    );
+    Ok(format!(
+        "x=5 at node1 {}, x=10 at node2 {}, node3 reads 10 at {}",
+        first.timestamp, second.timestamp, third.timestamp
+    ))
+}
+
+// ---- (b) the prototype's scenario 2, with the fault hook ------------------------
+
+fn out_of_order(cluster: &Cluster) -> anyhow::Result<String> {
+    let [node1, node2, node3] = cluster.three();
+    let key = "out-of-order/x";
+    cluster.converge(&VClock::new())?;
+
+    node1.link(&node3.id, LinkAction::Pause)?;
+    let _resume = OnDrop(|| {
+        let _ = node1.link(&node3.id, LinkAction::Resume);
+    });
+    let first = node1.write(key, &json!(100), None)?;
+    let read = poll("node2 to read x=100", SHORT, || {
+        let read = node2.read(key)?;
+        ensure!(
+            read.value.to_json_value() == json!(100),
+            "node2 reads {}",
+            read.value
+        );
+        Ok(read)
+    })?;
+    let second = node2.write(key, &json!(200), Some(&read.timestamp))?;
+    let second_dot = Dot::new(node2.id.as_str(), second.timestamp.get(&node2.id));
+    let first_seq = first.timestamp.get(&node1.id);
+
+    let status = poll("node3 to buffer node2's write", SHORT, || {
+        let status = node3.status()?;
+        ensure!(status.buffered_total > 0, "node3 buffers nothing yet");
+        Ok(status)
+    })?;
+    ensure!(
+        status.buffered_total == 1,
+        "node3 buffers {} events, expected 1: {:?}",
+        status.buffered_total,
+        status.buffered_events
+    );
+    let buffered = status
+        .buffered_events
+        .first()
+        .context("node3's status counts a buffered event but lists none")?;
+    ensure!(
+        buffered.dot == second_dot,
+        "node3 buffers {}, expected node2's write {second_dot}",
+        buffered.dot
+    );
+    ensure!(
+        buffered
+            .waiting_for
+            .iter()
+            .any(|m| m.node == node1.id && m.want >= first_seq),
+        "node3 says {second_dot} waits for {:?}, expected node1:{first_seq}",
+        buffered.waiting_for
+    );
+    let early = node3.read(key)?;
+    ensure!(
+        early.value.to_json_value().is_null(),
+        "node3 shows {} before node1's write reached it",
+        early.value
+    );
+
+    node1.link(&node3.id, LinkAction::Resume)?;
+    let applied = poll("node3 to apply both writes", SHORT, || {
+        let read = node3.read(key)?;
+        ensure!(
+            read.value.to_json_value() == json!(200),
+            "node3 reads {}",
+            read.value
+        );
+        let status = node3.status()?;
+        ensure!(
+            status.buffered_total == 0,
+            "node3 still buffers {:?}",
+            status.buffered_events
+        );
+        Ok(read)
+    })?;
+    ensure!(
+        applied.timestamp.covers(&second.timestamp),
+        "node3 reads 200 at {}, which does not count {}",
+        applied.timestamp,
+        second.timestamp
+    );
+    let answer = node3.get(key, None)?;
+    ensure!(
+        answer.siblings.len() == 1 && answer.siblings[0].dot == second_dot,
+        "node3 holds {} for x: 200 ({second_dot}) should have replaced 100",
+        Siblings(&answer)
+    );
+    Ok(format!(
+        "node3 buffered {second_dot} waiting for node1:{first_seq}, showed nothing, then applied both in order and reads 200"
+    ))
+}
+
+// ---- (c) a container killed while writers run -----------------------------------
+
+/// Writes each writer must get acknowledged in each phase.
+const WRITES_PER_PHASE: usize = 40;
+
+fn kill_restart(cluster: &Cluster) -> anyhow::Result<String> {
+    const VICTIM: usize = 1;
+    let victim = &cluster.nodes[VICTIM];
+    let container = cluster.containers[VICTIM].as_str();
+    cluster.converge(&VClock::new())?;
+
+    let acked = Mutex::new(Vec::<Acked>::new());
+    let failures = Mutex::new(Vec::<String>::new());
+    let counts: Vec<AtomicUsize> = cluster.nodes.iter().map(|_| AtomicUsize::new(0)).collect();
+    let stop = AtomicBool::new(false);
+    let killed = AtomicBool::new(false);
+    let count = |i: usize| counts[i].load(Ordering::SeqCst);
+    // Whatever happens, the victim runs again when the scenario ends.
+    let _restart = OnDrop(|| {
+        let _ = docker::docker(&["start", container]);
+    });
+
+    let writer = |index: usize, phase: &'static str| {
+        let node = &cluster.nodes[index];
+        let mut n = 0usize;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            let key = if n.is_multiple_of(4) {
+                format!("kill-restart/shared/{}", n / 4 % 4)
+            } else {
+                format!("kill-restart/{}/{}", node.id, n % 16)
+            };
+            let value = json!({ "writer": node.id, "phase": phase, "n": n });
+            match node.put(&key, &value, None) {
+                Ok(answer) => {
+                    acked.lock().unwrap().push(Acked {
+                        key,
+                        value,
+                        dot: answer.dot,
+                        timestamp: answer.timestamp,
+                    });
+                    counts[index].fetch_add(1, Ordering::SeqCst);
+                }
+                // The victim died under this writer: expected, and the end of it.
+                Err(_) if phase == "before" && killed.load(Ordering::SeqCst) => return,
+                Err(err) => {
+                    failures.lock().unwrap().push(format!("{err:#}"));
+                    return;
+                }
+            }
+        }
+    };
+
+    let (before_kill, during_outage) = thread::scope(|scope| -> anyhow::Result<_> {
+        let _stop = OnDrop(|| stop.store(true, Ordering::SeqCst));
+        let victim_writer = scope.spawn(move || writer(VICTIM, "before"));
+        for index in (0..cluster.nodes.len()).filter(|&i| i != VICTIM) {
+            scope.spawn(move || writer(index, "all"));
+        }
+        let no_failures = || -> anyhow::Result<()> {
+            match failures.lock().unwrap().first() {
+                Some(failure) => Err(Fatal(format!("a write failed: {failure}")).into()),
+                None => Ok(()),
+            }
+        };
+        poll("writes at the victim", SHORT * 2, || {
+            no_failures()?;
+            ensure!(
+                count(VICTIM) >= WRITES_PER_PHASE,
+                "{} so far",
+                count(VICTIM)
+            );
+            Ok(())
+        })?;
+
+        killed.store(true, Ordering::SeqCst);
+        docker::docker(&["kill", container])?;
+        let others: Vec<(usize, usize)> = (0..counts.len())
+            .filter(|&i| i != VICTIM)
+            .map(|i| (i, count(i)))
+            .collect();
+        poll("the victim's writer to stop", SHORT, || {
+            ensure!(victim_writer.is_finished(), "it still writes");
+            Ok(())
+        })?;
+        let before_kill = count(VICTIM);
+        // Down until its peers have noticed (their requests to it fail), and the
+        // others took writes meanwhile.
+        poll(
+            "the other nodes to notice the victim is down",
+            SHORT * 2,
+            || {
+                for (i, node) in cluster
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != VICTIM)
+                {
+                    ensure!(
+                        !cluster.reachable(i, VICTIM)?,
+                        "{} still reaches {}",
+                        node.id,
+                        victim.id
+                    );
+                }
+                Ok(())
+            },
+        )?;
+        poll(
+            "writes at the other nodes while the victim is down",
+            SHORT * 2,
+            || {
+                no_failures()?;
+                for &(i, at_kill) in &others {
+                    ensure!(
+                        count(i) >= at_kill + WRITES_PER_PHASE,
+                        "{}: {} since the kill",
+                        cluster.nodes[i].id,
+                        count(i) - at_kill
+                    );
+                }
+                Ok(())
+            },
+        )?;
+        let during_outage = others
+            .iter()
+            .map(|&(i, at_kill)| count(i) - at_kill)
+            .sum::<usize>();
+
+        docker::docker(&["start", container])?;
+        poll("the victim to answer again", CONVERGE, || victim.health())?;
+        scope.spawn(move || writer(VICTIM, "after"));
+        poll("writes at the restarted victim", SHORT * 2, || {
+            no_failures()?;
+            ensure!(
+                count(VICTIM) >= before_kill + WRITES_PER_PHASE,
+                "{} since the restart",
+                count(VICTIM) - before_kill
+            );
+            Ok(())
+        })?;
+        no_failures()?;
+        Ok((before_kill, during_outage))
+    })?;
+
+    let acked = acked.into_inner().unwrap();
+    let mut by_dot: HashMap<&Dot, &Acked> = HashMap::new();
+    for write in &acked {
+        if let Some(earlier) = by_dot.insert(&write.dot, write) {
+            bail!(
+                "two acknowledged writes got the same dot {}: {} = {} and {} = {} (a restarted node reused a sequence number)",
+                write.dot,
+                earlier.key,
+                earlier.value,
+                write.key,
+                write.value
+            );
+        }
+    }
+    cluster.converge(&merged(acked.iter().map(|w| &w.timestamp)))?;
+    let keys: BTreeSet<&str> = acked.iter().map(|w| w.key.as_str()).collect();
+    for node in &cluster.nodes {
+        for &key in &keys {
+            let answer = node.get(key, None)?;
+            for write in acked.iter().filter(|w| w.key == key) {
+                ensure!(
+                    shows(&answer, write),
+                    "{} lost the acknowledged write {} ({key} = {}): it holds {}",
+                    node.id,
+                    write.dot,
+                    write.value,
+                    Siblings(&answer)
+                );
+            }
+        }
+    }
+    cluster.agree(keys.iter().copied())?;
+    Ok(format!(
+        "{} writes acknowledged ({before_kill} at {} before the kill, {during_outage} at the others while it was down), none lost; {} keys agree on every node",
+        acked.len(),
+        victim.id,
+        keys.len()
+    ))
+}
+
+// ---- (d) a partition ------------------------------------------------------------
+
+fn partition(cluster: &Cluster) -> anyhow::Result<String> {
+    const CUT: usize = 2;
+    let [node1, node2, node3] = cluster.three();
+    let container = cluster.containers[CUT].as_str();
+    let key = "partition/k";
+    cluster.converge(&VClock::new())?;
+    let before = node1.put(key, &json!("before"), None)?;
+    cluster.converge(&before.timestamp)?;
+
+    let attachments = docker::attachments(container)?;
+    let network = attachments
+        .iter()
+        .find(|a| a.network.ends_with("_kvstore"))
+        .with_context(|| format!("{} is on no *_kvstore network: {attachments:?}", node3.id))?
+        .clone();
+    // Attached to a network of its own first, the container keeps its published
+    // port: the host still reaches it, its peers do not (they resolve node3 only
+    // on the cluster network).
+    docker::ensure_network(&cluster.access_network)?;
+    let heal = || -> anyhow::Result<()> {
+        let now = docker::attachments(container)?;
+        if !now.iter().any(|a| a.network == network.network) {
+            docker::connect(container, &network.network, &network.aliases)?;
+        }
+        if now.iter().any(|a| a.network == cluster.access_network) {
+            docker::disconnect(container, &cluster.access_network)?;
+        }
+        Ok(())
+    };
+    let _heal = OnDrop(|| {
+        if let Err(err) = heal() {
+            eprintln!("    cannot reconnect {}: {err:#}", node3.id);
+        }
+    });
+    docker::connect(container, &cluster.access_network, &[])?;
+    docker::disconnect(container, &network.network)?;
+    poll("the host to reach the cut-off node3", SHORT, || {
+        node3.health()
+    })?;
+
+    // Both sides accept writes at once.
+    let started = Instant::now();
+    let left = node1.put(key, &json!("left"), None)?;
+    let majority = node2.put("partition/majority", &json!("written on node2"), None)?;
+    let right = node3.put(key, &json!("right"), None)?;
+    let minority = node3.put("partition/minority", &json!("written on node3"), None)?;
+    let write_time = started.elapsed();
+
+    // The cut is real: node2 gets node1's write, node3 does not, and node1 does not
+    // get node3's.
+    poll("node2 to apply node1's write", SHORT, || {
+        let clock = node2.health()?.timestamp;
+        ensure!(clock.covers(&left.timestamp), "node2 is at {clock}");
+        Ok(())
+    })?;
+    let at3 = node3.get(key, None)?;
+    ensure!(
+        !at3.context.contains(&left.dot.origin, left.dot.seq),
+        "node3 applied node1's write {} through the partition",
+        left.dot
+    );
+    let at1 = node1.get(key, None)?;
+    ensure!(
+        !at1.context.contains(&right.dot.origin, right.dot.seq),
+        "node1 applied node3's write {} through the partition",
+        right.dot
+    );
+
+    // Cut until both sides have noticed: their requests to the other side fail.
+    poll("both sides to notice the partition", SHORT * 2, || {
+        for (from, to) in [(0, CUT), (1, CUT), (CUT, 0), (CUT, 1)] {
+            ensure!(
+                !cluster.reachable(from, to)?,
+                "{} still reaches {}",
+                cluster.nodes[from].id,
+                cluster.nodes[to].id
+            );
+        }
+        Ok(())
+    })?;
+
+    heal()?;
+    let floor = merged([
+        &before.timestamp,
+        &left.timestamp,
+        &majority.timestamp,
+        &right.timestamp,
+        &minority.timestamp,
+    ]);
+    cluster.converge(&floor)?;
+    let agreed = cluster.agree([key, "partition/majority", "partition/minority"])?;
+    let answer = &agreed[key];
+    let dots: BTreeSet<&Dot> = answer.siblings.iter().map(|s| &s.dot).collect();
+    ensure!(
+        dots == BTreeSet::from([&left.dot, &right.dot]),
+        "every node holds {} for {key}; expected the concurrent {}=\"left\" and {}=\"right\" (and \"before\" replaced)",
+        Siblings(answer),
+        left.dot,
+        right.dot
+    );
+    let winner = [(&left, "left"), (&right, "right")]
+        .into_iter()
+        .max_by_key(|(w, _)| (w.timestamp.sum(), w.dot.origin.clone()))
+        .map(|(_, value)| value)
+        .expect("two candidates");
+    ensure!(
+        answer.value.to_json_value() == json!(winner),
+        "every node shows {} for {key}; the rule (largest timestamp sum, then origin) picks {winner:?}",
+        answer.value
+    );
+    for (other, value) in [
+        ("partition/majority", "written on node2"),
+        ("partition/minority", "written on node3"),
+    ] {
+        ensure!(
+            agreed[other].value.to_json_value() == json!(value),
+            "{other} reads {} after healing",
+            agreed[other].value
+        );
+    }
+    Ok(format!(
+        "both sides wrote in {:.0} ms; after reconnecting, every node keeps siblings {}=\"left\" and {}=\"right\" and shows {winner:?}",
+        write_time.as_secs_f64() * 1000.0,
+        left.dot,
+        right.dot
+    ))
+}
+
+// ---- (e) concurrent causal sessions ---------------------------------------------
+
+const SESSIONS: usize = 8;
+const OPS_PER_SESSION: usize = 100;
+const SESSION_KEYS: usize = 4;
+
+/// What one session did.
+#[derive(Debug, Default)]
+struct SessionCount {
+    reads: usize,
+    writes: usize,
+}
+
+fn sessions(cluster: &Cluster) -> anyhow::Result<String> {
+    cluster.converge(&VClock::new())?;
+    let log = Mutex::new(Vec::<Acked>::new());
+    let anomalies = Mutex::new(Vec::<String>::new());
+    let counts = thread::scope(|scope| {
+        let handles: Vec<_> = (0..SESSIONS)
+            .map(|id| {
+                let (log, anomalies) = (&log, &anomalies);
+                scope.spawn(move || session(cluster, id, log, anomalies))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a session panicked")))
+            .collect::<anyhow::Result<Vec<SessionCount>>>()
+    })?;
+    let anomalies = anomalies.into_inner().unwrap();
+    if !anomalies.is_empty() {
+        bail!(
+            "{} causal anomalies (seed {}), first: {}",
+            anomalies.len(),
+            cluster.seed,
+            anomalies
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let log = log.into_inner().unwrap();
+    cluster.converge(&merged(log.iter().map(|w| &w.timestamp)))?;
+    let keys: Vec<String> = (0..SESSION_KEYS).map(session_key).collect();
+    cluster.agree(keys.iter().map(String::as_str))?;
+    let reads: usize = counts.iter().map(|c| c.reads).sum();
+    let writes: usize = counts.iter().map(|c| c.writes).sum();
+    Ok(format!(
+        "{SESSIONS} sessions: {reads} reads, {writes} writes at random nodes, no anomaly; the nodes agree on {SESSION_KEYS} keys"
+    ))
+}
+
+fn session_key(index: usize) -> String {
+    format!("sessions/{index}")
+}
+
+/// One session: random operations at random nodes, each with the merge of every
+/// clock the session received as its context, each answer checked.
+fn session(
+    cluster: &Cluster,
+    id: usize,
+    log: &Mutex<Vec<Acked>>,
+    anomalies: &Mutex<Vec<String>>,
+) -> anyhow::Result<SessionCount> {
+    let mut rng = StdRng::seed_from_u64(cluster.seed.wrapping_add(id as u64));
+    let mut context = VClock::new();
+    // Per key: the writes this session made or read (dot, timestamp, whether its own).
+    let mut known: HashMap<String, Vec<(Dot, VClock, bool)>> = HashMap::new();
+    let mut count = SessionCount::default();
+    let anomaly = |text: String| {
+        anomalies
+            .lock()
+            .unwrap()
+            .push(format!("session {id}: {text}"))
+    };
+
+    for op in 0..OPS_PER_SESSION {
+        let node = &cluster.nodes[rng.random_range(0..cluster.nodes.len())];
+        let key = session_key(rng.random_range(0..SESSION_KEYS));
+        if rng.random_bool(0.5) {
+            let value = json!({ "session": id, "op": op });
+            let answer = node
+                .put(&key, &value, Some(&context))
+                .with_context(|| format!("session {id}, op {op}: put {key}"))?;
+            if !answer.timestamp.covers(&context) {
+                anomaly(format!(
+                    "its write {} at {} has timestamp {}, which does not follow the session's context {context} (monotonic writes, writes follow reads)",
+                    answer.dot, node.id, answer.timestamp
+                ));
+            }
+            context.merge(&answer.timestamp);
+            known.entry(key.clone()).or_default().push((
+                answer.dot.clone(),
+                answer.timestamp.clone(),
+                true,
+            ));
+            log.lock().unwrap().push(Acked {
+                key,
+                value,
+                dot: answer.dot,
+                timestamp: answer.timestamp,
+            });
+            count.writes += 1;
+        } else {
+            let answer = node
+                .get(&key, Some(&context))
+                .with_context(|| format!("session {id}, op {op}: get {key}"))?;
+            let here = format!("reading {key} at {} (clock {})", node.id, answer.context);
+            if !answer.context.covers(&context) {
+                anomaly(format!(
+                    "{here}: the clock is older than the session's context {context}"
+                ));
+            }
+            for sibling in &answer.siblings {
+                if !answer.context.covers(&sibling.timestamp) {
+                    anomaly(format!(
+                        "{here}: {} is visible before writes it depends on ({})",
+                        sibling.dot, sibling.timestamp
+                    ));
+                }
+            }
+            // The session's own writes and what it read before.
+            for (dot, timestamp, own) in known.get(&key).into_iter().flatten() {
+                if !answer
+                    .siblings
+                    .iter()
+                    .any(|s| s.timestamp.covers(timestamp))
+                {
+                    let what = if *own {
+                        "did not read its own write"
+                    } else {
+                        "read older than it read before: lost"
+                    };
+                    anomaly(format!("{here}: {what} {dot}; got {}", Siblings(&answer)));
+                }
+            }
+            // Every acknowledged write the node's clock counts, whoever made it:
+            // the node shows a state that includes it.
+            let counted: Vec<Acked> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|w| w.key == key && answer.context.contains(&w.dot.origin, w.dot.seq))
+                .cloned()
+                .collect();
+            for write in counted {
+                if !shows(&answer, &write) {
+                    anomaly(format!(
+                        "{here}: the clock counts {} but the answer {} shows neither it nor a newer write (a write visible before one it depends on)",
+                        write.dot,
+                        Siblings(&answer)
+                    ));
+                }
+            }
+            let seen = known.entry(key).or_default();
+            for sibling in &answer.siblings {
+                seen.push((sibling.dot.clone(), sibling.timestamp.clone(), false));
+            }
+            context.merge(&answer.context);
+            count.reads += 1;
+        }
+    }
+    Ok(count)
+}
