@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+pub mod check;
 pub mod session_file;
 
 use serde::de::DeserializeOwned;

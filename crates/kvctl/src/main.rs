@@ -97,6 +97,54 @@ enum Command {
     /// Show every node's applied clock, buffered events and replication lag.
     #[command(after_help = "Examples:\n  kvctl status\n  kvctl -o json status")]
     Status,
+    /// Check the cluster for causal-consistency violations: run concurrent
+    /// sessions of unique writes and reads at random nodes, wait until every node
+    /// has the same clock, read every key everywhere, then check the history.
+    /// Exits 1 when it finds a violation or the nodes do not converge.
+    #[command(
+        after_help = "Examples:\n  kvctl check\n  kvctl check --api compat --sessions 16 --ops 500 --history run.json\n  kvctl check --replay run.json"
+    )]
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 8)]
+    sessions: usize,
+    /// Operations per session.
+    #[arg(long, default_value_t = 200)]
+    ops: usize,
+    /// Number of keys the sessions share (few keys: more conflicts).
+    #[arg(long, default_value_t = 4)]
+    keys: usize,
+    /// The API: native (contexts on reads and writes) or compat (the prototype's).
+    #[arg(long, value_enum, default_value_t = CheckApi::Native)]
+    api: CheckApi,
+    /// Share of writes, 0 to 1.
+    #[arg(long, default_value_t = 0.5)]
+    write_ratio: f64,
+    /// Seed of the random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How long to wait for the nodes to converge at the end.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    quiesce_timeout: std::time::Duration,
+    /// Save the history as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+    /// Check a saved history instead of running a workload (no cluster needed).
+    #[arg(long, value_name = "FILE", conflicts_with = "history")]
+    replay: Option<PathBuf>,
+    /// Bearer token for the client API (the nodes' client_token).
+    #[arg(long, env = "KVCTL_TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CheckApi {
+    Native,
+    Compat,
 }
 
 /// Exit codes.
@@ -181,6 +229,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             (code, Some(answer.context))
         }
         Command::Status => (status(&client, cli.output).await?, None),
+        Command::Check(args) => (check(&client, args, cli.output, cli.timeout).await?, None),
     };
     if let (Some(session), Some(seen)) = (&session, seen) {
         session.merge(&seen).map_err(local)?;
@@ -266,6 +315,97 @@ fn print_get(output: Output, answer: &GetResponse) {
             println!("context {}", answer.context);
         }
     }
+}
+
+async fn check(
+    client: &Client,
+    args: &CheckArgs,
+    output: Output,
+    timeout: Duration,
+) -> Result<u8, Failure> {
+    use kvctl::check::{self, Api, Outcome};
+
+    let history = match &args.replay {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| local(format!("reading {}: {e}", path.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| local(format!("{} is not a history: {e}", path.display())))?
+        }
+        None => {
+            if !(0.0..=1.0).contains(&args.write_ratio) {
+                return Err(Failure {
+                    code: 2,
+                    message: "--write-ratio must be between 0 and 1".into(),
+                });
+            }
+            let workload = check::Workload {
+                nodes: client.nodes().to_vec(),
+                api: match args.api {
+                    CheckApi::Native => Api::Native,
+                    CheckApi::Compat => Api::Compat,
+                },
+                sessions: args.sessions.max(1),
+                ops_per_session: args.ops,
+                keys: args.keys,
+                write_ratio: args.write_ratio,
+                timeout,
+                quiesce_timeout: args.quiesce_timeout,
+                seed: args.seed,
+                token: args.token.clone(),
+            };
+            let history = check::run(&workload).await;
+            if history.ops.iter().all(|o| o.outcome != Outcome::Ok) {
+                let errors: Vec<(String, String)> = history
+                    .ops
+                    .iter()
+                    .take(3)
+                    .map(|o| (o.node.clone(), o.error.clone().unwrap_or_default()))
+                    .collect();
+                return Err(Error::Unreachable(errors).into());
+            }
+            history
+        }
+    };
+    if let Some(path) = &args.history {
+        let text = serde_json::to_string_pretty(&history).expect("histories serialise");
+        std::fs::write(path, text)
+            .map_err(|e| local(format!("writing {}: {e}", path.display())))?;
+    }
+    let report = check::check(&history);
+    let count = |o: Outcome| history.ops.iter().filter(|op| op.outcome == o).count();
+    let converged = match report.converged {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None if history.quiescent => "yes",
+        None => "no (the nodes did not reach the same clock in time)",
+    };
+    let summary = format!(
+        "ops={} ok={} failed={} unknown={} reads_checked={} violations={} converged={converged}",
+        history.ops.len(),
+        count(Outcome::Ok),
+        count(Outcome::Failed),
+        count(Outcome::Unknown),
+        report.reads_checked,
+        report.violations.len(),
+    );
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"summary": summary, "report": report})
+        ),
+        Output::Plain | Output::Table => {
+            for v in report.violations.iter().take(50) {
+                println!("VIOLATION {}: {}", v.kind, v.message);
+            }
+            if report.violations.len() > 50 {
+                println!("... and {} more", report.violations.len() - 50);
+            }
+            println!("{summary}");
+        }
+    }
+    let ok = report.violations.is_empty() && converged == "yes";
+    Ok(if ok { 0 } else { 1 })
 }
 
 async fn status(client: &Client, output: Output) -> Result<u8, Failure> {

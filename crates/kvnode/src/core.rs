@@ -413,6 +413,10 @@ impl<S: Store> Core<S> {
     }
 
     fn deps_satisfied(&self, e: &Event) -> bool {
+        #[cfg(feature = "broken-causality")]
+        if broken::skip_dependency_check() {
+            return true;
+        }
         e.deps
             .iter()
             .all(|(node, &seq)| *node == e.origin || self.applied.get(node) >= seq)
@@ -476,6 +480,22 @@ impl<S: Store> Core<S> {
         self.applied.set(&e.origin, e.seq);
         self.store.append(e)?;
         Ok(())
+    }
+}
+
+/// A deliberately broken delivery rule, to prove that the consistency checker
+/// catches one (`kvctl check`'s tests). Only in debug builds with the
+/// `broken-causality` feature, and only when `BROKEN_CAUSALITY=skip-deps`.
+#[cfg(feature = "broken-causality")]
+mod broken {
+    #[cfg(not(debug_assertions))]
+    compile_error!(
+        "the broken-causality feature is for tests only and cannot be built in release mode"
+    );
+
+    pub fn skip_dependency_check() -> bool {
+        static SKIP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *SKIP.get_or_init(|| std::env::var("BROKEN_CAUSALITY").as_deref() == Ok("skip-deps"))
     }
 }
 

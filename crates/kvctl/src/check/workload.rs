@@ -1,0 +1,422 @@
+//! The checking workload: concurrent sessions of unique writes and reads.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use vclock_proto::{
+    GetResponse, HealthResponse, PutRequest, PutResponse, ReadResponse, VClock, Value,
+    WriteRequest, WriteResponse,
+};
+
+use super::history::{Api, FinalSibling, FinalState, History, Op, OpKind, Outcome};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Node base URLs.
+    pub nodes: Vec<String>,
+    /// The API the sessions use.
+    pub api: Api,
+    /// Concurrent sessions.
+    pub sessions: usize,
+    /// Operations per session.
+    pub ops_per_session: usize,
+    /// Number of keys (`check-<run>-0` ...).
+    pub keys: usize,
+    /// Share of writes among operations, 0..=1.
+    pub write_ratio: f64,
+    /// Timeout of one request; a request without an answer has an unknown outcome.
+    pub timeout: Duration,
+    /// How long to wait for every node to reach the same clock at the end.
+    pub quiesce_timeout: Duration,
+    /// Seed of the random choices.
+    pub seed: u64,
+    /// A bearer token to send (the nodes' `client_token`), if any.
+    pub token: Option<String>,
+}
+
+struct Recorder {
+    ops: Vec<Op>,
+    started: Instant,
+}
+
+impl Recorder {
+    fn now_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+enum Call<T> {
+    Ok(T),
+    Failed(String),
+    Unknown(String),
+}
+
+async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+    http: &awc::Client,
+    method: awc::http::Method,
+    url: &str,
+    body: Option<&B>,
+) -> Call<T> {
+    let request = http.request(method, url);
+    let sent = match body {
+        Some(b) => request.send_json(b).await,
+        None => request.send().await,
+    };
+    let mut response = match sent {
+        Ok(r) => r,
+        // Not connected: the request never reached the node.
+        Err(awc::error::SendRequestError::Connect(e)) => return Call::Failed(e.to_string()),
+        Err(e) => return Call::Unknown(e.to_string()),
+    };
+    let status = response.status();
+    let body = match response.body().limit(64 << 20).await {
+        Ok(b) => b,
+        Err(e) => return Call::Unknown(format!("reading the answer: {e}")),
+    };
+    if !status.is_success() {
+        return Call::Failed(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    match serde_json::from_slice(&body) {
+        Ok(t) => Call::Ok(t),
+        Err(e) => Call::Unknown(format!("unexpected answer: {e}")),
+    }
+}
+
+fn as_text(value: &Value) -> Option<String> {
+    match value.to_json_value() {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn http_client(workload: &Workload) -> awc::Client {
+    let builder = awc::Client::builder().timeout(workload.timeout);
+    match &workload.token {
+        Some(token) => builder.bearer_auth(token).finish(),
+        None => builder.finish(),
+    }
+}
+
+/// Runs the workload and returns its history (with the final state of every
+/// node when they reached the same clock in time).
+pub async fn run(workload: &Workload) -> History {
+    let mut history = run_sessions(workload).await;
+    finish(workload, &mut history).await;
+    history
+}
+
+/// Runs the sessions only: the history has no final state yet.
+pub async fn run_sessions(workload: &Workload) -> History {
+    let http = http_client(workload);
+    // Fresh keys and values for every run, so that earlier runs cannot be
+    // mistaken for this one's writes.
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+        ^ workload.seed;
+    let run_id = format!("{run_id:x}");
+    let keys: Vec<String> = (0..workload.keys.max(1))
+        .map(|k| format!("check-{run_id}-{k}"))
+        .collect();
+    let recorder = Rc::new(RefCell::new(Recorder {
+        ops: Vec::new(),
+        started: Instant::now(),
+    }));
+    let sessions = (0..workload.sessions).map(|s| {
+        let rng =
+            StdRng::seed_from_u64(workload.seed.wrapping_mul(1_000_003).wrapping_add(s as u64));
+        session(workload, &http, &keys, &run_id, s, rng, recorder.clone())
+    });
+    futures_util::future::join_all(sessions).await;
+    let mut ops = std::mem::take(&mut recorder.borrow_mut().ops);
+    ops.sort_by_key(|o| o.id);
+    History {
+        api: workload.api,
+        nodes: workload.nodes.clone(),
+        keys,
+        ops,
+        final_states: Vec::new(),
+        quiescent: false,
+    }
+}
+
+/// Waits until every node has the same clock, then reads every key at every
+/// node into the history's final state.
+pub async fn finish(workload: &Workload, history: &mut History) {
+    let http = http_client(workload);
+    history.quiescent = wait_for_quiescence(workload, &http).await;
+    if history.quiescent {
+        history.final_states = final_states(workload, &http, &history.keys).await;
+    }
+}
+
+async fn session(
+    workload: &Workload,
+    http: &awc::Client,
+    keys: &[String],
+    run: &str,
+    id: usize,
+    mut rng: StdRng,
+    recorder: Rc<RefCell<Recorder>>,
+) {
+    let mut context = VClock::new();
+    let mut written = 0usize;
+    for _ in 0..workload.ops_per_session {
+        let node = workload.nodes[rng.random_range(0..workload.nodes.len())].clone();
+        let key = keys[rng.random_range(0..keys.len())].clone();
+        let write = rng.random_bool(workload.write_ratio.clamp(0.0, 1.0));
+        let (op_id, invoked_ms) = {
+            let mut r = recorder.borrow_mut();
+            let id = r.ops.len();
+            // Reserve the id now, so ids follow invocation order.
+            r.ops.push(Op {
+                id,
+                session: 0,
+                node: String::new(),
+                key: String::new(),
+                kind: OpKind::Read {
+                    values: vec![],
+                    clock: None,
+                },
+                context: VClock::new(),
+                outcome: Outcome::Unknown,
+                invoked_ms: 0.0,
+                completed_ms: 0.0,
+                error: None,
+            });
+            (id, r.now_ms())
+        };
+        let sent_context = context.clone();
+        let (kind, outcome, error) = if write {
+            written += 1;
+            let value = format!("{run}-s{id}-{written}");
+            let json = Value::from_serialize(&value).expect("strings serialise");
+            let answer: Call<VClock> = match workload.api {
+                Api::Compat => {
+                    let body = WriteRequest {
+                        key: key.clone(),
+                        value: json,
+                        context: Some(context.clone()),
+                    };
+                    match call::<_, WriteResponse>(
+                        http,
+                        awc::http::Method::POST,
+                        &format!("{node}/write"),
+                        Some(&body),
+                    )
+                    .await
+                    {
+                        Call::Ok(r) => Call::Ok(r.timestamp),
+                        Call::Failed(e) => Call::Failed(e),
+                        Call::Unknown(e) => Call::Unknown(e),
+                    }
+                }
+                Api::Native => {
+                    let body = PutRequest {
+                        value: json,
+                        context: Some(context.clone()),
+                    };
+                    let url = format!("{node}/v1/kv/{}", encode(&key));
+                    match call::<_, PutResponse>(http, awc::http::Method::PUT, &url, Some(&body))
+                        .await
+                    {
+                        Call::Ok(r) => Call::Ok(r.timestamp),
+                        Call::Failed(e) => Call::Failed(e),
+                        Call::Unknown(e) => Call::Unknown(e),
+                    }
+                }
+            };
+            match answer {
+                Call::Ok(ts) => {
+                    context.merge(&ts);
+                    (
+                        OpKind::Write {
+                            value,
+                            timestamp: Some(ts),
+                        },
+                        Outcome::Ok,
+                        None,
+                    )
+                }
+                Call::Failed(e) => (
+                    OpKind::Write {
+                        value,
+                        timestamp: None,
+                    },
+                    Outcome::Failed,
+                    Some(e),
+                ),
+                Call::Unknown(e) => (
+                    OpKind::Write {
+                        value,
+                        timestamp: None,
+                    },
+                    Outcome::Unknown,
+                    Some(e),
+                ),
+            }
+        } else {
+            let answer: Call<(Vec<Option<String>>, VClock)> = match workload.api {
+                Api::Compat => {
+                    let url = format!("{node}/read?key={}", encode(&key));
+                    match call::<(), ReadResponse>(http, awc::http::Method::GET, &url, None).await {
+                        Call::Ok(r) => Call::Ok((vec![as_text(&r.value)], r.timestamp)),
+                        Call::Failed(e) => Call::Failed(e),
+                        Call::Unknown(e) => Call::Unknown(e),
+                    }
+                }
+                Api::Native => {
+                    let url = format!(
+                        "{node}/v1/kv/{}?context={}",
+                        encode(&key),
+                        encode(&serde_json::to_string(&context).expect("clocks serialise"))
+                    );
+                    match call::<(), GetResponse>(http, awc::http::Method::GET, &url, None).await {
+                        Call::Ok(r) => {
+                            let values = r
+                                .siblings
+                                .iter()
+                                .filter(|s| !s.deleted)
+                                .map(|s| as_text(&s.value))
+                                .collect();
+                            Call::Ok((values, r.context))
+                        }
+                        Call::Failed(e) => Call::Failed(e),
+                        Call::Unknown(e) => Call::Unknown(e),
+                    }
+                }
+            };
+            match answer {
+                Call::Ok((values, clock)) => {
+                    context.merge(&clock);
+                    (
+                        OpKind::Read {
+                            values,
+                            clock: Some(clock),
+                        },
+                        Outcome::Ok,
+                        None,
+                    )
+                }
+                Call::Failed(e) => (
+                    OpKind::Read {
+                        values: vec![],
+                        clock: None,
+                    },
+                    Outcome::Failed,
+                    Some(e),
+                ),
+                Call::Unknown(e) => (
+                    OpKind::Read {
+                        values: vec![],
+                        clock: None,
+                    },
+                    Outcome::Unknown,
+                    Some(e),
+                ),
+            }
+        };
+        let mut r = recorder.borrow_mut();
+        let completed_ms = r.now_ms();
+        r.ops[op_id] = Op {
+            id: op_id,
+            session: id,
+            node,
+            key,
+            kind,
+            context: sent_context,
+            outcome,
+            invoked_ms,
+            completed_ms,
+            error,
+        };
+    }
+}
+
+async fn wait_for_quiescence(workload: &Workload, http: &awc::Client) -> bool {
+    let deadline = Instant::now() + workload.quiesce_timeout;
+    let mut previous: Option<VClock> = None;
+    while Instant::now() < deadline {
+        let mut clocks = Vec::new();
+        for node in &workload.nodes {
+            if let Call::Ok(h) = call::<(), HealthResponse>(
+                http,
+                awc::http::Method::GET,
+                &format!("{node}/health"),
+                None,
+            )
+            .await
+            {
+                clocks.push(h.timestamp);
+            }
+        }
+        let agreed =
+            clocks.len() == workload.nodes.len() && clocks.windows(2).all(|w| w[0] == w[1]);
+        if agreed {
+            if previous.as_ref() == clocks.first() {
+                return true;
+            }
+            previous = clocks.first().cloned();
+        } else {
+            previous = None;
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+async fn final_states(workload: &Workload, http: &awc::Client, keys: &[String]) -> Vec<FinalState> {
+    let mut states = Vec::new();
+    for node in &workload.nodes {
+        let mut state = FinalState {
+            node: node.clone(),
+            applied: VClock::new(),
+            keys: Default::default(),
+        };
+        if let Call::Ok(h) = call::<(), HealthResponse>(
+            http,
+            awc::http::Method::GET,
+            &format!("{node}/health"),
+            None,
+        )
+        .await
+        {
+            state.applied = h.timestamp;
+        }
+        for key in keys {
+            let url = format!("{node}/v1/kv/{}", encode(key));
+            if let Call::Ok(r) =
+                call::<(), GetResponse>(http, awc::http::Method::GET, &url, None).await
+            {
+                let siblings = r
+                    .siblings
+                    .iter()
+                    .map(|s| FinalSibling {
+                        value: if s.deleted { None } else { as_text(&s.value) },
+                        timestamp: s.timestamp.clone(),
+                    })
+                    .collect();
+                state.keys.insert(key.clone(), siblings);
+            }
+        }
+        states.push(state);
+    }
+    states
+}
