@@ -11,8 +11,9 @@
 //!
 //! # What is left out
 //!
-//! No connection-level retries of writes: a write that timed out may or may not
-//! have been applied, and the caller decides whether to write again.
+//! A write goes to the next node only when the previous one could not be
+//! connected to: a write that timed out may or may not have been applied, and
+//! the caller decides whether to write again. Reads move on after any failure.
 
 use std::time::Duration;
 
@@ -147,9 +148,19 @@ impl Client {
             };
             let mut response = match sent {
                 Ok(r) => r,
-                Err(e) => {
+                // Never connected: the next node may take the request.
+                Err(e @ awc::error::SendRequestError::Connect(_)) => {
                     tried.push((node.clone(), e.to_string()));
                     continue;
+                }
+                // Sent but unanswered: a read may go elsewhere, but a write may
+                // have been applied and must not be sent twice.
+                Err(e) => {
+                    tried.push((node.clone(), e.to_string()));
+                    if method == awc::http::Method::GET {
+                        continue;
+                    }
+                    return Err(Error::Unreachable(tried));
                 }
             };
             let status = response.status();

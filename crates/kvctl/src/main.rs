@@ -73,8 +73,12 @@ enum Command {
     Put {
         /// The key.
         key: String,
-        /// The value (omit with --file).
-        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        /// The value (omit with --file). Negative numbers are values, not options.
+        #[arg(
+            required_unless_present = "file",
+            conflicts_with = "file",
+            allow_negative_numbers = true
+        )]
         value: Option<String>,
         /// Read the value from a file, or from standard input with -.
         #[arg(long, short, value_name = "PATH")]

@@ -1,0 +1,408 @@
+//! The kvctl command line and the `Session` library against real nodes.
+//!
+//! Each test starts its own cluster of three kvnode processes (built once into
+//! target/check-nodes, as `check_cluster` does) and runs the kvctl binary with
+//! its own state directory, so that sessions are isolated. Links are paused
+//! with the nodes' fault hook, so that a session that moves between nodes has
+//! to wait for its writes (or fail clearly) instead of reading stale data.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{build_kvnode, set_link, start, Cluster};
+use serde_json::Value as Json;
+
+/// kvnode, built once per test process.
+fn kvnode() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_kvnode(&[], "cli"))
+}
+
+/// What one kvctl run did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs kvctl with `args`, sessions kept under `state`, and `stdin` as input.
+fn kvctl_with_input(state: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .env("XDG_STATE_HOME", state)
+        .env_remove("KVCTL_NODES")
+        .env_remove("KVCTL_SESSION")
+        .env_remove("KVCTL_TOKEN")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kvctl starts");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("kvctl ends");
+    Run {
+        code: out.status.code().expect("kvctl exited, not killed"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+fn kvctl(state: &Path, args: &[&str]) -> Run {
+    kvctl_with_input(state, args, None)
+}
+
+/// Runs kvctl and asserts its exit code.
+fn expect(state: &Path, args: &[&str], code: i32) -> Run {
+    let run = kvctl(state, args);
+    assert_eq!(run.code, code, "kvctl {args:?}: {run:#?}");
+    run
+}
+
+/// Calls `f` until it returns `Ok`, for at most 20 s.
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{what}: still not so: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// The `-o json get` of `key` at `node`, parsed.
+fn get_json(state: &Path, node: &str, key: &str) -> Json {
+    let run = kvctl(state, &["--node", node, "-o", "json", "get", key]);
+    assert!(matches!(run.code, 0 | 1), "get {key} at {node}: {run:#?}");
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("-o json get is not JSON ({e}): {:?}", run.stdout))
+}
+
+fn sibling_values(answer: &Json) -> Vec<Json> {
+    answer["siblings"]
+        .as_array()
+        .expect("siblings is an array")
+        .iter()
+        .map(|s| s["value"].clone())
+        .collect()
+}
+
+/// A port nothing listens on.
+fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").port()
+}
+
+/// The issue's "done when": a session that writes at node1 and reads at node3,
+/// with node1 -> node3 cut, reads its own write every time (node3 gets it
+/// through node2's repair, and the read waits for it).
+#[test]
+fn a_session_reads_its_writes_across_nodes_with_a_cut_link() {
+    let cluster = start(
+        kvnode(),
+        &[
+            ("KVNODE_REPAIR_AFTER", "200ms"),
+            ("KVNODE_SYNC_INTERVAL", "50ms"),
+            ("KVNODE_CAUSAL_WAIT", "5s"),
+        ],
+    );
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    set_link(&cluster, 1, 3, "pause");
+    for i in 1..=20 {
+        let i = i.to_string();
+        expect(
+            state,
+            &["--session", "S", "--node", cluster.url(1), "put", "K", &i],
+            0,
+        );
+        let run = expect(
+            state,
+            &[
+                "--session",
+                "S",
+                "--node",
+                cluster.url(3),
+                "--output",
+                "plain",
+                "get",
+                "K",
+            ],
+            0,
+        );
+        assert_eq!(run.stdout, format!("{i}\n"), "round {i}: {run:#?}");
+    }
+    // The link stayed cut: node3 got node1's writes only through repair.
+    let status = expect(state, &["--node", cluster.url(1), "status"], 0);
+    assert!(
+        status.stdout.contains("node3=") && status.stdout.contains("paused"),
+        "{status:#?}"
+    );
+}
+
+#[test]
+fn exit_codes_output_formats_and_value_sources() {
+    let cluster = start(kvnode(), &[]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let n1 = cluster.url(1);
+
+    // A missing key exits 1, in every format.
+    let run = expect(state, &["--node", n1, "get", "missing"], 1);
+    assert!(run.stdout.contains("missing: not found"), "{run:#?}");
+    let run = expect(state, &["--node", n1, "-o", "plain", "get", "missing"], 1);
+    assert_eq!(run.stdout, "");
+    let answer = get_json(state, n1, "missing");
+    assert_eq!(answer["found"], false);
+    assert_eq!(answer["siblings"], serde_json::json!([]));
+
+    // No node reachable: exit 3, and every URL tried is named.
+    let dead1 = format!("http://127.0.0.1:{}", dead_port());
+    let dead2 = format!("http://127.0.0.1:{}", dead_port());
+    let run = expect(state, &["--node", &dead1, "--node", &dead2, "get", "k"], 3);
+    assert!(
+        run.stderr.contains(&dead1) && run.stderr.contains(&dead2),
+        "{run:#?}"
+    );
+    let run = expect(state, &["--node", &dead1, "put", "k", "1"], 3);
+    assert!(run.stderr.contains(&dead1), "{run:#?}");
+    // ...but a dead node followed by a live one is fine.
+    expect(
+        state,
+        &["--node", &dead1, "--node", n1, "get", "missing"],
+        1,
+    );
+
+    // JSON values stay JSON; -o json get is one JSON document with the siblings.
+    expect(state, &["--node", n1, "put", "doc", r#"{"a":[1,2]}"#], 0);
+    let answer = get_json(state, n1, "doc");
+    assert_eq!(answer["key"], "doc");
+    assert_eq!(answer["found"], true);
+    assert_eq!(answer["value"], serde_json::json!({"a": [1, 2]}));
+    assert_eq!(sibling_values(&answer), [serde_json::json!({"a": [1, 2]})]);
+    assert!(answer["context"].is_object(), "{answer}");
+    let put: Json = serde_json::from_str(
+        &expect(state, &["--node", n1, "-o", "json", "put", "n", "5"], 0).stdout,
+    )
+    .expect("-o json put is JSON");
+    assert!(put["timestamp"].is_object(), "{put}");
+    // Text that is not JSON is a string; plain prints strings without quotes.
+    expect(state, &["--node", n1, "put", "text", "hello world"], 0);
+    let run = expect(state, &["--node", n1, "-o", "plain", "get", "text"], 0);
+    assert_eq!(run.stdout, "hello world\n");
+    assert_eq!(get_json(state, n1, "text")["value"], "hello world");
+
+    // Negative numbers are values, not options.
+    expect(state, &["--node", n1, "put", "neg", "-5"], 0);
+    let run = expect(state, &["--node", n1, "-o", "plain", "get", "neg"], 0);
+    assert_eq!(run.stdout, "-5\n");
+    assert_eq!(get_json(state, n1, "neg")["value"], -5);
+
+    // A request the node refuses exits 4 with the node's message.
+    let long_key = "k".repeat(4096);
+    let run = expect(state, &["--node", n1, "put", &long_key, "1"], 4);
+    assert!(
+        run.stderr.contains(n1) && run.stderr.contains("refused"),
+        "{run:#?}"
+    );
+
+    // --file PATH and --file - (standard input).
+    let file = state.join("value.json");
+    std::fs::write(&file, "[1, 2, 3]\n").unwrap();
+    expect(
+        state,
+        &[
+            "--node",
+            n1,
+            "put",
+            "from-file",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert_eq!(
+        get_json(state, n1, "from-file")["value"],
+        serde_json::json!([1, 2, 3])
+    );
+    let run = kvctl_with_input(
+        state,
+        &["--node", n1, "put", "from-stdin", "--file", "-"],
+        Some("line one\nline two\n"),
+    );
+    assert_eq!(run.code, 0, "{run:#?}");
+    let run = expect(
+        state,
+        &["--node", n1, "-o", "plain", "get", "from-stdin"],
+        0,
+    );
+    assert_eq!(run.stdout, "line one\nline two\n");
+
+    // Usage errors exit 2.
+    for args in [
+        &["--node", n1, "put", "k"][..],
+        &["--node", n1, "put", "k", "v", "--file", "x"],
+        &["--node", n1, "frobnicate"],
+        &["--node", n1, "-o", "yaml", "get", "k"],
+        &["--node", n1, "--timeout", "soon", "get", "k"],
+        &["--node", "", "get", "k"],
+    ] {
+        let run = expect(state, args, 2);
+        assert!(!run.stderr.is_empty(), "{args:?}: {run:#?}");
+    }
+
+    // status: a row per node.
+    let mut args = vec!["status"];
+    for url in &cluster.urls {
+        args.extend(["--node", url.as_str()]);
+    }
+    let run = expect(state, &args, 0);
+    for (i, url) in cluster.urls.iter().enumerate() {
+        let row = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(url.as_str()))
+            .unwrap_or_else(|| panic!("no row for {url}: {run:#?}"));
+        assert!(row.contains(&format!("node{}", i + 1)), "{row}");
+    }
+    args.extend(["-o", "json"]);
+    let doc: Json = serde_json::from_str(&expect(state, &args, 0).stdout).expect("JSON status");
+    assert_eq!(doc.as_array().map(Vec::len), Some(3), "{doc}");
+
+    // del, then get: not found.
+    expect(state, &["--node", n1, "put", "gone", "1"], 0);
+    expect(state, &["--node", n1, "del", "gone"], 0);
+    let run = expect(state, &["--node", n1, "-o", "plain", "get", "gone"], 1);
+    assert_eq!(run.stdout, "");
+    assert_eq!(get_json(state, n1, "gone")["found"], false);
+}
+
+/// Concurrent writes at node1 and node2 (their link cut both ways) become two
+/// siblings everywhere; a session that reads them and writes resolves them.
+#[test]
+fn siblings_are_shown_and_resolved_by_a_session() {
+    let cluster = start(kvnode(), &[("KVNODE_SYNC_INTERVAL", "50ms")]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let (n1, n2) = (cluster.url(1), cluster.url(2));
+    set_link(&cluster, 1, 2, "pause");
+    set_link(&cluster, 2, 1, "pause");
+    expect(state, &["--node", n1, "put", "K", "left"], 0);
+    expect(state, &["--node", n2, "put", "K", "right"], 0);
+    set_link(&cluster, 1, 2, "resume");
+    set_link(&cluster, 2, 1, "resume");
+
+    for node in [n1, n2] {
+        wait_until(&format!("{node} has both siblings"), || {
+            let answer = get_json(state, node, "K");
+            let mut values = sibling_values(&answer);
+            values.sort_by_key(|v| v.to_string());
+            if values == ["left", "right"] {
+                Ok(())
+            } else {
+                Err(answer.to_string())
+            }
+        });
+    }
+    let run = expect(state, &["--node", n1, "-o", "table", "get", "K"], 0);
+    assert!(run.stdout.contains("2 concurrent siblings"), "{run:#?}");
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with(" left") || l.ends_with(" right"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{run:#?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.starts_with("winner ")).count(),
+        1,
+        "{run:#?}"
+    );
+    // plain shows the winner and warns about the siblings.
+    let run = expect(state, &["--node", n2, "-o", "plain", "get", "K"], 0);
+    assert!(run.stderr.contains("2 concurrent siblings"), "{run:#?}");
+
+    expect(state, &["--session", "R", "--node", n1, "get", "K"], 0);
+    expect(
+        state,
+        &["--session", "R", "--node", n1, "put", "K", "merged"],
+        0,
+    );
+    for node in &cluster.urls {
+        wait_until(&format!("{node} has only the merged value"), || {
+            let answer = get_json(state, node, "K");
+            if sibling_values(&answer) == ["merged"] {
+                Ok(())
+            } else {
+                Err(answer.to_string())
+            }
+        });
+    }
+}
+
+/// The library: a session that wrote at node1 and reads at node3, while node3
+/// cannot get the write, fails with `causal_timeout` rather than read stale
+/// data; once the link is back, the same read returns the write.
+#[test]
+fn a_session_refuses_stale_reads_until_the_write_arrives() {
+    use kvctl::{Client, Error, Session};
+
+    let cluster: Cluster = start(
+        kvnode(),
+        &[
+            ("KVNODE_REPAIR_AFTER", "1h"),
+            ("KVNODE_CAUSAL_WAIT", "300ms"),
+        ],
+    );
+    let system = actix_rt::System::new();
+    set_link(&cluster, 1, 3, "pause");
+    let mut at3 = system.block_on(async {
+        let mut at1 = Session::new(Client::new([cluster.url(1)]));
+        // node1 -> node3 is cut and node2's repair is slow: neither write
+        // reaches node3.
+        at1.put("k", kvctl::parse_value("old")).await.unwrap();
+        at1.put("k", kvctl::parse_value("new")).await.unwrap();
+        let at3 = Session::resume(Client::new([cluster.url(3)]), at1.context().clone());
+        assert_eq!(at3.context().get("node1"), 2);
+        at3
+    });
+    let started = Instant::now();
+    match system.block_on(at3.get("k")) {
+        Err(Error::Refused { code, status, .. }) => {
+            assert_eq!(code, "causal_timeout");
+            assert_eq!(status, 503);
+        }
+        other => panic!("expected causal_timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // A session with nothing to wait for reads node3's (older) state at once.
+    let fresh = system
+        .block_on(Session::new(Client::new([cluster.url(3)])).get("k"))
+        .unwrap();
+    assert!(!fresh.found, "{fresh:?}");
+
+    set_link(&cluster, 1, 3, "resume");
+    let answer = wait_until("node3 serves the session's write", || {
+        match system.block_on(at3.get("k")) {
+            Ok(answer) => Ok(answer),
+            Err(Error::Refused { code, .. }) if code == "causal_timeout" => Err(code),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    });
+    assert!(answer.found);
+    assert_eq!(answer.value.json(), "\"new\"");
+    assert_eq!(answer.siblings.len(), 1);
+    assert!(at3.context().get("node1") >= 2);
+}
