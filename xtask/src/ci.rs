@@ -69,6 +69,21 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
         done.push((step.name, started.elapsed(), Outcome::Ok));
     }
 
+    println!("\n==> openapi: schemathesis against a live kvnode's /openapi.json");
+    let started = Instant::now();
+    match crate::schemathesis::run(root) {
+        Ok(None) => done.push(("openapi", started.elapsed(), Outcome::Ok)),
+        Ok(Some(why)) => {
+            println!("skipped schemathesis: {why}");
+            done.push(("openapi", started.elapsed(), Outcome::Skipped));
+        }
+        Err(err) => {
+            done.push(("openapi", started.elapsed(), Outcome::Failed));
+            print_summary(&done);
+            return Err(err.context("ci step `openapi` failed"));
+        }
+    }
+
     println!("\n==> e2e: cargo xtask e2e");
     let started = Instant::now();
     match crate::image::docker_answers() {

@@ -7,7 +7,9 @@
 mod ci;
 mod cluster;
 mod e2e;
+mod fuzz;
 mod image;
+mod schemathesis;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ enum Task {
     Image,
     /// Build the image, start a compose cluster and run the end-to-end scenarios.
     E2e(e2e::Args),
+    /// Run every cargo-fuzz target in fuzz/ for a bounded time (needs nightly and cargo-fuzz).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Task::Ci => ci::run(&root),
         Task::Image => image::run(&root),
         Task::E2e(args) => e2e::run(&root, &args),
+        Task::Fuzz(args) => fuzz::run(&root, &args),
     };
     // Printed by hand: returning the error would add a backtrace under RUST_BACKTRACE.
     match result {

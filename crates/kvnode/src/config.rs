@@ -73,6 +73,24 @@ struct RawConfig {
     client_token_file: Option<PathBuf>,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    tls_ca: Option<PathBuf>,
+    #[serde(default = "defaults::header_timeout", with = "humantime_serde")]
+    header_timeout: Duration,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    #[serde(default = "defaults::keep_alive", with = "humantime_serde")]
+    keep_alive: Duration,
+    #[serde(default = "defaults::disconnect_timeout", with = "humantime_serde")]
+    disconnect_timeout: Duration,
+    #[serde(default = "defaults::shutdown_timeout", with = "humantime_serde")]
+    shutdown_timeout: Duration,
+    #[serde(default = "defaults::max_connections")]
+    max_connections: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +138,25 @@ mod defaults {
     }
     pub fn peer_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    /// 30 s, and always longer than `causal_wait`.
+    pub fn request_timeout(causal_wait: Duration) -> Duration {
+        Duration::from_secs(30).max(causal_wait + Duration::from_secs(10))
+    }
+    pub fn keep_alive() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn disconnect_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn shutdown_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_connections() -> usize {
+        10_000
     }
 }
 
@@ -181,6 +218,32 @@ pub struct Config {
     pub client_token: Option<Secret>,
     /// HTTP worker threads (default: one per core).
     pub workers: Option<usize>,
+    /// Serve HTTPS with this certificate chain (PEM; needs `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Verify `https://` peers against these CA certificates (PEM) instead of
+    /// the public web roots.
+    pub tls_ca: Option<PathBuf>,
+    /// How long a client may take to send a request's head, from the moment
+    /// it connects (default 5 s); then 408 and the connection is closed.
+    pub header_timeout: Duration,
+    /// How long a request may take from its head to the end of its answer,
+    /// body upload and causal wait included (default 30 s, or `causal_wait`
+    /// + 10 s if that is longer); then 408. Longer than `causal_wait`.
+    pub request_timeout: Duration,
+    /// How long an idle keep-alive connection stays open (default 30 s; `0s`
+    /// turns keep-alive off).
+    pub keep_alive: Duration,
+    /// How long the node waits for a client to close a connection it is done
+    /// with (default 1 s).
+    pub disconnect_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish
+    /// before their connections are closed (default 10 s).
+    pub shutdown_timeout: Duration,
+    /// Most open client connections, over all workers (default 10 000);
+    /// further connections wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -278,6 +341,7 @@ impl Config {
             ("max_buffered", raw.max_buffered),
             ("max_batch_events", raw.max_batch_events),
             ("max_batch_bytes", raw.max_batch_bytes),
+            ("max_connections", raw.max_connections),
         ] {
             if value == 0 {
                 return err(format!("{name} must be at least 1"));
@@ -288,6 +352,9 @@ impl Config {
             ("retransmit_after", raw.retransmit_after),
             ("peer_timeout", raw.peer_timeout),
             ("repair_after", raw.repair_after),
+            ("header_timeout", raw.header_timeout),
+            ("disconnect_timeout", raw.disconnect_timeout),
+            ("shutdown_timeout", raw.shutdown_timeout),
         ] {
             if value.is_zero() {
                 return err(format!("{name} must be longer than 0"));
@@ -295,6 +362,31 @@ impl Config {
         }
         if raw.workers == Some(0) {
             return err("workers must be at least 1".into());
+        }
+        let request_timeout = raw
+            .request_timeout
+            .unwrap_or_else(|| defaults::request_timeout(raw.causal_wait));
+        if request_timeout <= raw.causal_wait {
+            return err(format!(
+                "request_timeout ({request_timeout:?}) must be longer than causal_wait ({:?})",
+                raw.causal_wait
+            ));
+        }
+        if raw.tls_cert.is_some() != raw.tls_key.is_some() {
+            return err(
+                "tls_cert and tls_key go together: set both to serve HTTPS, or neither".into(),
+            );
+        }
+        for (name, path) in [
+            ("tls_cert", &raw.tls_cert),
+            ("tls_key", &raw.tls_key),
+            ("tls_ca", &raw.tls_ca),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return err(format!("{name}: {} is not a readable file", path.display()));
+                }
+            }
         }
         let cluster_secret = secret(
             raw.cluster_secret,
@@ -305,7 +397,7 @@ impl Config {
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(&node_id));
-        Ok(Self {
+        let config = Self {
             node_id,
             members,
             listen: raw.listen,
@@ -327,7 +419,21 @@ impl Config {
             cluster_secret,
             client_token,
             workers: raw.workers,
-        })
+            tls_cert: raw.tls_cert,
+            tls_key: raw.tls_key,
+            tls_ca: raw.tls_ca,
+            header_timeout: raw.header_timeout,
+            request_timeout,
+            keep_alive: raw.keep_alive,
+            disconnect_timeout: raw.disconnect_timeout,
+            shutdown_timeout: raw.shutdown_timeout,
+            max_connections: raw.max_connections,
+        };
+        // Load the certificates once now, so that a bad file stops the node
+        // at start with the setting named.
+        crate::tls::server_config(&config)?;
+        crate::tls::peer_client_config(&config)?;
+        Ok(config)
     }
 
     /// The ids of every node, sorted.

@@ -35,6 +35,9 @@ pub enum Error {
     /// The buffer of undeliverable events is full: the sender retries later.
     #[error("the buffer of undeliverable events is full ({0} events); retry later")]
     BufferFull(usize),
+    /// The request took longer than `request_timeout`: send it faster, or retry.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request lacks the bearer token this route requires.
     #[error("{0}")]
     Unauthorized(String),
@@ -68,6 +71,7 @@ impl Error {
             Error::UnknownHistory(_) => "unknown_history",
             Error::CausalTimeout { .. } => "causal_timeout",
             Error::BufferFull(_) => "buffer_full",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::Unauthorized(_) => "unauthorized",
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) => "unavailable",
@@ -101,6 +105,7 @@ impl ResponseError for Error {
             Error::CausalTimeout { .. } | Error::BufferFull(_) | Error::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -108,7 +113,14 @@ impl ResponseError for Error {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(self.body())
+        let mut response = HttpResponse::build(self.status_code());
+        if let Error::Unauthorized(_) = self {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let Error::RequestTimeout(_) = self {
+            response.force_close();
+        }
+        response.json(self.body())
     }
 }
 

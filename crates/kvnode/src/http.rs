@@ -1,86 +1,166 @@
 //! The HTTP shell: routes, extractors and their errors. Each handler extracts,
 //! makes one call into the node, and answers JSON.
 
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use std::future::{ready, Ready};
-
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError, Route};
 use vclock_proto::{
-    ClockMessage, ContextQuery, EventBatch, FaultsResponse, GetResponse, HealthResponse, Op,
-    PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling, VClock, Value, WriteRequest,
-    WriteResponse,
+    ClockMessage, ContextQuery, ErrorResponse, EventBatch, FaultsResponse, GetResponse,
+    HealthResponse, Op, PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling, StatusResponse,
+    VClock, Value, WriteRequest, WriteResponse,
 };
 
 use crate::config::{Config, Secret};
 use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics, RouteId};
 use crate::node::Node;
 
 /// Room for everything in a client body besides the key and the value.
 const ENVELOPE_BYTES: usize = 64 * 1024;
 
-/// Registers every route of a node. Shared by `main` and the tests.
+/// One route of the node.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its method.
+    pub method: Method,
+    /// Its actix path pattern.
+    pub pattern: &'static str,
+    /// Its path as in the OpenAPI document and the `route` label of metrics.
+    pub path: &'static str,
+    route: fn(Route) -> Route,
+}
+
+const fn endpoint(
+    method: Method,
+    pattern: &'static str,
+    path: &'static str,
+    route: fn(Route) -> Route,
+) -> Endpoint {
+    Endpoint {
+        method,
+        pattern,
+        path,
+        route,
+    }
+}
+
+/// Every route of the node, by group. `configure` registers exactly these, the
+/// OpenAPI document describes them (a test checks it), and metrics label
+/// requests with their `path`.
+pub const ENDPOINTS: &[Endpoint] = &[
+    // Compatibility API (the prototype's).
+    endpoint(Method::GET, "/health", "/health", |r| r.to(health)),
+    endpoint(Method::POST, "/write", "/write", |r| r.to(write)),
+    endpoint(Method::GET, "/read", "/read", |r| r.to(read)),
+    // Native API.
+    endpoint(Method::GET, "/v1/kv/{key:.*}", "/v1/kv/{key}", |r| {
+        r.to(get_key)
+    }),
+    endpoint(Method::PUT, "/v1/kv/{key:.*}", "/v1/kv/{key}", |r| {
+        r.to(put_key)
+    }),
+    endpoint(Method::DELETE, "/v1/kv/{key:.*}", "/v1/kv/{key}", |r| {
+        r.to(delete_key)
+    }),
+    // Peer API: replication and clock exchange.
+    endpoint(Method::POST, "/peer/v1/events", "/peer/v1/events", |r| {
+        r.to(receive_events)
+    }),
+    endpoint(Method::POST, "/peer/v1/sync", "/peer/v1/sync", |r| {
+        r.to(sync_clock)
+    }),
+    // Operations.
+    endpoint(Method::GET, "/status", "/status", |r| r.to(status)),
+    endpoint(Method::GET, "/metrics", "/metrics", |r| r.to(metrics_text)),
+    endpoint(Method::GET, "/openapi.json", "/openapi.json", |r| {
+        r.to(openapi_json)
+    }),
+    // Fault hook, off unless configured.
+    endpoint(Method::GET, "/admin/v1/links", "/admin/v1/links", |r| {
+        r.to(links)
+    }),
+    endpoint(
+        Method::POST,
+        "/admin/v1/links/{peer}/{action}",
+        "/admin/v1/links/{peer}/{action}",
+        |r| r.to(set_link),
+    ),
+];
+
+/// The `route` labels of request metrics, one per endpoint.
+pub fn route_labels() -> impl Iterator<Item = &'static str> {
+    ENDPOINTS.iter().map(|e| e.path)
+}
+
+/// Registers every route of a node, each wrapped in the request metrics and
+/// `request_timeout`. Shared by `main` and the tests.
 pub fn configure(node: Arc<Node>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let config = node.config().clone();
         let client_limit = config.max_key_bytes + config.max_value_bytes + ENVELOPE_BYTES;
         let peer_limit = config.max_batch_bytes.max(client_limit) * 2;
+        let metrics = node.metrics().clone();
         cfg.app_data(web::Data::from(node))
-            .app_data(json_config(client_limit))
+            .app_data(json_config(
+                client_limit,
+                "max_key_bytes + max_value_bytes + 64 KiB",
+            ))
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .app_data(
                 web::PathConfig::default()
                     .error_handler(|e, _| Error::BadRequest(format!("invalid path: {e}")).into()),
-            )
-            // Compatibility API (the prototype's).
-            .service(resource("/health").route(web::get().to(health)))
-            .service(resource("/write").route(web::post().to(write)))
-            .service(resource("/read").route(web::get().to(read)))
-            // Native API.
-            .service(
-                resource("/v1/kv/{key:.*}")
-                    .route(web::get().to(get_key))
-                    .route(web::put().to(put_key))
-                    .route(web::delete().to(delete_key)),
-            )
-            // Peer API: replication and clock exchange.
-            .service(
-                resource("/peer/v1/events")
-                    .app_data(json_config(peer_limit))
-                    .route(web::post().to(receive_events)),
-            )
-            .service(resource("/peer/v1/sync").route(web::post().to(sync_clock)))
-            // Operations.
-            .service(resource("/status").route(web::get().to(status)))
-            // Fault hook, off unless configured.
-            .service(resource("/admin/v1/links").route(web::get().to(links)))
-            .service(resource("/admin/v1/links/{peer}/{action}").route(web::post().to(set_link)))
-            .default_service(web::to(not_found));
+            );
+        let mut patterns: Vec<&str> = Vec::new();
+        for e in ENDPOINTS {
+            if !patterns.contains(&e.pattern) {
+                patterns.push(e.pattern);
+            }
+        }
+        for pattern in patterns {
+            let mut resource = web::resource(pattern).default_service(web::to(method_not_allowed));
+            if pattern == "/peer/v1/events" {
+                resource = resource.app_data(json_config(peer_limit, "2 x max_batch_bytes"));
+            }
+            let mut label = pattern;
+            for e in ENDPOINTS.iter().filter(|e| e.pattern == pattern) {
+                resource = resource.route((e.route)(web::method(e.method.clone())));
+                label = e.path;
+            }
+            cfg.service(resource.wrap(Observe {
+                route: metrics.route(label),
+                metrics: metrics.clone(),
+                timeout: config.request_timeout,
+            }));
+        }
+        cfg.default_service(web::to(not_found));
     }
 }
 
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
-}
-
-fn json_config(limit: usize) -> web::JsonConfig {
+fn json_config(limit: usize, setting: &'static str) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
-        .error_handler(move |e, _| json_error(e, limit).into())
+        .error_handler(move |e, _| json_error(e, limit, setting).into())
 }
 
-fn json_error(e: JsonPayloadError, limit: usize) -> Error {
+fn json_error(e: JsonPayloadError, limit: usize, setting: &str) -> Error {
     match e {
         JsonPayloadError::ContentType => Error::UnsupportedMediaType(
             "the body must be JSON, sent with Content-Type: application/json".into(),
         ),
         JsonPayloadError::Overflow { .. } => Error::TooLarge(format!(
-            "the body is larger than the limit of {limit} bytes"
+            "the body is larger than the limit of {limit} bytes ({setting})"
         )),
         JsonPayloadError::OverflowKnownLength { length, .. } => Error::TooLarge(format!(
-            "the body is {length} bytes, larger than the limit of {limit} bytes"
+            "the body is {length} bytes, larger than the limit of {limit} bytes ({setting})"
         )),
         JsonPayloadError::Deserialize(e) if e.is_eof() && e.line() == 1 && e.column() == 0 => {
             Error::BadRequest("the body is empty; expected a JSON object".into())
@@ -97,7 +177,14 @@ fn query_error(e: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     Error::BadRequest(format!("invalid query string: {e}")).into()
 }
 
-async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
+async fn not_found(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse> {
+    let metrics = node.metrics();
+    metrics.request(
+        metrics.route(metrics::UNMATCHED),
+        req.method(),
+        actix_web::http::StatusCode::NOT_FOUND,
+        Duration::ZERO,
+    );
     Err(Error::NotFound(format!(
         "no route for {} {}",
         req.method(),
@@ -113,7 +200,93 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     ));
     let mut body = error.body();
     body.error.code = "method_not_allowed".into();
-    HttpResponse::MethodNotAllowed().json(body)
+    let pattern = req.match_pattern();
+    let allow: Vec<&str> = ENDPOINTS
+        .iter()
+        .filter(|e| Some(e.pattern) == pattern.as_deref())
+        .map(|e| e.method.as_str())
+        .collect();
+    HttpResponse::MethodNotAllowed()
+        .insert_header((actix_web::http::header::ALLOW, allow.join(", ")))
+        .json(body)
+}
+
+// ---- request metrics and timeout -------------------------------------------------
+
+/// Middleware of every route: counts the request in flight, answers 408 when it
+/// takes longer than `request_timeout` (head to answer: body upload and causal
+/// wait included), and records its route, method, status and latency.
+#[derive(Clone, Debug)]
+struct Observe {
+    route: RouteId,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Observe
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = actix_web::Error;
+    type Transform = ObserveService<S>;
+    type InitError = ();
+    type Future = Ready<std::result::Result<Self::Transform, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(ObserveService {
+            service: Rc::new(service),
+            observe: self.clone(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct ObserveService<S> {
+    service: Rc<S>,
+    observe: Observe,
+}
+
+type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl<S, B> Service<ServiceRequest> for ObserveService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = actix_web::Error;
+    type Future = LocalFuture<std::result::Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let request = req.request().clone();
+        let method = req.method().clone();
+        let observe = self.observe.clone();
+        let answer = self.service.call(req);
+        Box::pin(async move {
+            let in_flight = observe.metrics.request_started();
+            let response = match tokio::time::timeout(observe.timeout, answer).await {
+                Ok(Ok(response)) => response.map_into_boxed_body(),
+                Ok(Err(e)) => ServiceResponse::from_err(e, request),
+                Err(_) => {
+                    let error = Error::RequestTimeout(format!(
+                        "the request took longer than the limit of {:?} (request_timeout)",
+                        observe.timeout
+                    ));
+                    ServiceResponse::new(request, error.error_response())
+                }
+            };
+            drop(in_flight);
+            observe
+                .metrics
+                .request(observe.route, &method, response.status(), started.elapsed());
+            Ok(response)
+        })
+    }
 }
 
 // ---- authentication --------------------------------------------------------------
@@ -136,7 +309,9 @@ fn bearer_matches(req: &HttpRequest, secret: Option<&Secret>, what: &str) -> Res
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 7235).
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
     match presented {
         Some(token) if secret.matches(token.trim()) => Ok(()),
         Some(_) => Err(Error::Unauthorized(format!("wrong {what}"))),
@@ -214,6 +389,9 @@ fn parse_context(query: &ContextQuery) -> Result<Option<VClock>> {
 
 // ---- compatibility API -----------------------------------------------------------
 
+/// Liveness and the node's clock (the prototype's). Never needs a token.
+#[utoipa::path(get, path = "/health", tag = "compatibility",
+    responses((status = 200, description = "The node is up", body = HealthResponse)))]
 async fn health(node: web::Data<Node>) -> web::Json<HealthResponse> {
     web::Json(HealthResponse {
         status: "healthy".into(),
@@ -222,6 +400,20 @@ async fn health(node: web::Data<Node>) -> web::Json<HealthResponse> {
     })
 }
 
+/// Writes a key (the prototype's). With a `context`, the node first waits
+/// until it has applied everything the context counts.
+#[utoipa::path(post, path = "/write", tag = "compatibility", request_body = WriteRequest,
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Written and committed", body = WriteResponse),
+        (status = 400, description = "Malformed body, empty key, invalid context or a context naming an unknown node", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key, the value or the body is over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+    ))]
 async fn write(
     _auth: ClientAuth,
     node: web::Data<Node>,
@@ -241,6 +433,16 @@ async fn write(
     }))
 }
 
+/// Reads a key's winning value (the prototype's); `null` when absent.
+#[utoipa::path(get, path = "/read", tag = "compatibility",
+    params(("key" = String, Query, description = "The key to read")),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The value and the node's clock", body = ReadResponse),
+        (status = 400, description = "No key, or an empty key", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 413, description = "The key is over max_key_bytes", body = ErrorResponse),
+    ))]
 async fn read(
     _auth: ClientAuth,
     node: web::Data<Node>,
@@ -256,6 +458,22 @@ async fn read(
 
 // ---- native API ------------------------------------------------------------------
 
+/// Reads a key with every sibling, after an optional causal context.
+#[utoipa::path(get, path = "/v1/kv/{key}", tag = "native",
+    params(
+        ("key" = String, Path, description = "The key (may contain /)"),
+        ("context" = Option<String>, Query, description = "A clock as JSON text, e.g. {\"node1\":3}"),
+    ),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The siblings, the winner and the node's clock", body = GetResponse),
+        (status = 400, description = "Empty key, or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key is over max_key_bytes", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait", body = ErrorResponse),
+    ))]
 async fn get_key(
     _auth: ClientAuth,
     node: web::Data<Node>,
@@ -286,6 +504,20 @@ async fn get_key(
     }))
 }
 
+/// Writes a key; with a context, replaces every sibling the context covers.
+#[utoipa::path(put, path = "/v1/kv/{key}", tag = "native", request_body = PutRequest,
+    params(("key" = String, Path, description = "The key (may contain /)")),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Written and committed", body = PutResponse),
+        (status = 400, description = "Malformed body, empty key or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key, the value or the body is over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+    ))]
 async fn put_key(
     _auth: ClientAuth,
     node: web::Data<Node>,
@@ -303,6 +535,22 @@ async fn put_key(
     }))
 }
 
+/// Deletes a key (a tombstone sibling), after an optional causal context.
+#[utoipa::path(delete, path = "/v1/kv/{key}", tag = "native",
+    params(
+        ("key" = String, Path, description = "The key (may contain /)"),
+        ("context" = Option<String>, Query, description = "A clock as JSON text, e.g. {\"node1\":3}"),
+    ),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Deleted and committed", body = PutResponse),
+        (status = 400, description = "Empty key, or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key is over max_key_bytes", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+    ))]
 async fn delete_key(
     _auth: ClientAuth,
     node: web::Data<Node>,
@@ -331,6 +579,18 @@ fn check_peer(node: &Node, from: &str) -> Result<()> {
     Ok(())
 }
 
+/// A batch of events from a peer; the answer acknowledges what it applied.
+#[utoipa::path(post, path = "/peer/v1/events", tag = "peer", request_body = EventBatch,
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The receiver's applied clock", body = ClockMessage),
+        (status = 400, description = "Malformed batch, a sender that is not a peer, or an invalid event", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 413, description = "More than max_batch_events events, or a key, value or body over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The buffer of undeliverable events is full (max_buffered): send again later", body = ErrorResponse),
+    ))]
 async fn receive_events(
     _auth: PeerAuth,
     node: web::Data<Node>,
@@ -362,6 +622,15 @@ async fn receive_events(
     }))
 }
 
+/// Clock exchange with a peer: records its clock, answers with this node's.
+#[utoipa::path(post, path = "/peer/v1/sync", tag = "peer", request_body = ClockMessage,
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "This node's applied clock", body = ClockMessage),
+        (status = 400, description = "Malformed body, a sender that is not a peer, or a clock naming an unknown node", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+    ))]
 async fn sync_clock(
     _auth: PeerAuth,
     node: web::Data<Node>,
@@ -390,8 +659,36 @@ async fn sync_clock(
 
 // ---- operations and the fault hook -----------------------------------------------
 
-async fn status(_auth: ClientAuth, node: web::Data<Node>) -> HttpResponse {
-    HttpResponse::Ok().json(node.status())
+/// The node's replication state: clock, buffer, log, peers.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The node's state", body = StatusResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+    ))]
+async fn status(_auth: ClientAuth, node: web::Data<Node>) -> web::Json<StatusResponse> {
+    web::Json(node.status())
+}
+
+/// Metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Every metric", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+    ))]
+async fn metrics_text(_auth: ClientAuth, node: web::Data<Node>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(metrics::render(&node))
+}
+
+/// This OpenAPI document, narrowed to this cluster's nodes and limits. Never
+/// needs a token.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of every route", body = Object)))]
+async fn openapi_json(node: web::Data<Node>) -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::document_for(node.config()))
 }
 
 fn faults_enabled(node: &Node) -> Result<()> {
@@ -417,11 +714,31 @@ fn paused_links(node: &Node) -> web::Json<FaultsResponse> {
     })
 }
 
+/// Which links from this node the fault hook has paused (needs `faults = true`).
+#[utoipa::path(get, path = "/admin/v1/links", tag = "faults",
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The paused links", body = FaultsResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "The fault hook is disabled", body = ErrorResponse),
+    ))]
 async fn links(_auth: PeerAuth, node: web::Data<Node>) -> Result<web::Json<FaultsResponse>> {
     faults_enabled(&node)?;
     Ok(paused_links(&node))
 }
 
+/// Pauses or resumes replication from this node to a peer (needs `faults = true`).
+#[utoipa::path(post, path = "/admin/v1/links/{peer}/{action}", tag = "faults",
+    params(
+        ("peer" = String, Path, description = "A peer's id"),
+        ("action" = String, Path, description = "pause or resume"),
+    ),
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The paused links", body = FaultsResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "The fault hook is disabled, the peer is unknown or the action is not pause or resume", body = ErrorResponse),
+    ))]
 async fn set_link(
     _auth: PeerAuth,
     node: web::Data<Node>,
@@ -450,4 +767,226 @@ async fn set_link(
         if pause { "paused" } else { "resumed" }
     );
     Ok(paused_links(&node))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::StatusCode;
+    use actix_web::test::{self, TestRequest};
+    use actix_web::App;
+    use serde_json::{json, Value as Json};
+
+    use super::*;
+    use crate::node::test_node;
+
+    const SECRET: &str = "cluster-secret-0123456789";
+    const TOKEN: &str = "client-token-0123456789";
+
+    fn event(origin: &str, seq: u64) -> Json {
+        json!({"origin": origin, "seq": seq, "key": "k", "op": {"put": seq}, "deps": {origin: seq - 1}})
+    }
+
+    #[actix_web::test]
+    async fn peer_and_admin_routes_need_the_cluster_secret() {
+        let node = test_node(&[("KVNODE_CLUSTER_SECRET", SECRET), ("KVNODE_FAULTS", "true")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let batch = json!({"from": "n2", "events": [event("n2", 1)]});
+        let sync = json!({"node": "n2", "applied": {"n2": 0}});
+        for auth in [None, Some("wrong-secret-0123456789"), Some("")] {
+            for (method, path, body) in [
+                (Method::POST, "/peer/v1/events", Some(&batch)),
+                (Method::POST, "/peer/v1/sync", Some(&sync)),
+                (Method::GET, "/admin/v1/links", None),
+                (Method::POST, "/admin/v1/links/n2/pause", Some(&json!({}))),
+            ] {
+                let mut req = TestRequest::default().method(method.clone()).uri(path);
+                if let Some(body) = body {
+                    req = req.set_json(body);
+                }
+                if let Some(token) = auth {
+                    req = req.insert_header(("Authorization", format!("Bearer {token}")));
+                }
+                let res = test::call_service(&app, req.to_request()).await;
+                assert_eq!(
+                    res.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} {auth:?}"
+                );
+                assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer");
+                let body: Json = test::read_body_json(res).await;
+                assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+                assert!(!body.to_string().contains(SECRET));
+            }
+        }
+        assert_eq!(
+            node.applied().get("n2"),
+            0,
+            "a refused batch changed nothing"
+        );
+        assert!(node.links().iter().all(|l| !l.is_paused()));
+
+        let req = TestRequest::post()
+            .uri("/peer/v1/events")
+            .insert_header(("Authorization", format!("Bearer {SECRET}")))
+            .set_json(&batch)
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(node.applied().get("n2"), 1);
+        let req = TestRequest::post()
+            .uri("/peer/v1/sync")
+            .insert_header(("Authorization", format!("bearer {SECRET}")))
+            .set_json(&sync)
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "the scheme is case-insensitive"
+        );
+        // Client routes stay open: no client_token is configured.
+        let res =
+            test::call_service(&app, TestRequest::get().uri("/read?key=k").to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    #[actix_web::test]
+    async fn client_routes_need_the_client_token_but_health_and_the_document_do_not() {
+        let node = test_node(&[
+            ("KVNODE_CLIENT_TOKEN", TOKEN),
+            ("KVNODE_CLUSTER_SECRET", SECRET),
+        ]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let client_routes = [
+            (
+                Method::POST,
+                "/write",
+                Some(json!({"key": "k", "value": 1})),
+            ),
+            (Method::GET, "/read?key=k", None),
+            (Method::GET, "/v1/kv/k", None),
+            (Method::PUT, "/v1/kv/k", Some(json!({"value": 2}))),
+            (Method::DELETE, "/v1/kv/k", None),
+            (Method::GET, "/status", None),
+            (Method::GET, "/metrics", None),
+        ];
+        for (method, path, body) in &client_routes {
+            for auth in [None, Some(SECRET)] {
+                let mut req = TestRequest::default().method(method.clone()).uri(path);
+                if let Some(body) = body {
+                    req = req.set_json(body);
+                }
+                if let Some(token) = auth {
+                    req = req.insert_header(("Authorization", format!("Bearer {token}")));
+                }
+                let res = test::call_service(&app, req.to_request()).await;
+                assert_eq!(
+                    res.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} {auth:?}"
+                );
+            }
+        }
+        assert_eq!(node.applied().get("n1"), 0);
+        for (method, path, body) in &client_routes {
+            let mut req = TestRequest::default()
+                .method(method.clone())
+                .uri(path)
+                .insert_header(("Authorization", format!("Bearer {TOKEN}")));
+            if let Some(body) = body {
+                req = req.set_json(body);
+            }
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), StatusCode::OK, "{method} {path}");
+        }
+        assert_eq!(node.applied().get("n1"), 3);
+        // The client token does not open the peer API.
+        let req = TestRequest::post()
+            .uri("/peer/v1/sync")
+            .insert_header(("Authorization", format!("Bearer {TOKEN}")))
+            .set_json(json!({"node": "n2", "applied": {}}))
+            .to_request();
+        assert_eq!(
+            test::call_service(&app, req).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        for path in ["/health", "/openapi.json"] {
+            let res = test::call_service(&app, TestRequest::get().uri(path).to_request()).await;
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_openapi_document_is_served() {
+        let app = test::init_service(App::new().configure(configure(test_node(&[])))).await;
+        let res =
+            test::call_service(&app, TestRequest::get().uri("/openapi.json").to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let document: Json = test::read_body_json(res).await;
+        assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+        for e in ENDPOINTS {
+            let method = e.method.as_str().to_lowercase();
+            assert!(
+                document["paths"][e.path][&method].is_object(),
+                "{} {} is not in the served document",
+                e.method,
+                e.path
+            );
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_wrong_method_gets_405_with_the_allowed_ones() {
+        let app = test::init_service(App::new().configure(configure(test_node(&[])))).await;
+        for (method, path, allow) in [
+            (Method::TRACE, "/write", "POST"),
+            (Method::POST, "/v1/kv/a/b", "GET, PUT, DELETE"),
+            (Method::GET, "/peer/v1/events", "POST"),
+        ] {
+            let req = TestRequest::default().method(method.clone()).uri(path);
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert_eq!(
+                res.headers().get("allow").unwrap(),
+                allow,
+                "{method} {path}"
+            );
+            let body: Json = test::read_body_json(res).await;
+            assert_eq!(body["error"]["code"], "method_not_allowed");
+        }
+    }
+
+    #[actix_web::test]
+    async fn refusals_name_the_limit() {
+        let node = test_node(&[
+            ("KVNODE_MAX_KEY_BYTES", "8"),
+            ("KVNODE_MAX_VALUE_BYTES", "16"),
+            ("KVNODE_MAX_BATCH_EVENTS", "2"),
+        ]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let big = "x".repeat(200 * 1024);
+        let cases = [
+            (TestRequest::post().uri("/write").set_json(json!({"key": "k".repeat(9), "value": 1})), "max_key_bytes"),
+            (TestRequest::post().uri("/write").set_json(json!({"key": "k", "value": "v".repeat(20)})), "max_value_bytes"),
+            (TestRequest::post().uri("/write").set_json(json!({"key": "k", "value": big})), "max_key_bytes + max_value_bytes"),
+            (TestRequest::get().uri(&format!("/v1/kv/{}", "k".repeat(9))), "max_key_bytes"),
+            (
+                TestRequest::post().uri("/peer/v1/events").set_json(json!({"from": "n2", "events": [event("n2", 1), event("n2", 2), event("n2", 3)]})),
+                "max_batch_events",
+            ),
+        ];
+        for (req, limit) in cases {
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE, "{limit}");
+            let body: Json = test::read_body_json(res).await;
+            assert_eq!(body["error"]["code"], "too_large");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(limit), "{message} should name {limit}");
+        }
+        assert_eq!(node.applied(), VClock::new());
+    }
 }

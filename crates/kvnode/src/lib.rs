@@ -23,6 +23,21 @@
 //! - [`http`] maps the three APIs (the prototype's, the native `/v1`, the peer
 //!   API) and the fault hook onto the node; [`error`] maps failures to statuses.
 //! - [`config`] loads settings from defaults, a TOML file and the environment.
+//! - [`metrics`] counts with atomics and serves the Prometheus text format;
+//!   [`openapi`] is the OpenAPI document of every route; [`tls`] loads the
+//!   certificates of HTTPS (rustls, no OpenSSL).
+//!
+//! # Security and operations
+//!
+//! With a `cluster_secret`, peer and fault-hook requests must carry it as a
+//! bearer token (compared in constant time); with a `client_token`, so must
+//! client requests (all but `/health` and `/openapi.json`). Every input has a
+//! limit that a 4xx JSON error names: body, key and value sizes, events per
+//! batch, the time to send a request head (`header_timeout`) and a whole
+//! request (`request_timeout`), open connections. On SIGTERM or SIGINT the
+//! node stops accepting, finishes in-flight requests (at most
+//! `shutdown_timeout`), lets the replication senders finish the batch they are
+//! sending, commits what the writer holds, and exits 0.
 //!
 //! # What is left out
 //!
@@ -36,9 +51,12 @@ pub mod core;
 pub mod durable;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod replication;
 pub mod store;
+pub mod tls;
 
 /// Sends `GET /health` to the node at `address` (`host:port`) over plain HTTP
 /// and succeeds when it answers 200. Needs no runtime, for health checks.

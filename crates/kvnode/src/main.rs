@@ -4,6 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
+use actix_web::http::KeepAlive;
 use actix_web::{middleware, App, HttpServer};
 use clap::Parser;
 use kvnode::config::Config;
@@ -100,6 +103,7 @@ async fn serve(config: Config) -> std::io::Result<()> {
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let tls = kvnode::tls::server_config(&config).map_err(std::io::Error::other)?;
     let peers: Vec<String> = config
         .peers()
         .map(|m| format!("{} at {}", m.id, m.url))
@@ -132,23 +136,41 @@ async fn serve(config: Config) -> std::io::Result<()> {
             node.status().log_len
         );
     }
+    let config = node.config().clone();
     let app_node = node.clone();
+    let shutdown_timeout = config.shutdown_timeout.as_secs_f64().ceil() as u64;
     let server = HttpServer::new(move || {
         App::new()
             .configure(kvnode::http::configure(app_node.clone()))
             .wrap(middleware::Logger::new("%r %s %b %Dms").log_level(log::Level::Debug))
     })
     .workers(workers)
-    .bind(address.clone())
-    .map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}:{}: {e}", address.0, address.1),
-        )
-    })?
-    .run();
+    .max_connections(config.max_connections.div_ceil(workers))
+    .client_request_timeout(config.header_timeout)
+    .client_disconnect_timeout(config.disconnect_timeout)
+    .keep_alive(if config.keep_alive.is_zero() {
+        KeepAlive::Disabled
+    } else {
+        KeepAlive::Timeout(config.keep_alive)
+    })
+    .shutdown_timeout(shutdown_timeout)
+    // Signals are handled below: SIGINT must stop gracefully too.
+    .disable_signals();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bound = match tls {
+        Some(tls) => server.bind_rustls_0_23(address.clone(), tls),
+        None => server.bind(address.clone()),
+    };
+    let server = bound
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}:{}: {e}", address.0, address.1),
+            )
+        })?
+        .run();
     log::info!(
-        "listening on http://{}:{} with {workers} workers; storage {storage}",
+        "listening on {scheme}://{}:{} with {workers} workers; storage {storage}",
         address.0,
         address.1
     );
@@ -157,14 +179,69 @@ async fn serve(config: Config) -> std::io::Result<()> {
     } else {
         log::info!("peers: {}", peers.join(", "));
     }
-    if node.config().cluster_secret.is_none() {
+    if config.cluster_secret.is_none() {
         log::warn!("no cluster_secret: the peer API (replication, clock exchange, fault hook) is open to anyone who can reach this node");
     }
-    if node.config().faults {
+    if config.faults {
         log::warn!("the fault hook is enabled: POST /admin/v1/links/<peer>/pause and /resume");
     }
-    kvnode::replication::spawn_links(&node);
+    let senders = kvnode::replication::spawn_links(&node);
+    actix_web::rt::spawn(stop_on_signal(server.handle(), config.shutdown_timeout));
     server.await?;
-    log::info!("stopped");
+
+    // The HTTP server has stopped: no request is in flight any more.
+    node.begin_shutdown();
+    let bound = config.peer_timeout + Duration::from_secs(1);
+    let stopped = tokio::time::timeout(bound, async {
+        for sender in senders {
+            let _ = sender.await;
+        }
+    })
+    .await;
+    match stopped {
+        Ok(()) => log::info!("shutdown: replication senders stopped"),
+        Err(_) => log::warn!(
+            "shutdown: a replication sender did not finish its request within {bound:?}; \
+             the peer will be sent it again"
+        ),
+    }
+    if node.stop_writer().await {
+        log::info!("shutdown: the writer committed its last group");
+    }
+    log::info!(
+        "stopped: applied {}, {} events in the log",
+        node.applied(),
+        node.status().log_len
+    );
     Ok(())
+}
+
+/// On the first SIGTERM or SIGINT: stop accepting connections and let in-flight
+/// requests finish, at most `timeout`. On a second one: exit at once.
+async fn stop_on_signal(server: actix_web::dev::ServerHandle, timeout: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot install the SIGTERM and SIGINT handlers");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!(
+        "{name}: shutting down; no new connections, in-flight requests have {timeout:?} to finish"
+    );
+    actix_web::rt::spawn(async move {
+        let again = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        log::warn!("second {again}: exiting now");
+        std::process::exit(130);
+    });
+    server.stop(true).await;
+    log::info!("shutdown: the HTTP server has stopped");
 }

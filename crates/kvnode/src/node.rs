@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -19,6 +19,7 @@ use vclock_proto::{BufferedEvent, Event, Missing, NodeId, Op, PeerStatus, Status
 use crate::config::{Config, Member};
 use crate::core::{self, ContextCheck, Core, Limits, ReadResult, Receipt};
 use crate::error::{Error, Result};
+use crate::metrics::{LinkMetrics, Metrics};
 use crate::store::Store;
 
 /// Most commands the writer takes into one commit.
@@ -43,6 +44,10 @@ enum Command {
         peer: NodeId,
         applied: VClock,
     },
+    /// Commit what came before, answer, and stop.
+    Stop {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The replication link from this node to one peer.
@@ -54,6 +59,8 @@ pub struct Link {
     pub paused: AtomicBool,
     /// Wakes the link's sender: new writes to send, or a resume.
     pub wake: Notify,
+    /// Batches, errors and acknowledgement times, for `/metrics`.
+    pub metrics: LinkMetrics,
     health: Mutex<LinkHealth>,
 }
 
@@ -69,6 +76,7 @@ impl Link {
             member,
             paused: AtomicBool::new(false),
             wake: Notify::new(),
+            metrics: LinkMetrics::default(),
             health: Mutex::new(LinkHealth::default()),
         }
     }
@@ -94,6 +102,10 @@ struct Shared {
     core: Mutex<Core<BoxStore>>,
     applied: watch::Sender<VClock>,
     links: Vec<Arc<Link>>,
+    metrics: Arc<Metrics>,
+    peer_tls: Option<Arc<rustls::ClientConfig>>,
+    /// True once the node is shutting down: senders finish their batch and stop.
+    stopping: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -123,6 +135,8 @@ impl Node {
     /// Starts a node's writer over `store`. Replication is started separately,
     /// with [`crate::replication::spawn_links`], inside an actix runtime.
     pub fn start(config: Config, store: BoxStore) -> Result<Arc<Self>> {
+        let peer_tls =
+            crate::tls::peer_client_config(&config).map_err(|e| Error::Internal(e.to_string()))?;
         let config = Arc::new(config);
         let node_ids = config.node_ids();
         let core = Core::new(
@@ -143,6 +157,9 @@ impl Node {
             core: Mutex::new(core),
             applied,
             links,
+            metrics: Arc::new(Metrics::new()),
+            peer_tls,
+            stopping: watch::channel(false).0,
         });
         let (writer, commands) = mpsc::channel(QUEUE);
         let writer_shared = shared.clone();
@@ -165,6 +182,51 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.shared.config.node_id
+    }
+
+    /// The node's counters and histograms.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The TLS configuration of requests to peers (`tls_ca`), if any.
+    pub fn peer_tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.shared.peer_tls.as_ref()
+    }
+
+    /// A client for requests to peers, with the cluster secret and `tls_ca`.
+    pub fn peer_client(&self, timeout: Duration) -> awc::Client {
+        crate::tls::peer_client(
+            timeout,
+            self.config().cluster_secret.as_ref(),
+            self.peer_tls(),
+        )
+    }
+
+    /// Starts the shutdown: replication senders finish the request they are
+    /// sending and stop.
+    pub fn begin_shutdown(&self) {
+        self.shared.stopping.send_replace(true);
+    }
+
+    /// True once [`Self::begin_shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        *self.shared.stopping.borrow()
+    }
+
+    /// Watches for the shutdown.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.shared.stopping.subscribe()
+    }
+
+    /// Stops the writer once it has committed and answered every command queued
+    /// so far. Later commands get 503. Returns false if the writer was gone.
+    pub async fn stop_writer(&self) -> bool {
+        let (done, stopped) = oneshot::channel();
+        if self.writer.send(Command::Stop { done }).await.is_err() {
+            return false;
+        }
+        stopped.await.is_ok()
     }
 
     /// The replication links, one per peer, in id order.
@@ -223,17 +285,10 @@ impl Node {
                         let (origin, want) = (m.node.clone(), m.want);
                         let tx = verdicts_tx.clone();
                         let me = self.id().clone();
-                        let timeout = self.config().peer_timeout.min(wait);
-                        let secret = self.config().cluster_secret.clone();
+                        let client = self.peer_client(self.config().peer_timeout.min(wait));
                         actix_web::rt::spawn(async move {
-                            let answer = crate::replication::exchange_clock(
-                                &url,
-                                &me,
-                                None,
-                                secret.as_ref(),
-                                timeout,
-                            )
-                            .await;
+                            let answer =
+                                crate::replication::exchange_clock(&client, &url, &me, None).await;
                             if let Ok(clock) = answer {
                                 let have = clock.get(&origin);
                                 if have < want {
@@ -269,9 +324,12 @@ impl Node {
         if let Some(context) = context {
             self.wait_for(context).await?;
         }
+        let delete = op == Op::Delete;
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Write { key, op, reply }).await?;
-        answer.await.map_err(|_| stopping())?
+        let event = answer.await.map_err(|_| stopping())??;
+        self.shared.metrics.write(delete);
+        Ok(event)
     }
 
     /// A client read: waits for `context`, then reads siblings and clock together.
@@ -279,11 +337,14 @@ impl Node {
         if let Some(context) = context {
             self.wait_for(context).await?;
         }
-        Ok(self.shared.core().read(key)?)
+        let result = self.shared.core().read(key)?;
+        self.shared.metrics.read();
+        Ok(result)
     }
 
     /// A batch from a peer: what happened to it, and the clock to acknowledge with.
     pub async fn receive(&self, events: Vec<Event>) -> Result<(Receipt, VClock)> {
+        self.shared.metrics.batch_received(events.len());
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Receive { events, reply }).await?;
         answer.await.map_err(|_| stopping())?
@@ -363,6 +424,8 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
         }
         let mut replies = Vec::with_capacity(group.len());
         let mut wrote = false;
+        let mut stop = None;
+        let commands = group.len();
         let (committed, applied) = {
             let mut core = shared.core();
             for command in group.drain(..) {
@@ -376,6 +439,9 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                         let result = core.receive(events).map_err(Error::from);
                         if let Ok(receipt) = &result {
                             log_receipt(receipt);
+                            shared
+                                .metrics
+                                .delivered_from_buffer(receipt.from_buffer.len());
                         }
                         replies.push(Reply::Receive(reply, result));
                     }
@@ -384,9 +450,12 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                             error!("cannot collect the log: {e}");
                         }
                     }
+                    Command::Stop { done } => stop = Some(done),
                 }
             }
+            let started = Instant::now();
             let committed = core.commit();
+            shared.metrics.commit(commands, started.elapsed());
             let applied = core.applied().clone();
             // Publish under the core's lock: whoever reads the core afterwards
             // (reads, senders) must find a published clock that covers it, or a
@@ -411,6 +480,11 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
             for link in &shared.links {
                 link.wake.notify_one();
             }
+        }
+        if let Some(done) = stop {
+            info!("writer: last commit done, stopped");
+            let _ = done.send(());
+            return;
         }
     }
     debug!("writer stopped");
@@ -467,4 +541,24 @@ fn log_receipt(receipt: &Receipt) {
 /// How long a retry loop waits after `attempt` failures: 50 ms doubling to 5 s.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(5))
+}
+
+/// A node over a [`crate::store::MemStore`] in a cluster `n1`, `n2`, `n3`
+/// (peers unreachable, no senders started), configured with `env`
+/// (`KVNODE_*` variables), for in-process HTTP tests.
+#[cfg(test)]
+pub(crate) fn test_node(env: &[(&str, &str)]) -> Arc<Node> {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("KVNODE_NODE_ID", "n1"),
+        (
+            "KVNODE_NODES",
+            "n1=http://127.0.0.1:9,n2=http://127.0.0.1:9,n3=http://127.0.0.1:9",
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let config = Config::load_from(None, vars).expect("a valid test configuration");
+    Node::start(config, Box::new(crate::store::MemStore::new())).expect("a node")
 }

@@ -10,6 +10,10 @@
 //! resending is always safe. When there is nothing to send, the sender exchanges
 //! clocks with the peer every `sync_interval`, which feeds log collection.
 //!
+//! On shutdown ([`Node::begin_shutdown`]) a sender finishes the request it is
+//! sending (bounded by `peer_timeout`) and stops; nothing is lost, since the
+//! peer is sent again whatever it has not acknowledged.
+//!
 //! **Repair.** Every answer from the peer carries its `applied` clock. When the
 //! peer has lacked the same event of some other origin for `repair_after` while
 //! this node holds it, this node sends it (and what follows it in the log). So
@@ -19,20 +23,21 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, info, warn};
 use serde::Serialize;
 use vclock_proto::{ClockMessage, ErrorResponse, Event, NodeId, Seq, VClock};
 
-use crate::config::Secret;
 use crate::node::{backoff, Link, Node};
 
-/// Starts one sender per peer on the current actix runtime.
-pub fn spawn_links(node: &Arc<Node>) {
-    for link in node.links() {
-        actix_web::rt::spawn(run_link(node.clone(), link.clone()));
-    }
+/// Starts one sender per peer on the current actix runtime. Each ends after
+/// [`Node::begin_shutdown`], once the request it is sending is answered.
+pub fn spawn_links(node: &Arc<Node>) -> Vec<actix_web::rt::task::JoinHandle<()>> {
+    node.links()
+        .iter()
+        .map(|link| actix_web::rt::spawn(run_link(node.clone(), link.clone())))
+        .collect()
 }
 
 /// What a batch looks like on the wire ([`vclock_proto::EventBatch`]), borrowed.
@@ -56,15 +61,6 @@ impl SendError {
         match self {
             SendError::Transport(m) | SendError::Busy(m) | SendError::Refused(m) => m,
         }
-    }
-}
-
-/// A client for peer requests; it sends the cluster secret when there is one.
-fn client(timeout: Duration, secret: Option<&Secret>) -> awc::Client {
-    let builder = awc::Client::builder().timeout(timeout).disable_redirects();
-    match secret {
-        Some(secret) => builder.bearer_auth(secret.expose()).finish(),
-        None => builder.finish(),
     }
 }
 
@@ -99,27 +95,22 @@ async fn post<T: Serialize>(
     })
 }
 
-/// Sends this node's clock (if given) to the node at `url` and returns that
-/// node's `applied` clock.
+/// Sends this node's clock (if given) to the node at `url` with `client` (see
+/// [`Node::peer_client`]) and returns that node's `applied` clock.
 pub async fn exchange_clock(
+    client: &awc::Client,
     url: &str,
     me: &str,
     applied: Option<&VClock>,
-    secret: Option<&Secret>,
-    timeout: Duration,
 ) -> Result<VClock, String> {
     let message = ClockMessage {
         node: me.to_owned(),
         applied: applied.cloned().unwrap_or_default(),
     };
-    post(
-        &client(timeout, secret),
-        &format!("{url}/peer/v1/sync"),
-        &message,
-    )
-    .await
-    .map(|answer| answer.applied)
-    .map_err(|e| e.message().to_owned())
+    post(client, &format!("{url}/peer/v1/sync"), &message)
+        .await
+        .map(|answer| answer.applied)
+        .map_err(|e| e.message().to_owned())
 }
 
 struct Sender {
@@ -142,7 +133,7 @@ struct Sender {
 async fn run_link(node: Arc<Node>, link: Arc<Link>) {
     let config = node.config();
     let mut sender = Sender {
-        client: client(config.peer_timeout, config.cluster_secret.as_ref()),
+        client: node.peer_client(config.peer_timeout),
         events_url: format!("{}/peer/v1/events", link.member.url),
         sync_url: format!("{}/peer/v1/sync", link.member.url),
         acked: None,
@@ -162,13 +153,24 @@ impl Sender {
             let c = self.node.config();
             (c.sync_interval, c.retransmit_after)
         };
+        let mut stopping = self.node.stopping();
         loop {
+            if *stopping.borrow_and_update() {
+                debug!("{}: sender stopped", self.link.member.id);
+                return;
+            }
             if self.link.paused.load(Ordering::Acquire) {
-                self.link.wake.notified().await;
+                tokio::select! {
+                    _ = self.link.wake.notified() => {}
+                    _ = stopping.changed() => {}
+                }
                 continue;
             }
             if self.failures > 0 {
-                tokio::time::sleep(backoff(self.failures)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(self.failures)) => {}
+                    _ = stopping.changed() => continue,
+                }
             }
             let Some(acked) = self.acked.clone() else {
                 self.sync().await;
@@ -189,7 +191,7 @@ impl Sender {
                     events: &repair,
                 };
                 match post(&self.client, &self.events_url, &body).await {
-                    Ok(answer) => self.acknowledged(answer.applied).await,
+                    Ok(answer) => self.acknowledged(answer.applied, true).await,
                     Err(e) => self.failed(e),
                 }
                 continue;
@@ -198,6 +200,7 @@ impl Sender {
             if batch.is_empty() {
                 tokio::select! {
                     _ = self.link.wake.notified() => {}
+                    _ = stopping.changed() => {}
                     _ = tokio::time::sleep(sync_interval) => self.sync().await,
                 }
                 continue;
@@ -219,7 +222,7 @@ impl Sender {
             match post(&self.client, &self.events_url, &body).await {
                 Ok(answer) => {
                     self.sent = self.sent.max(last);
-                    self.acknowledged(answer.applied).await;
+                    self.acknowledged(answer.applied, true).await;
                 }
                 Err(e) => self.failed(e),
             }
@@ -288,14 +291,18 @@ impl Sender {
             applied: self.node.applied(),
         };
         match post(&self.client, &self.sync_url, &message).await {
-            Ok(answer) => self.acknowledged(answer.applied).await,
+            Ok(answer) => self.acknowledged(answer.applied, false).await,
             Err(e) => self.failed(e),
         }
     }
 
-    async fn acknowledged(&mut self, applied: VClock) {
+    async fn acknowledged(&mut self, applied: VClock, was_batch: bool) {
         let me = self.node.id();
         let own = applied.get(me);
+        let caught_up = own >= self.node.applied().get(me);
+        self.link
+            .metrics
+            .acknowledged(self.node.metrics(), was_batch, caught_up);
         match &self.acked {
             None => {
                 self.sent = own;
@@ -328,6 +335,7 @@ impl Sender {
         let peer = &self.link.member.id;
         let message = error.message().to_owned();
         let changed = self.link.record(Err(message.clone()));
+        self.link.metrics.failed();
         match error {
             SendError::Transport(_) if changed || self.failures == 0 => {
                 warn!("{peer} is unreachable: {message}; retrying with backoff")

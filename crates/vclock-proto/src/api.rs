@@ -19,6 +19,7 @@ use crate::event::{Dot, Event, Value};
 
 /// `GET /health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthResponse {
     /// Always `"healthy"` when the node answers.
     pub status: String,
@@ -30,6 +31,7 @@ pub struct HealthResponse {
 
 /// `POST /write`. Unknown fields are ignored, as the prototype did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WriteRequest {
     /// The key; a non-empty string.
     pub key: String,
@@ -43,6 +45,7 @@ pub struct WriteRequest {
 
 /// Answer to `POST /write`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WriteResponse {
     /// Always `"success"`.
     pub status: String,
@@ -52,6 +55,7 @@ pub struct WriteResponse {
 
 /// Query of `GET /read`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadQuery {
     /// The key to read.
     pub key: String,
@@ -59,6 +63,7 @@ pub struct ReadQuery {
 
 /// Answer to `GET /read`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadResponse {
     /// The winning sibling's value, or `null` when the key is absent or deleted.
     pub value: Value,
@@ -71,6 +76,7 @@ pub struct ReadResponse {
 /// Query of `GET /v1/kv/{key}` and `DELETE /v1/kv/{key}`: an optional context as
 /// JSON text, e.g. `?context={"node1":3}` (URL-encoded).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContextQuery {
     /// The causal context, as JSON text.
@@ -80,6 +86,7 @@ pub struct ContextQuery {
 
 /// One of a key's concurrent writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sibling {
     /// The write that produced it.
     pub dot: Dot,
@@ -93,6 +100,7 @@ pub struct Sibling {
 
 /// Answer to `GET /v1/kv/{key}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GetResponse {
     /// The key read.
     pub key: String,
@@ -109,6 +117,7 @@ pub struct GetResponse {
 
 /// Body of `PUT /v1/kv/{key}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PutRequest {
     /// Any JSON value.
@@ -120,6 +129,7 @@ pub struct PutRequest {
 
 /// Body of `DELETE /v1/kv/{key}` (optional).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeleteRequest {
     /// The causal context.
@@ -129,6 +139,7 @@ pub struct DeleteRequest {
 
 /// Answer to `PUT` and `DELETE` on `/v1/kv/{key}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PutResponse {
     /// The write's dot.
     pub dot: Dot,
@@ -140,6 +151,7 @@ pub struct PutResponse {
 
 /// The body of every error answer: `{"error":{"code":...,"message":...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorResponse {
     /// What went wrong.
     pub error: ErrorBody,
@@ -147,6 +159,7 @@ pub struct ErrorResponse {
 
 /// What went wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// A stable machine-readable code, such as `bad_request` or `causal_timeout`.
     pub code: String,
@@ -162,6 +175,7 @@ pub struct ErrorBody {
 
 /// `POST /peer/v1/events`: a batch of events, each origin's in seq order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
     /// The sending node.
@@ -173,6 +187,7 @@ pub struct EventBatch {
 /// Answer to a batch and to a clock exchange: the receiver's `applied` clock,
 /// which acknowledges every event it counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClockMessage {
     /// The node whose clock this is.
     pub node: NodeId,
@@ -184,6 +199,7 @@ pub struct ClockMessage {
 
 /// `GET /status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusResponse {
     /// The node's id.
     pub node: NodeId,
@@ -209,6 +225,7 @@ pub struct StatusResponse {
 
 /// A buffered event and the first dependency it waits for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BufferedEvent {
     /// The event.
     pub dot: Dot,
@@ -220,6 +237,7 @@ pub struct BufferedEvent {
 
 /// Replication state of one peer, as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PeerStatus {
     /// The peer's id.
     pub node: NodeId,
@@ -240,6 +258,7 @@ pub struct PeerStatus {
 
 /// Answer of the fault hook: the links from this node that are paused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FaultsResponse {
     /// The node's id.
     pub node: NodeId,

@@ -238,6 +238,7 @@ impl<'a> IntoIterator for &'a VClock {
 
 /// One entry a clock lacks: `node` is at `have`, `want` was asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Missing {
     /// The node whose writes are missing.
     pub node: NodeId,
@@ -252,6 +253,29 @@ impl fmt::Display for Missing {
         write!(f, "{} (have {}, need {})", self.node, self.have, self.want)
     }
 }
+
+/// A JSON object of node ids to non-negative counters.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for VClock {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        let counter = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(counter))
+            .description(Some(
+                "A vector clock: node id to counter; a missing entry is 0",
+            ))
+            .examples([serde_json::json!({"node1": 2, "node2": 1, "node3": 0})])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for VClock {}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ use crate::clock::{NodeId, Seq, VClock};
 
 /// Names one write uniquely: the `seq`-th write accepted by `origin`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dot {
     /// The node that accepted the write from a client.
     pub origin: NodeId,
@@ -92,6 +93,7 @@ impl fmt::Display for Value {
 
 /// What a write does to its key. On the wire: `{"put": VALUE}` or `"delete"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Set the key to a value.
@@ -112,6 +114,7 @@ impl Op {
 
 /// One write, as it is replicated between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// The node that accepted the write.
     pub origin: NodeId,
@@ -145,6 +148,20 @@ impl Event {
         origin == self.origin && seq < self.seq || self.deps.contains(origin, seq)
     }
 }
+
+/// Any JSON value.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Value {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .description(Some("Any JSON value, kept exactly as sent"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Value {}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,778 @@
+//! Metrics, served at `GET /metrics` in the Prometheus text format (0.0.4).
+//!
+//! Two kinds of numbers:
+//!
+//! - **Counters and histograms of events** (requests, writes, reads, batches,
+//!   commits) are plain atomics, bumped on the hot path without a lock. Request
+//!   series are keyed by route pattern (`/v1/kv/{key}`, never the raw path), method
+//!   and status, so their number is bounded by the routes of [`crate::http`]; each
+//!   series is allocated the first time it is used and found again with two
+//!   lock-free lookups.
+//! - **Gauges of state** (buffered events, log length, applied clock, peers' lag)
+//!   are read from the node when `/metrics` is scraped, under the core's lock once
+//!   per scrape.
+//!
+//! Every name is listed in [`NAMES`]; the Grafana dashboard in
+//! `deploy/grafana/` uses only those, and a test checks it.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use actix_web::http::{Method, StatusCode};
+
+use crate::node::Node;
+
+/// Every metric family this node exports, in the order of the output.
+pub const NAMES: &[&str] = &[
+    "kvnode_info",
+    "kvnode_uptime_seconds",
+    "kvnode_http_requests_total",
+    "kvnode_http_request_duration_seconds",
+    "kvnode_http_requests_in_flight",
+    "kvnode_writes_total",
+    "kvnode_reads_total",
+    "kvnode_received_batches_total",
+    "kvnode_received_events_total",
+    "kvnode_buffer_deliveries_total",
+    "kvnode_commits_total",
+    "kvnode_commit_commands_total",
+    "kvnode_commit_duration_seconds",
+    "kvnode_fsyncs_total",
+    "kvnode_buffered_events",
+    "kvnode_log_events",
+    "kvnode_applied",
+    "kvnode_stable",
+    "kvnode_peer_lag_events",
+    "kvnode_peer_lag_seconds",
+    "kvnode_peer_seconds_since_ack",
+    "kvnode_peer_reachable",
+    "kvnode_peer_paused",
+    "kvnode_peer_batches_sent_total",
+    "kvnode_peer_send_errors_total",
+];
+
+/// The `Content-Type` of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds (seconds) of the request latency buckets.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Upper bounds (seconds) of the commit latency buckets (an fsync is 0.1-20 ms).
+const COMMIT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Methods with a series of their own; any other is counted as `OTHER`.
+const METHODS: &[Method] = &[
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::PATCH,
+];
+const METHOD_SLOTS: usize = METHODS.len() + 1;
+/// Status codes 100..=599 have a slot each.
+const STATUS_SLOTS: usize = 500;
+
+/// The route label of requests that match no route.
+pub const UNMATCHED: &str = "unmatched";
+
+/// A histogram with fixed buckets, updated with atomics.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = self.bounds.partition_point(|&bound| bound < seconds);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = match self.bounds.get(i) {
+                Some(bound) => bound.to_string(),
+                None => "+Inf".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count());
+    }
+}
+
+/// The request series of one route and method, one slot per status code.
+#[derive(Debug)]
+struct StatusTable(Box<[OnceLock<Box<Histogram>>]>);
+
+impl StatusTable {
+    fn new() -> Self {
+        Self((0..STATUS_SLOTS).map(|_| OnceLock::new()).collect())
+    }
+}
+
+/// Identifies a route's series; resolved once, when the route is registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteId(usize);
+
+/// Counters of the replication link to one peer (kept on [`crate::node::Link`]).
+#[derive(Debug, Default)]
+pub struct LinkMetrics {
+    batches_sent: AtomicU64,
+    send_errors: AtomicU64,
+    /// Milliseconds since the node started, plus one, of the last
+    /// acknowledgement (0: none yet).
+    acked_at: AtomicU64,
+    /// Same, of the last acknowledgement that covered every write of this node.
+    caught_up_at: AtomicU64,
+}
+
+impl LinkMetrics {
+    /// A batch (or clock exchange) reached the peer and was acknowledged.
+    pub fn acknowledged(&self, metrics: &Metrics, was_batch: bool, caught_up: bool) {
+        let now = metrics.millis() + 1;
+        if was_batch {
+            self.batches_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.acked_at.store(now, Ordering::Relaxed);
+        if caught_up {
+            self.caught_up_at.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to the peer failed.
+    pub fn failed(&self) {
+        self.send_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The node's counters and histograms.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    /// Route labels, indexed by [`RouteId`]; the last one is [`UNMATCHED`].
+    routes: Vec<&'static str>,
+    /// `routes.len() * METHOD_SLOTS` tables, allocated on first use.
+    requests: Box<[OnceLock<Box<StatusTable>>]>,
+    in_flight: AtomicI64,
+    writes_put: AtomicU64,
+    writes_delete: AtomicU64,
+    reads: AtomicU64,
+    received_batches: AtomicU64,
+    received_events: AtomicU64,
+    buffer_deliveries: AtomicU64,
+    commits: AtomicU64,
+    commit_commands: AtomicU64,
+    commit_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, with a series table for every route of [`crate::http`].
+    pub fn new() -> Self {
+        let mut routes: Vec<&'static str> = Vec::new();
+        for label in crate::http::route_labels() {
+            if !routes.contains(&label) {
+                routes.push(label);
+            }
+        }
+        routes.push(UNMATCHED);
+        Self {
+            started: Instant::now(),
+            requests: (0..routes.len() * METHOD_SLOTS)
+                .map(|_| OnceLock::new())
+                .collect(),
+            routes,
+            in_flight: AtomicI64::new(0),
+            writes_put: AtomicU64::new(0),
+            writes_delete: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            received_batches: AtomicU64::new(0),
+            received_events: AtomicU64::new(0),
+            buffer_deliveries: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_commands: AtomicU64::new(0),
+            commit_duration: Histogram::new(COMMIT_BUCKETS),
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The series of `route` (a label from [`crate::http::route_labels`]);
+    /// unknown labels count as [`UNMATCHED`].
+    pub fn route(&self, route: &str) -> RouteId {
+        RouteId(
+            self.routes
+                .iter()
+                .position(|r| *r == route)
+                .unwrap_or(self.routes.len() - 1),
+        )
+    }
+
+    /// A request started; the guard counts it in flight until it is dropped.
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// Records one answered request.
+    pub fn request(&self, route: RouteId, method: &Method, status: StatusCode, elapsed: Duration) {
+        let method = METHODS
+            .iter()
+            .position(|m| m == method)
+            .unwrap_or(METHODS.len());
+        let table = self.requests[route.0 * METHOD_SLOTS + method]
+            .get_or_init(|| Box::new(StatusTable::new()));
+        let slot = usize::from(status.as_u16().clamp(100, 599) - 100);
+        table.0[slot]
+            .get_or_init(|| Box::new(Histogram::new(REQUEST_BUCKETS)))
+            .observe(elapsed);
+    }
+
+    /// A client write was committed.
+    pub fn write(&self, delete: bool) {
+        let counter = if delete {
+            &self.writes_delete
+        } else {
+            &self.writes_put
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client read was answered.
+    pub fn read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch of `events` from a peer was received.
+    pub fn batch_received(&self, events: usize) {
+        self.received_batches.fetch_add(1, Ordering::Relaxed);
+        self.received_events
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// `n` buffered events became deliverable and were applied.
+    pub fn delivered_from_buffer(&self, n: usize) {
+        self.buffer_deliveries
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The writer committed a group of `commands` in `elapsed`.
+    pub fn commit(&self, commands: usize, elapsed: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_commands
+            .fetch_add(commands as u64, Ordering::Relaxed);
+        self.commit_duration.observe(elapsed);
+    }
+}
+
+/// Counts a request in flight while it lives.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Escapes a label value.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// The whole exposition of `node`, in the text format.
+pub fn render(node: &Node) -> String {
+    let metrics = node.metrics();
+    let status = node.status();
+    let mut out = String::with_capacity(8 * 1024);
+    let o = &mut out;
+
+    header(o, "kvnode_info", "gauge", "This node's id and version.");
+    let _ = writeln!(
+        o,
+        "kvnode_info{{node=\"{}\",version=\"{}\"}} 1",
+        label(node.id()),
+        env!("CARGO_PKG_VERSION")
+    );
+    single(
+        o,
+        "kvnode_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+        metrics.started.elapsed().as_secs_f64(),
+    );
+
+    // Requests.
+    let mut series = Vec::new();
+    for (r, route) in metrics.routes.iter().enumerate() {
+        for m in 0..METHOD_SLOTS {
+            let Some(table) = metrics.requests[r * METHOD_SLOTS + m].get() else {
+                continue;
+            };
+            let method = METHODS.get(m).map_or("OTHER", Method::as_str);
+            for (s, histogram) in table.0.iter().enumerate() {
+                if let Some(histogram) = histogram.get() {
+                    let labels = format!(
+                        "route=\"{}\",method=\"{method}\",status=\"{}\"",
+                        label(route),
+                        s + 100
+                    );
+                    series.push((labels, histogram));
+                }
+            }
+        }
+    }
+    header(
+        o,
+        "kvnode_http_requests_total",
+        "counter",
+        "HTTP requests answered, by route pattern, method and status.",
+    );
+    for (labels, histogram) in &series {
+        let _ = writeln!(
+            o,
+            "kvnode_http_requests_total{{{labels}}} {}",
+            histogram.count()
+        );
+    }
+    header(
+        o,
+        "kvnode_http_request_duration_seconds",
+        "histogram",
+        "Time from a request's head to its answer, by route pattern, method and status.",
+    );
+    for (labels, histogram) in &series {
+        histogram.render(o, "kvnode_http_request_duration_seconds", labels);
+    }
+    single(
+        o,
+        "kvnode_http_requests_in_flight",
+        "gauge",
+        "HTTP requests being handled.",
+        metrics.in_flight.load(Ordering::Relaxed),
+    );
+
+    // Client operations and replication.
+    header(
+        o,
+        "kvnode_writes_total",
+        "counter",
+        "Client writes committed, by operation.",
+    );
+    let _ = writeln!(
+        o,
+        "kvnode_writes_total{{op=\"put\"}} {}",
+        metrics.writes_put.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "kvnode_writes_total{{op=\"delete\"}} {}",
+        metrics.writes_delete.load(Ordering::Relaxed)
+    );
+    let counters = [
+        (
+            "kvnode_reads_total",
+            "Client reads answered.",
+            &metrics.reads,
+        ),
+        (
+            "kvnode_received_batches_total",
+            "Replication batches received from peers.",
+            &metrics.received_batches,
+        ),
+        (
+            "kvnode_received_events_total",
+            "Events received from peers (duplicates included).",
+            &metrics.received_events,
+        ),
+        (
+            "kvnode_buffer_deliveries_total",
+            "Buffered events applied once their dependencies arrived.",
+            &metrics.buffer_deliveries,
+        ),
+        (
+            "kvnode_commits_total",
+            "Commits of the writer (one per group of commands).",
+            &metrics.commits,
+        ),
+        (
+            "kvnode_commit_commands_total",
+            "Commands committed (writes, batches, acknowledgements); divided by commits, the group size.",
+            &metrics.commit_commands,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        single(o, name, "counter", help, counter.load(Ordering::Relaxed));
+    }
+    header(
+        o,
+        "kvnode_commit_duration_seconds",
+        "histogram",
+        "Time of one commit of the writer, fsync included.",
+    );
+    metrics
+        .commit_duration
+        .render(o, "kvnode_commit_duration_seconds", "");
+    single(
+        o,
+        "kvnode_fsyncs_total",
+        "counter",
+        "Storage syncs since the node started.",
+        status.fsyncs,
+    );
+    single(
+        o,
+        "kvnode_buffered_events",
+        "gauge",
+        "Events received but not yet deliverable.",
+        status.buffered_total,
+    );
+    single(
+        o,
+        "kvnode_log_events",
+        "gauge",
+        "Events kept in the log until every node has applied them.",
+        status.log_len,
+    );
+    for (name, help, clock) in [
+        (
+            "kvnode_applied",
+            "Writes of each origin applied by this node.",
+            &status.applied,
+        ),
+        (
+            "kvnode_stable",
+            "Writes of each origin applied by every node.",
+            &status.stable,
+        ),
+    ] {
+        header(o, name, "gauge", help);
+        for member in &node.config().members {
+            let _ = writeln!(
+                o,
+                "{name}{{origin=\"{}\"}} {}",
+                label(&member.id),
+                clock.get(&member.id)
+            );
+        }
+    }
+
+    // Peers.
+    let now = metrics.millis() + 1;
+    let seconds_since = |at: u64| now.saturating_sub(at) as f64 / 1000.0;
+    let mut peer_rows = Vec::new();
+    for (link, peer) in node.links().iter().zip(&status.peers) {
+        let m = &link.metrics;
+        let acked_at = m.acked_at.load(Ordering::Relaxed);
+        let caught_up_at = m.caught_up_at.load(Ordering::Relaxed);
+        let since_ack = if acked_at == 0 {
+            seconds_since(1)
+        } else {
+            seconds_since(acked_at)
+        };
+        let lag_seconds = match (peer.lag, caught_up_at) {
+            (0, _) => 0.0,
+            (_, 0) => seconds_since(1),
+            (_, at) => seconds_since(at),
+        };
+        peer_rows.push((
+            label(&peer.node),
+            [
+                peer.lag as f64,
+                lag_seconds,
+                since_ack,
+                f64::from(u8::from(peer.reachable)),
+                f64::from(u8::from(peer.paused)),
+                m.batches_sent.load(Ordering::Relaxed) as f64,
+                m.send_errors.load(Ordering::Relaxed) as f64,
+            ],
+        ));
+    }
+    let peer_families = [
+        (
+            "kvnode_peer_lag_events",
+            "gauge",
+            "Writes of this node the peer has not acknowledged.",
+        ),
+        (
+            "kvnode_peer_lag_seconds",
+            "gauge",
+            "Seconds since the peer last had every write of this node (0 when it has them all).",
+        ),
+        (
+            "kvnode_peer_seconds_since_ack",
+            "gauge",
+            "Seconds since the peer last acknowledged anything (since start when never).",
+        ),
+        (
+            "kvnode_peer_reachable",
+            "gauge",
+            "1 when the last request to the peer succeeded.",
+        ),
+        (
+            "kvnode_peer_paused",
+            "gauge",
+            "1 when the fault hook paused the link to the peer.",
+        ),
+        (
+            "kvnode_peer_batches_sent_total",
+            "counter",
+            "Batches the peer acknowledged.",
+        ),
+        (
+            "kvnode_peer_send_errors_total",
+            "counter",
+            "Failed requests to the peer.",
+        ),
+    ];
+    for (i, (name, kind, help)) in peer_families.into_iter().enumerate() {
+        header(o, name, kind, help);
+        for (peer, values) in &peer_rows {
+            let _ = writeln!(o, "{name}{{peer=\"{peer}\"}} {}", values[i]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(1));
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\"");
+        assert_eq!(
+            out,
+            "x_bucket{a=\"b\",le=\"0.001\"} 1\nx_bucket{a=\"b\",le=\"0.01\"} 3\n\
+             x_bucket{a=\"b\",le=\"+Inf\"} 4\nx_sum{a=\"b\"} 1.0105\nx_count{a=\"b\"} 4\n"
+        );
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn request_series_are_per_route_method_and_status() {
+        let m = Metrics::new();
+        let health = m.route("/health");
+        assert_ne!(health, m.route(UNMATCHED));
+        assert_eq!(m.route("/no/such/route"), m.route(UNMATCHED));
+        m.request(
+            health,
+            &Method::GET,
+            StatusCode::OK,
+            Duration::from_millis(1),
+        );
+        m.request(
+            health,
+            &Method::GET,
+            StatusCode::OK,
+            Duration::from_millis(1),
+        );
+        m.request(
+            health,
+            &Method::from_bytes(b"BREW").unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            Duration::ZERO,
+        );
+        let get = METHODS.iter().position(|x| x == Method::GET).unwrap();
+        let table = m.requests[health.0 * METHOD_SLOTS + get].get().unwrap();
+        assert_eq!(table.0[100].get().unwrap().count(), 2);
+        let other = m.requests[health.0 * METHOD_SLOTS + METHODS.len()]
+            .get()
+            .unwrap();
+        assert_eq!(other.0[305].get().unwrap().count(), 1);
+        {
+            let _a = m.request_started();
+            let _b = m.request_started();
+            assert_eq!(m.in_flight.load(Ordering::Relaxed), 2);
+        }
+        assert_eq!(m.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    /// Scrapes `/metrics` of an in-process node after some traffic.
+    async fn scrape() -> String {
+        use actix_web::test::{self, TestRequest};
+        use actix_web::App;
+
+        let node = crate::node::test_node(&[]);
+        let app =
+            test::init_service(App::new().configure(crate::http::configure(node.clone()))).await;
+        for req in [
+            TestRequest::post()
+                .uri("/write")
+                .set_json(serde_json::json!({"key": "k", "value": 1})),
+            TestRequest::get().uri("/read?key=k"),
+            TestRequest::get().uri("/nowhere"),
+        ] {
+            test::call_service(&app, req.to_request()).await;
+        }
+        let res = test::call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers().get("content-type").unwrap(), CONTENT_TYPE);
+        String::from_utf8(test::read_body(res).await.to_vec()).unwrap()
+    }
+
+    /// The series names (before `{` or the value) of an exposition.
+    fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn the_exposition_has_every_family_and_only_those() {
+        let text = scrape().await;
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(types, NAMES, "families in the output and NAMES differ");
+        for name in series_names(&text) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| NAMES.contains(f)))
+                .unwrap_or(&name);
+            assert!(NAMES.contains(&family), "{name} is not a known family");
+        }
+        assert!(text.contains(
+            "kvnode_http_requests_total{route=\"/write\",method=\"POST\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "kvnode_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1"
+        ));
+        assert!(text.contains("kvnode_writes_total{op=\"put\"} 1"));
+        assert!(text.contains("kvnode_reads_total 1"));
+        assert!(text.contains("kvnode_applied{origin=\"n1\"} 1"));
+        assert!(text.contains("kvnode_peer_lag_events{peer=\"n2\"} 1"));
+    }
+
+    #[actix_web::test]
+    async fn every_metric_the_dashboard_queries_exists() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/grafana/kvnode.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut exprs = Vec::new();
+        fn collect(value: &serde_json::Value, exprs: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, value) in map {
+                        match (key.as_str(), value) {
+                            ("expr" | "definition", serde_json::Value::String(e)) => {
+                                exprs.push(e.clone())
+                            }
+                            ("query", serde_json::Value::String(e)) => exprs.push(e.clone()),
+                            _ => collect(value, exprs),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, exprs)),
+                _ => {}
+            }
+        }
+        collect(&dashboard, &mut exprs);
+        assert!(exprs.len() > 10, "found only {exprs:?}");
+        let exported = series_names(&scrape().await);
+        let mut queried = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find("kvnode_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.insert(name);
+            }
+        }
+        let missing: Vec<_> = queried.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "the dashboard queries metrics that /metrics lacks: {missing:?}"
+        );
+        let unused: Vec<_> = NAMES
+            .iter()
+            .filter(|n| !queried.iter().any(|q| q.starts_with(*n)))
+            .collect();
+        assert!(unused.is_empty(), "families no panel shows: {unused:?}");
+    }
+}
