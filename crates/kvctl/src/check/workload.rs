@@ -12,6 +12,7 @@ use vclock_proto::{
 };
 
 use super::history::{Api, FinalSibling, FinalState, History, Op, OpKind, Outcome};
+use crate::percent_encode as encode;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -92,18 +93,6 @@ fn as_text(value: &Value) -> Option<String> {
         serde_json::Value::String(s) => Some(s),
         other => Some(other.to_string()),
     }
-}
-
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn http_client(workload: &Workload) -> awc::Client {
