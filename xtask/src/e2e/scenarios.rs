@@ -57,6 +57,11 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         about: "concurrent causal sessions at random nodes, checked for causal anomalies",
         run: sessions,
     },
+    Scenario {
+        name: "checker",
+        about: "kvctl check through the native and the prototype API: no violation, convergence",
+        run: checker,
+    },
 ];
 
 /// How long a single expected change (one replication hop) may take.
@@ -895,4 +900,45 @@ fn session(
         }
     }
     Ok(count)
+}
+
+/// Runs `kvctl check` (the library) against the cluster, once per API.
+fn checker(cluster: &Cluster) -> anyhow::Result<String> {
+    use kvctl::check::{self, Api, Workload};
+
+    let mut lines = Vec::new();
+    for (api, name) in [(Api::Native, "native"), (Api::Compat, "compat")] {
+        let workload = Workload {
+            nodes: cluster.nodes.iter().map(|n| n.url.clone()).collect(),
+            api,
+            sessions: 8,
+            ops_per_session: 150,
+            keys: 4,
+            write_ratio: 0.5,
+            timeout: Duration::from_secs(10),
+            quiesce_timeout: Duration::from_secs(30),
+            seed: cluster.seed,
+            token: None,
+        };
+        let history = actix_rt::System::new().block_on(check::run(&workload));
+        let report = check::check(&history);
+        if let Some(first) = report.violations.first() {
+            bail!(
+                "{name}: {} violations (seed {}), first: {}: {}",
+                report.violations.len(),
+                cluster.seed,
+                first.kind,
+                first.message
+            );
+        }
+        if report.converged != Some(true) {
+            bail!("{name}: the nodes did not converge after the run");
+        }
+        lines.push(format!(
+            "{name}: {} ops, {} reads checked, 0 violations",
+            history.ops.len(),
+            report.reads_checked
+        ));
+    }
+    Ok(lines.join("; "))
 }
