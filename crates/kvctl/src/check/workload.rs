@@ -56,6 +56,16 @@ enum Call<T> {
     Unknown(String),
 }
 
+impl<T> Call<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Call<U> {
+        match self {
+            Call::Ok(t) => Call::Ok(f(t)),
+            Call::Failed(e) => Call::Failed(e),
+            Call::Unknown(e) => Call::Unknown(e),
+        }
+    }
+}
+
 async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
     http: &awc::Client,
     method: awc::http::Method,
@@ -204,18 +214,14 @@ async fn session(
                         value: json,
                         context: Some(context.clone()),
                     };
-                    match call::<_, WriteResponse>(
+                    call::<_, WriteResponse>(
                         http,
                         awc::http::Method::POST,
                         &format!("{node}/write"),
                         Some(&body),
                     )
                     .await
-                    {
-                        Call::Ok(r) => Call::Ok(r.timestamp),
-                        Call::Failed(e) => Call::Failed(e),
-                        Call::Unknown(e) => Call::Unknown(e),
-                    }
+                    .map(|r| r.timestamp)
                 }
                 Api::Native => {
                     let body = PutRequest {
@@ -223,13 +229,9 @@ async fn session(
                         context: Some(context.clone()),
                     };
                     let url = format!("{node}/v1/kv/{}", encode(&key));
-                    match call::<_, PutResponse>(http, awc::http::Method::PUT, &url, Some(&body))
+                    call::<_, PutResponse>(http, awc::http::Method::PUT, &url, Some(&body))
                         .await
-                    {
-                        Call::Ok(r) => Call::Ok(r.timestamp),
-                        Call::Failed(e) => Call::Failed(e),
-                        Call::Unknown(e) => Call::Unknown(e),
-                    }
+                        .map(|r| r.timestamp)
                 }
             };
             match answer {
@@ -265,11 +267,9 @@ async fn session(
             let answer: Call<(Vec<Option<String>>, VClock)> = match workload.api {
                 Api::Compat => {
                     let url = format!("{node}/read?key={}", encode(&key));
-                    match call::<(), ReadResponse>(http, awc::http::Method::GET, &url, None).await {
-                        Call::Ok(r) => Call::Ok((vec![as_text(&r.value)], r.timestamp)),
-                        Call::Failed(e) => Call::Failed(e),
-                        Call::Unknown(e) => Call::Unknown(e),
-                    }
+                    call::<(), ReadResponse>(http, awc::http::Method::GET, &url, None)
+                        .await
+                        .map(|r| (vec![as_text(&r.value)], r.timestamp))
                 }
                 Api::Native => {
                     let url = format!(
@@ -277,19 +277,17 @@ async fn session(
                         encode(&key),
                         encode(&serde_json::to_string(&context).expect("clocks serialise"))
                     );
-                    match call::<(), GetResponse>(http, awc::http::Method::GET, &url, None).await {
-                        Call::Ok(r) => {
+                    call::<(), GetResponse>(http, awc::http::Method::GET, &url, None)
+                        .await
+                        .map(|r| {
                             let values = r
                                 .siblings
                                 .iter()
                                 .filter(|s| !s.deleted)
                                 .map(|s| as_text(&s.value))
                                 .collect();
-                            Call::Ok((values, r.context))
-                        }
-                        Call::Failed(e) => Call::Failed(e),
-                        Call::Unknown(e) => Call::Unknown(e),
-                    }
+                            (values, r.context)
+                        })
                 }
             };
             match answer {
