@@ -337,21 +337,23 @@ async fn session(
     }
 }
 
+/// The node's applied clock, from `GET /health`; `None` when it does not answer.
+async fn applied_clock(http: &awc::Client, node: &str) -> Option<VClock> {
+    let url = format!("{node}/health");
+    match call::<(), HealthResponse>(http, awc::http::Method::GET, &url, None).await {
+        Call::Ok(h) => Some(h.timestamp),
+        _ => None,
+    }
+}
+
 async fn wait_for_quiescence(workload: &Workload, http: &awc::Client) -> bool {
     let deadline = Instant::now() + workload.quiesce_timeout;
     let mut previous: Option<VClock> = None;
     while Instant::now() < deadline {
         let mut clocks = Vec::new();
         for node in &workload.nodes {
-            if let Call::Ok(h) = call::<(), HealthResponse>(
-                http,
-                awc::http::Method::GET,
-                &format!("{node}/health"),
-                None,
-            )
-            .await
-            {
-                clocks.push(h.timestamp);
+            if let Some(clock) = applied_clock(http, node).await {
+                clocks.push(clock);
             }
         }
         let agreed =
@@ -377,15 +379,8 @@ async fn final_states(workload: &Workload, http: &awc::Client, keys: &[String]) 
             applied: VClock::new(),
             keys: Default::default(),
         };
-        if let Call::Ok(h) = call::<(), HealthResponse>(
-            http,
-            awc::http::Method::GET,
-            &format!("{node}/health"),
-            None,
-        )
-        .await
-        {
-            state.applied = h.timestamp;
+        if let Some(clock) = applied_clock(http, node).await {
+            state.applied = clock;
         }
         for key in keys {
             let url = format!("{node}/v1/kv/{}", encode(key));
