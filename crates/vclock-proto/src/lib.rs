@@ -27,7 +27,9 @@
 mod api;
 mod clock;
 mod event;
+mod trace;
 
 pub use api::*;
 pub use clock::{Causality, Missing, NodeId, Seq, VClock};
 pub use event::{Dot, Event, Op, Value};
+pub use trace::{TraceEvent, TraceKind, TraceQuery, TraceRef, TraceResponse, TRACE_CAUSE_HEADER};
