@@ -107,6 +107,10 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         println!("  {id}  {}", url(*port));
     }
     println!(
+        "demo settings: the fault hook (/admin/v1/links) and an in-memory trace of the \
+         last 10000 records (/v1/trace) are on"
+    );
+    println!(
         "try: curl {}/health   (Ctrl-C stops the cluster)",
         url(args.base_port)
     );
@@ -175,6 +179,7 @@ fn spawn_node(
         .env("KVNODE_LISTEN", "127.0.0.1")
         .env("KVNODE_PORT", port.to_string())
         .env("KVNODE_FAULTS", "true")
+        .env("KVNODE_TRACE_BUFFER", "10000")
         .env("KVNODE_DATA_DIR", format!("./data/{id}"))
         .env(
             "RUST_LOG",

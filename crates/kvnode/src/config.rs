@@ -64,6 +64,10 @@ struct RawConfig {
     #[serde(default)]
     faults: bool,
     #[serde(default)]
+    trace_buffer: usize,
+    #[serde(default)]
+    trace_file: Option<PathBuf>,
+    #[serde(default)]
     cluster_secret: Option<String>,
     #[serde(default)]
     cluster_secret_file: Option<PathBuf>,
@@ -210,6 +214,12 @@ pub struct Config {
     pub peer_timeout: Duration,
     /// Enables the fault hook under `/admin/v1/links` (default off).
     pub faults: bool,
+    /// How many trace records the node keeps in memory and serves at
+    /// `/v1/trace` (default 0: no trace in memory).
+    pub trace_buffer: usize,
+    /// Appends every trace record to this file, one JSON object per line
+    /// (default: none).
+    pub trace_file: Option<PathBuf>,
     /// When set, peer and admin requests must carry it as a bearer token
     /// (`cluster_secret`, or read from `cluster_secret_file`).
     pub cluster_secret: Option<Secret>,
@@ -416,6 +426,8 @@ impl Config {
             retransmit_after: raw.retransmit_after,
             peer_timeout: raw.peer_timeout,
             faults: raw.faults,
+            trace_buffer: raw.trace_buffer,
+            trace_file: raw.trace_file,
             cluster_secret,
             client_token,
             workers: raw.workers,

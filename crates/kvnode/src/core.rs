@@ -79,6 +79,30 @@ pub struct Receipt {
     pub duplicates: usize,
     /// Events refused because the buffer is full.
     pub refused: usize,
+    /// What happened to each event, in order: the node's trace.
+    pub steps: Vec<Step>,
+}
+
+/// One event's fate within a batch, in the order things happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The event was applied.
+    Applied(Applied),
+    /// The event was put in the buffer, waiting for these writes.
+    Buffered(Arc<Event>, Vec<Missing>),
+}
+
+/// An applied event and what it did to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The event.
+    pub event: Arc<Event>,
+    /// True when it had waited in the buffer.
+    pub from_buffer: bool,
+    /// The key's siblings before it was applied.
+    pub siblings_before: usize,
+    /// The key's siblings after it was applied.
+    pub siblings_after: usize,
 }
 
 /// The answer to a read: the siblings and the clock, taken together.
@@ -206,6 +230,11 @@ impl<S: Store> Core<S> {
     /// Accepts a write from a client (rule 1). The caller has already waited for
     /// the client's context to be satisfied.
     pub fn local_write(&mut self, key: String, op: Op) -> CoreResult<Arc<Event>> {
+        Ok(self.write(key, op)?.event)
+    }
+
+    /// [`Self::local_write`], telling also what the write did to its key.
+    pub fn write(&mut self, key: String, op: Op) -> CoreResult<Applied> {
         let event = Arc::new(Event {
             origin: self.id.clone(),
             seq: self.applied.get(&self.id) + 1,
@@ -213,8 +242,7 @@ impl<S: Store> Core<S> {
             op,
             deps: self.applied.clone(),
         });
-        self.apply(event.clone())?;
-        Ok(event)
+        self.apply(event, false)
     }
 
     /// Takes a batch of events from a peer (rule 2). The batch is validated as a
@@ -233,7 +261,8 @@ impl<S: Store> Core<S> {
             }
             if e.seq == origin_applied + 1 && self.deps_satisfied(&e) {
                 let dot = e.dot();
-                self.apply(Arc::new(e))?;
+                let applied = self.apply(Arc::new(e), false)?;
+                receipt.steps.push(Step::Applied(applied));
                 receipt.delivered.push(dot);
                 if self.buffered > 0 {
                     self.drain_buffer(&mut receipt)?;
@@ -243,10 +272,14 @@ impl<S: Store> Core<S> {
             } else {
                 self.buffered += 1;
                 parked.push(e.dot());
+                let e = Arc::new(e);
+                receipt
+                    .steps
+                    .push(Step::Buffered(e.clone(), self.waiting_for(&e)));
                 self.buffer
                     .entry(e.origin.clone())
                     .or_default()
-                    .insert(e.seq, Arc::new(e));
+                    .insert(e.seq, e);
             }
         }
         // Report what this batch left waiting, and on what.
@@ -441,7 +474,8 @@ impl<S: Store> Core<S> {
                     } else if e.seq == next && self.deps_satisfied(&e) {
                         self.pop_buffered(&origin, e.seq);
                         let dot = e.dot();
-                        self.apply(e)?;
+                        let applied = self.apply(e, true)?;
+                        receipt.steps.push(Step::Applied(applied));
                         receipt.delivered.push(dot.clone());
                         receipt.from_buffer.push(dot);
                         progress = true;
@@ -471,15 +505,22 @@ impl<S: Store> Core<S> {
     }
 
     /// Applies one event whose dependencies are all applied (rule 3).
-    fn apply(&mut self, e: Arc<Event>) -> CoreResult<()> {
+    fn apply(&mut self, e: Arc<Event>, from_buffer: bool) -> CoreResult<Applied> {
         let mut siblings = self.store.siblings(&e.key)?;
+        let siblings_before = siblings.len();
         siblings.retain(|s| !e.saw(&s.origin, s.seq));
         siblings.push(e.clone());
         siblings.sort_by_cached_key(|s| (s.timestamp().sum(), s.origin.clone()));
+        let siblings_after = siblings.len();
         self.store.set_siblings(&e.key, siblings)?;
         self.applied.set(&e.origin, e.seq);
-        self.store.append(e)?;
-        Ok(())
+        self.store.append(e.clone())?;
+        Ok(Applied {
+            event: e,
+            from_buffer,
+            siblings_before,
+            siblings_after,
+        })
     }
 }
 

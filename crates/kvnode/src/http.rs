@@ -16,7 +16,8 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError, Rout
 use vclock_proto::{
     ClockMessage, ContextQuery, ErrorResponse, EventBatch, FaultsResponse, GetResponse,
     HealthResponse, Op, PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling, StatusResponse,
-    VClock, Value, WriteRequest, WriteResponse,
+    TraceEvent, TraceQuery, TraceResponse, VClock, Value, WriteRequest, WriteResponse,
+    TRACE_CAUSE_HEADER,
 };
 
 use crate::config::{Config, Secret};
@@ -81,6 +82,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
     // Operations.
     endpoint(Method::GET, "/status", "/status", |r| r.to(status)),
     endpoint(Method::GET, "/metrics", "/metrics", |r| r.to(metrics_text)),
+    endpoint(Method::GET, "/v1/trace", "/v1/trace", |r| r.to(trace)),
+    endpoint(Method::GET, "/v1/trace/stream", "/v1/trace/stream", |r| {
+        r.to(trace_stream)
+    }),
     endpoint(Method::GET, "/openapi.json", "/openapi.json", |r| {
         r.to(openapi_json)
     }),
@@ -594,6 +599,7 @@ fn check_peer(node: &Node, from: &str) -> Result<()> {
 async fn receive_events(
     _auth: PeerAuth,
     node: web::Data<Node>,
+    request: HttpRequest,
     body: web::Json<EventBatch>,
 ) -> Result<web::Json<ClockMessage>> {
     let EventBatch { from, events } = body.into_inner();
@@ -612,7 +618,12 @@ async fn receive_events(
             check_value(config, value)?;
         }
     }
-    let (receipt, applied) = node.receive(events).await?;
+    let cause = request
+        .headers()
+        .get(TRACE_CAUSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::parse_cause);
+    let (receipt, applied) = node.receive(from, cause, events).await?;
     if receipt.refused > 0 {
         return Err(Error::BufferFull(config.max_buffered));
     }
@@ -689,6 +700,101 @@ async fn metrics_text(_auth: ClientAuth, node: web::Data<Node>) -> HttpResponse 
     responses((status = 200, description = "The OpenAPI 3.1 document of every route", body = Object)))]
 async fn openapi_json(node: web::Data<Node>) -> HttpResponse {
     HttpResponse::Ok().json(crate::openapi::document_for(node.config()))
+}
+
+/// The trace records this node holds in memory (`trace_buffer`), oldest first.
+#[utoipa::path(get, path = "/v1/trace", tag = "operations",
+    params(TraceQuery),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The records held; `enabled` is false when the node keeps no trace in memory", body = TraceResponse),
+        (status = 400, description = "Malformed query", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+    ))]
+async fn trace(
+    _auth: ClientAuth,
+    node: web::Data<Node>,
+    query: web::Query<TraceQuery>,
+) -> web::Json<TraceResponse> {
+    web::Json(node.tracer().since(query.after.unwrap_or(0)))
+}
+
+/// The trace records held in memory, then every new one as it is made, as
+/// server-sent events (`id:` the record's id, `data:` the record as JSON). A
+/// comment line is sent every 15 s while nothing happens.
+#[utoipa::path(get, path = "/v1/trace/stream", tag = "operations",
+    params(TraceQuery),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "A stream of trace records", body = TraceEvent, content_type = "text/event-stream"),
+        (status = 400, description = "Malformed query", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "The node keeps no trace in memory (trace_buffer is 0)", body = ErrorResponse),
+    ))]
+async fn trace_stream(
+    _auth: ClientAuth,
+    node: web::Data<Node>,
+    query: web::Query<TraceQuery>,
+) -> Result<HttpResponse> {
+    use futures_util::stream;
+    use tokio::sync::broadcast::error::RecvError;
+
+    if !node.tracer().in_memory() {
+        return Err(Error::NotFound(
+            "this node keeps no trace; start it with trace_buffer > 0 (KVNODE_TRACE_BUFFER=10000)"
+                .into(),
+        ));
+    }
+    let (backlog, live) = node.tracer().follow(query.after.unwrap_or(0));
+    let stopping = node.stopping();
+    let state = (
+        std::collections::VecDeque::from(backlog),
+        live,
+        stopping,
+        query.after.unwrap_or(0),
+    );
+    let events = stream::unfold(
+        state,
+        |(mut backlog, mut live, mut stopping, mut last)| async move {
+            let sse = |e: &TraceEvent| {
+                let json = serde_json::to_string(e).unwrap_or_default();
+                web::Bytes::from(format!("id: {}\ndata: {json}\n\n", e.id))
+            };
+            loop {
+                if let Some(e) = backlog.pop_front() {
+                    last = e.id;
+                    let chunk = sse(&e);
+                    return Some((
+                        Ok::<_, actix_web::Error>(chunk),
+                        (backlog, live, stopping, last),
+                    ));
+                }
+                if *stopping.borrow() {
+                    return None;
+                }
+                let chunk = tokio::select! {
+                    received = live.recv() => match received {
+                        Ok(e) if e.id <= last => continue,
+                        Ok(e) => {
+                            last = e.id;
+                            sse(&e)
+                        }
+                        Err(RecvError::Lagged(skipped)) => web::Bytes::from(format!(
+                            ": this stream fell behind and skipped {skipped} records\n\n"
+                        )),
+                        Err(RecvError::Closed) => return None,
+                    },
+                    _ = stopping.changed() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(15)) => web::Bytes::from_static(b": idle\n\n"),
+                };
+                return Some((Ok(chunk), (backlog, live, stopping, last)));
+            }
+        },
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(events))
 }
 
 fn faults_enabled(node: &Node) -> Result<()> {

@@ -57,6 +57,7 @@ pub mod openapi;
 pub mod replication;
 pub mod store;
 pub mod tls;
+pub mod trace;
 
 /// Sends `GET /health` to the node at `address` (`host:port`) over plain HTTP
 /// and succeeds when it answers 200. Needs no runtime, for health checks.

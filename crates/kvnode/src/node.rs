@@ -14,13 +14,17 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
-use vclock_proto::{BufferedEvent, Event, Missing, NodeId, Op, PeerStatus, StatusResponse, VClock};
+use vclock_proto::{
+    BufferedEvent, Event, Missing, NodeId, Op, PeerStatus, StatusResponse, TraceKind, TraceRef,
+    VClock,
+};
 
 use crate::config::{Config, Member};
 use crate::core::{self, ContextCheck, Core, Limits, ReadResult, Receipt};
 use crate::error::{Error, Result};
 use crate::metrics::{LinkMetrics, Metrics};
 use crate::store::Store;
+use crate::trace::Tracer;
 
 /// Most commands the writer takes into one commit.
 const MAX_GROUP: usize = 4096;
@@ -37,6 +41,8 @@ enum Command {
         reply: oneshot::Sender<Result<Arc<Event>>>,
     },
     Receive {
+        peer: NodeId,
+        cause: Option<TraceRef>,
         events: Vec<Event>,
         reply: oneshot::Sender<Result<(Receipt, VClock)>>,
     },
@@ -103,6 +109,7 @@ struct Shared {
     applied: watch::Sender<VClock>,
     links: Vec<Arc<Link>>,
     metrics: Arc<Metrics>,
+    tracer: Tracer,
     peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// True once the node is shutting down: senders finish their batch and stop.
     stopping: watch::Sender<bool>,
@@ -148,6 +155,21 @@ impl Node {
             },
         )?;
         let (applied, _) = watch::channel(core.applied().clone());
+        let tracer = Tracer::new(
+            config.node_id.clone(),
+            config.trace_buffer,
+            config.trace_file.as_deref(),
+        )
+        .map_err(|e| {
+            Error::Internal(format!(
+                "cannot open the trace file {}: {e}",
+                config
+                    .trace_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ))
+        })?;
         let links = config
             .peers()
             .map(|m| Arc::new(Link::new(m.clone())))
@@ -158,6 +180,7 @@ impl Node {
             applied,
             links,
             metrics: Arc::new(Metrics::new()),
+            tracer,
             peer_tls,
             stopping: watch::channel(false).0,
         });
@@ -187,6 +210,11 @@ impl Node {
     /// The node's counters and histograms.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// The node's trace.
+    pub fn tracer(&self) -> &Tracer {
+        &self.shared.tracer
     }
 
     /// The TLS configuration of requests to peers (`tls_ca`), if any.
@@ -337,16 +365,40 @@ impl Node {
         if let Some(context) = context {
             self.wait_for(context).await?;
         }
-        let result = self.shared.core().read(key)?;
+        let result = {
+            let core = self.shared.core();
+            let result = core.read(key)?;
+            let tracer = &self.shared.tracer;
+            if tracer.is_on() {
+                tracer.record(TraceKind::Read, &result.applied, |e| {
+                    e.key = Some(key.to_owned());
+                    e.value = result.winner().cloned();
+                    e.siblings = Some(result.siblings.len() as u64);
+                });
+            }
+            result
+        };
         self.shared.metrics.read();
         Ok(result)
     }
 
-    /// A batch from a peer: what happened to it, and the clock to acknowledge with.
-    pub async fn receive(&self, events: Vec<Event>) -> Result<(Receipt, VClock)> {
+    /// A batch from `peer` (whose trace record of the send is `cause`): what
+    /// happened to it, and the clock to acknowledge with.
+    pub async fn receive(
+        &self,
+        peer: NodeId,
+        cause: Option<TraceRef>,
+        events: Vec<Event>,
+    ) -> Result<(Receipt, VClock)> {
         self.shared.metrics.batch_received(events.len());
         let (reply, answer) = oneshot::channel();
-        self.submit(Command::Receive { events, reply }).await?;
+        self.submit(Command::Receive {
+            peer,
+            cause,
+            events,
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| stopping())?
     }
 
@@ -431,13 +483,30 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
             for command in group.drain(..) {
                 match command {
                     Command::Write { key, op, reply } => {
-                        let result = core.local_write(key, op).map_err(Error::from);
+                        let result = core.write(key, op).map_err(Error::from);
+                        if let Ok(applied) = &result {
+                            shared.tracer.write(applied, core.applied());
+                        }
                         wrote |= result.is_ok();
-                        replies.push(Reply::Write(reply, result));
+                        replies.push(Reply::Write(reply, result.map(|a| a.event)));
                     }
-                    Command::Receive { events, reply } => {
+                    Command::Receive {
+                        peer,
+                        cause,
+                        events,
+                        reply,
+                    } => {
+                        let traced = shared.tracer.is_on().then(|| {
+                            let dots: Vec<_> = events.iter().map(Event::dot).collect();
+                            (dots, core.applied().clone())
+                        });
                         let result = core.receive(events).map_err(Error::from);
                         if let Ok(receipt) = &result {
+                            if let Some((dots, before)) = &traced {
+                                shared
+                                    .tracer
+                                    .receive(&peer, cause, dots, &receipt.steps, before);
+                            }
                             log_receipt(receipt);
                             shared
                                 .metrics

@@ -33,6 +33,8 @@ use crate::config::Config;
         crate::http::sync_clock,
         crate::http::status,
         crate::http::metrics_text,
+        crate::http::trace,
+        crate::http::trace_stream,
         crate::http::openapi_json,
         crate::http::links,
         crate::http::set_link,

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 use serde::Serialize;
-use vclock_proto::{ClockMessage, ErrorResponse, Event, NodeId, Seq, VClock};
+use vclock_proto::{ClockMessage, ErrorResponse, Event, NodeId, Seq, TraceKind, VClock};
 
 use crate::node::{backoff, Link, Node};
 
@@ -69,8 +69,21 @@ async fn post<T: Serialize>(
     url: &str,
     body: &T,
 ) -> Result<ClockMessage, SendError> {
-    let mut response = client
-        .post(url)
+    post_traced(client, url, body, None).await
+}
+
+/// [`post`], naming the sender's trace record of the send, if any.
+async fn post_traced<T: Serialize>(
+    client: &awc::Client,
+    url: &str,
+    body: &T,
+    cause: Option<String>,
+) -> Result<ClockMessage, SendError> {
+    let mut request = client.post(url);
+    if let Some(cause) = cause {
+        request = request.insert_header((vclock_proto::TRACE_CAUSE_HEADER, cause));
+    }
+    let mut response = request
         .send_json(body)
         .await
         .map_err(|e| SendError::Transport(format!("{url}: {e}")))?;
@@ -186,11 +199,7 @@ impl Sender {
                 self.progress_at = Instant::now();
             }
             if let Some(repair) = self.repair_batch(&acked) {
-                let body = OutgoingBatch {
-                    from: self.node.id(),
-                    events: &repair,
-                };
-                match post(&self.client, &self.events_url, &body).await {
+                match self.send_batch(&repair).await {
                     Ok(answer) => self.acknowledged(answer.applied, true).await,
                     Err(e) => self.failed(e),
                 }
@@ -215,11 +224,7 @@ impl Sender {
                 );
             }
             let last = batch.last().map_or(self.sent, |e| e.seq);
-            let body = OutgoingBatch {
-                from: self.node.id(),
-                events: &batch,
-            };
-            match post(&self.client, &self.events_url, &body).await {
+            match self.send_batch(&batch).await {
                 Ok(answer) => {
                     self.sent = self.sent.max(last);
                     self.acknowledged(answer.applied, true).await;
@@ -227,6 +232,23 @@ impl Sender {
                 Err(e) => self.failed(e),
             }
         }
+    }
+
+    /// Sends a batch to the peer, recording the send in the node's trace.
+    async fn send_batch(&self, events: &[Arc<Event>]) -> Result<ClockMessage, SendError> {
+        let tracer = self.node.tracer();
+        let cause = tracer.is_on().then(|| {
+            let id = tracer.record(TraceKind::Send, &self.node.applied(), |e| {
+                e.peer = Some(self.link.member.id.clone());
+                e.dots = events.iter().map(|e| e.dot()).collect();
+            });
+            format!("{}/{id}", self.node.id())
+        });
+        let body = OutgoingBatch {
+            from: self.node.id(),
+            events,
+        };
+        post_traced(&self.client, &self.events_url, &body, cause).await
     }
 
     /// The next events to send: our own writes after `sent`, within the batch limits.

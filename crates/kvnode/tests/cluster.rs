@@ -17,6 +17,9 @@
 //!   recorded writes, and the cluster converges afterwards. Also: a clock a node
 //!   has shown is a context it accepts at once, under concurrent writes.
 //!
+//! - [`traces`]: the trace records of both prototype scenarios, as `/v1/trace`
+//!   and `/v1/trace/stream` serve them.
+//!
 //! Every node runs with the fault hook on and durable storage in a temporary
 //! directory (see `common`). Nothing waits with a fixed sleep except the
 //! reproduction of `client.py`, whose sleeps are part of the client.
@@ -1292,6 +1295,247 @@ mod sessions {
             "{} of {ROUNDS} rounds failed:\n{}",
             failures.len(),
             failures.join("\n")
+        );
+    }
+}
+
+/// The trace of both prototype scenarios: what each node recorded, in order,
+/// with its clock, and the send each receive came from.
+mod traces {
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+    use vclock_proto::{TraceEvent, TraceKind, TraceResponse};
+
+    use super::common::{get, vclock, wait_for, EVENTUALLY};
+    use super::TestCluster;
+
+    fn trace(cluster: &TestCluster, n: usize) -> Vec<TraceEvent> {
+        let (status, body) = get(&format!("{}/v1/trace", cluster.url(n)));
+        assert_eq!(status, 200, "{body}");
+        let trace: TraceResponse = serde_json::from_value(body).unwrap();
+        assert!(trace.enabled);
+        trace.events
+    }
+
+    /// The records of node `n` about key `key` (sends and receives carry no
+    /// key: kept when the batch holds a write to it).
+    fn about(events: &[TraceEvent], key: &str, dots: &[vclock_proto::Dot]) -> Vec<TraceEvent> {
+        events
+            .iter()
+            .filter(|e| e.key.as_deref() == Some(key) || e.dots.iter().any(|d| dots.contains(d)))
+            .cloned()
+            .collect()
+    }
+
+    fn kinds(events: &[TraceEvent]) -> Vec<TraceKind> {
+        events.iter().map(|e| e.kind).collect()
+    }
+
+    fn start() -> TestCluster {
+        TestCluster::start_with(
+            3,
+            &[
+                ("KVNODE_TRACE_BUFFER", "1000"),
+                ("KVNODE_REPAIR_AFTER", "1h"),
+            ],
+        )
+    }
+
+    fn read_value(cluster: &TestCluster, n: usize, key: &str, want: Value) -> vclock_proto::VClock {
+        wait_for(
+            EVENTUALLY,
+            format!("node{n} to read {key} = {want}"),
+            || match cluster.read(n, key) {
+                (value, context) if value == want => Ok(context),
+                (value, context) => Err(format!("{key} = {value} at {context}")),
+            },
+        )
+    }
+
+    #[test]
+    fn scenario_2_shows_node3_buffering_then_delivering_from_the_buffer() {
+        use vclock_proto::Dot;
+        let cluster = start();
+        cluster.pause(1, 3);
+        cluster.write(1, "x", json!(100), None);
+        let context = read_value(&cluster, 2, "x", json!(100));
+        cluster.write(2, "x", json!(200), Some(&context));
+        wait_for(EVENTUALLY, "node3 to buffer node2's write", || {
+            let status = cluster.status(3);
+            (status["buffered_total"] == json!(1))
+                .then_some(())
+                .ok_or(status.to_string())
+        });
+        cluster.resume(1, 3);
+        read_value(&cluster, 3, "x", json!(200));
+
+        let (x1, x2) = (Dot::new("node1", 1), Dot::new("node2", 1));
+        let all = about(&trace(&cluster, 3), "x", &[x1.clone(), x2.clone()]);
+        use TraceKind::*;
+        // The reads that waited for x = 200 come last; none saw a value before.
+        let last = all.last().unwrap();
+        assert_eq!(
+            (last.kind, last.value.as_ref().map(|v| v.json())),
+            (Read, Some("200"))
+        );
+        let node3: Vec<TraceEvent> = all.iter().filter(|e| e.kind != Read).cloned().collect();
+        assert!(all
+            .iter()
+            .filter(|e| e.kind == Read)
+            .all(|e| e.value.is_none() || e.id > node3.last().unwrap().id));
+        assert_eq!(
+            kinds(&node3),
+            [Receive, Buffered, Receive, Deliver, DeliverFromBuffer],
+            "{node3:#?}"
+        );
+        let (first, buffered, second, deliver, from_buffer) =
+            (&node3[0], &node3[1], &node3[2], &node3[3], &node3[4]);
+        assert_eq!(
+            (first.peer.as_deref(), &first.dots),
+            (Some("node2"), &vec![x2.clone()])
+        );
+        assert_eq!(buffered.dot.as_ref(), Some(&x2));
+        assert_eq!(
+            serde_json::to_value(&buffered.missing).unwrap(),
+            json!([{"node": "node1", "have": 0, "want": 1}])
+        );
+        assert_eq!(
+            buffered.clock,
+            vclock(&[]),
+            "nothing applied while it waits"
+        );
+        assert_eq!(
+            (second.peer.as_deref(), &second.dots),
+            (Some("node1"), &vec![x1.clone()])
+        );
+        assert_eq!(deliver.dot.as_ref(), Some(&x1));
+        assert_eq!(deliver.clock, vclock(&[("node1", 1)]));
+        assert_eq!(from_buffer.dot.as_ref(), Some(&x2));
+        assert_eq!(from_buffer.clock, vclock(&[("node1", 1), ("node2", 1)]));
+        assert_eq!(from_buffer.value.as_ref().map(|v| v.json()), Some("200"));
+        assert!(node3.windows(2).all(|w| w[0].id < w[1].id));
+
+        // Each receive names the send it came from, in the sender's trace.
+        for receive in [first, second] {
+            let cause = receive.cause.as_ref().expect("a receive names its send");
+            let sender = cause.node.strip_prefix("node").unwrap().parse().unwrap();
+            let send = trace(&cluster, sender)
+                .into_iter()
+                .find(|e| e.id == cause.id)
+                .expect("the send is in the sender's trace");
+            assert_eq!(send.kind, Send);
+            assert_eq!(send.peer.as_deref(), Some("node3"));
+            assert_eq!(send.dots, receive.dots);
+        }
+        // node2: it received node1's write, read it, wrote over it.
+        let node2 = about(&trace(&cluster, 2), "x", &[x1, x2]);
+        assert_eq!(
+            node2
+                .iter()
+                .filter(|e| e.kind != Send && !(e.kind == Read && e.value.is_none()))
+                .map(|e| e.kind)
+                .collect::<Vec<_>>(),
+            [Receive, Deliver, Read, Write],
+            "{node2:#?}"
+        );
+        let write = node2.iter().find(|e| e.kind == Write).unwrap();
+        assert_eq!(write.clock, vclock(&[("node1", 1), ("node2", 1)]));
+        assert_eq!(write.siblings, Some(1));
+    }
+
+    #[test]
+    fn scenario_1_and_concurrent_writes_show_siblings_then_their_resolution() {
+        let cluster = start();
+        // Scenario 1: x = 5 at node1, read at node2, x = 10 at node2, read at node3.
+        cluster.write(1, "x", json!(5), None);
+        let context = read_value(&cluster, 2, "x", json!(5));
+        cluster.write(2, "x", json!(10), Some(&context));
+        read_value(&cluster, 3, "x", json!(10));
+        let node3 = trace(&cluster, 3);
+        let applied: Vec<(TraceKind, String)> = node3
+            .iter()
+            .filter(|e| matches!(e.kind, TraceKind::Deliver | TraceKind::DeliverFromBuffer))
+            .map(|e| (e.kind, e.dot.as_ref().unwrap().to_string()))
+            .collect();
+        assert_eq!(applied.len(), 2, "{node3:#?}");
+        assert_eq!(applied[0].1, "node1:1");
+        assert_eq!(applied[1].1, "node2:1");
+
+        // Concurrent writes to y at node1 and node2: siblings, then resolved.
+        cluster.pause_all();
+        cluster.write(1, "y", json!("a"), None);
+        cluster.write(2, "y", json!("b"), None);
+        cluster.resume_all();
+        let (_, kv) = wait_for(EVENTUALLY, "node1 to hold both siblings of y", || {
+            let (status, kv) = cluster.get(1, "/v1/kv/y");
+            (kv["siblings"].as_array().map(Vec::len) == Some(2))
+                .then_some((status, kv.clone()))
+                .ok_or(kv.to_string())
+        });
+        let both = super::common::clock(&kv["context"]);
+        let (status, body) = cluster.put(
+            1,
+            &format!(
+                "/v1/kv/y?context={}",
+                super::common::encode(&both.to_string())
+            ),
+            &json!({"value": "c"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let node1 = trace(&cluster, 1);
+        let conflict: Vec<TraceKind> = node1
+            .iter()
+            .filter(|e| e.key.as_deref() == Some("y"))
+            .map(|e| e.kind)
+            .filter(|k| matches!(k, TraceKind::Siblings | TraceKind::Resolved))
+            .collect();
+        assert_eq!(
+            conflict,
+            [TraceKind::Siblings, TraceKind::Resolved],
+            "{node1:#?}"
+        );
+    }
+
+    #[test]
+    fn the_stream_sends_held_records_then_new_ones() {
+        let cluster = start();
+        cluster.write(1, "k", json!(1), None);
+        let response = ureq::get(&format!("{}/v1/trace/stream?after=0", cluster.url(1)))
+            .timeout(Duration::from_secs(20))
+            .call()
+            .unwrap();
+        assert_eq!(response.content_type(), "text/event-stream");
+        let mut lines = BufReader::new(response.into_reader()).lines();
+        let mut next_record = || loop {
+            let line = lines.next().expect("the stream stays open").unwrap();
+            if let Some(data) = line.strip_prefix("data: ") {
+                return serde_json::from_str::<TraceEvent>(data).unwrap();
+            }
+        };
+        let held = next_record();
+        assert_eq!((held.id, held.kind), (1, TraceKind::Write));
+        cluster.write(1, "k", json!(2), None);
+        let live = loop {
+            let record = next_record();
+            if record.kind == TraceKind::Write {
+                break record;
+            }
+        };
+        assert_eq!(live.value.as_ref().map(|v| v.json()), Some("2"));
+        assert!(live.id > held.id);
+
+        // A node without a trace says how to turn it on.
+        let plain = TestCluster::start(1);
+        let (status, body) = get(&format!("{}/v1/trace/stream", plain.url(1)));
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("trace_buffer"),
+            "{body}"
         );
     }
 }
