@@ -41,6 +41,8 @@ struct RawConfig {
     durability: Durability,
     #[serde(default)]
     memory: bool,
+    #[serde(default = "defaults::cache_bytes")]
+    cache_bytes: u64,
     #[serde(default = "defaults::repair_after", with = "humantime_serde")]
     repair_after: Duration,
     #[serde(default = "defaults::causal_wait", with = "humantime_serde")]
@@ -105,6 +107,10 @@ enum NodeList {
 }
 
 mod defaults {
+    pub fn cache_bytes() -> u64 {
+        crate::durable::DEFAULT_CACHE_BYTES
+    }
+
     use std::time::Duration;
 
     pub fn listen() -> String {
@@ -191,6 +197,9 @@ pub struct Config {
     pub durability: Durability,
     /// Keep everything in memory instead of `data_dir` (lost on restart).
     pub memory: bool,
+    /// Bytes of recently used keys' siblings kept decoded in memory (default
+    /// 64 MiB; 0 turns the cache off).
+    pub cache_bytes: u64,
     /// How long a peer may lack events this node holds (of any origin) before
     /// this node sends them itself (default 10 s).
     pub repair_after: Duration,
@@ -415,6 +424,7 @@ impl Config {
             data_dir,
             durability: raw.durability,
             memory: raw.memory,
+            cache_bytes: raw.cache_bytes,
             repair_after: raw.repair_after,
             causal_wait: raw.causal_wait,
             max_key_bytes: raw.max_key_bytes,

@@ -5,9 +5,15 @@
 //! One fjall database per data directory, with three keyspaces:
 //!
 //! - `keys`: key -> its siblings, as the JSON array of their events;
-//! - `log`: origin bytes, `0x00`, seq as 8 big-endian bytes -> the event as JSON,
-//!   so that one origin's events are contiguous and in seq order;
-//! - `meta`: `applied` -> the `applied` clock as JSON.
+//! - `log`: origin bytes, `0x00`, seq as 8 big-endian bytes -> the JSON array
+//!   of that origin's events appended in one commit, from that seq on (a
+//!   chunk), so that one origin's events are contiguous and in seq order, and a
+//!   commit writes one entry per origin rather than one per event (a single
+//!   event object, as older versions wrote, is read as a chunk of one);
+//! - `meta`: `applied` -> the `applied` clock as JSON; `collected` `0x00`
+//!   origin -> the seq through which that origin's events were collected, as
+//!   text (a chunk is deleted once all of its events are collected; until then
+//!   this tells which of its events to skip when the log is loaded).
 //!
 //! Values are [`vclock_proto::Value`]s, the client's JSON text, which JSON
 //! encoding stores and returns unchanged.
@@ -38,6 +44,11 @@ use vclock_proto::{Event, NodeId, Seq, VClock};
 
 use crate::store::{Siblings, Store, StoreError, StoreResult};
 
+/// Size of a keyspace's memtable. Smaller than fjall's default (64 MiB): the
+/// write path inserts into the memtable's skip list once per key and chunk, and
+/// a smaller list is searched faster; flushes are cheap next to that.
+const MEMTABLE_BYTES: u64 = 8 << 20;
+
 /// The key of the `applied` clock in the `meta` keyspace.
 const APPLIED: &str = "applied";
 
@@ -62,6 +73,10 @@ struct OriginLog {
     unsaved: usize,
     /// The highest seq ever appended (to refuse a log that goes back).
     last: Seq,
+    /// Committed chunks in the `log` keyspace: first seq -> last seq.
+    chunks: BTreeMap<Seq, Seq>,
+    /// Collected through this seq since the last commit (to record in `meta`).
+    collected: Option<Seq>,
 }
 
 /// The core's storage on disk, in fjall.
@@ -74,6 +89,8 @@ pub struct DurableStore {
     meta: Keyspace,
     /// Keys changed since the last commit; `None` when they have no siblings left.
     pending_keys: HashMap<String, Option<Siblings>>,
+    /// Committed siblings of recently used keys, decoded.
+    cache: SiblingCache,
     /// `log` keys of committed events truncated since the last commit.
     pending_removes: Vec<Vec<u8>>,
     log: BTreeMap<NodeId, OriginLog>,
@@ -81,6 +98,7 @@ pub struct DurableStore {
     /// The `applied` clock of the last commit.
     applied: VClock,
     fsyncs: u64,
+    cache_on: bool,
     /// Set when a commit failed: memory is then ahead of the disk, so every
     /// later call fails rather than serve state that may never be durable.
     failed: Option<String>,
@@ -104,6 +122,32 @@ impl fmt::Debug for DurableStore {
     }
 }
 
+/// Default size of the cache of decoded siblings, in bytes of keys and values.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// The cache of committed siblings, weighed by the bytes of their keys and values.
+type SiblingCache = quick_cache::sync::Cache<String, Siblings, SiblingWeight>;
+
+#[derive(Clone, Debug)]
+struct SiblingWeight;
+
+impl quick_cache::Weighter<String, Siblings> for SiblingWeight {
+    fn weight(&self, key: &String, siblings: &Siblings) -> u64 {
+        // The value's text, plus a rough cost for the event, its clock and the entry.
+        let values: usize = siblings
+            .iter()
+            .map(|e| 96 + e.op.value().map_or(0, |v| v.json().len()))
+            .sum();
+        (key.len() + values) as u64
+    }
+}
+
+fn sibling_cache(bytes: u64) -> SiblingCache {
+    // Estimated entries: small values are the common case.
+    let entries = (bytes / 256).clamp(16, 1 << 20) as usize;
+    SiblingCache::with_weighter(entries, bytes.max(1), SiblingWeight)
+}
+
 /// The `log` key of event `(origin, seq)`.
 fn log_key(origin: &str, seq: Seq) -> Vec<u8> {
     let mut key = Vec::with_capacity(origin.len() + 9);
@@ -111,6 +155,22 @@ fn log_key(origin: &str, seq: Seq) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The `meta` key of the seq through which `origin`'s events were collected.
+fn collected_key(origin: &str) -> Vec<u8> {
+    let mut key = b"collected\0".to_vec();
+    key.extend_from_slice(origin.as_bytes());
+    key
+}
+
+/// Decodes a `log` value: a chunk of events, or one event as older versions wrote.
+fn decode_chunk(bytes: &[u8]) -> serde_json::Result<Vec<Event>> {
+    if bytes.trim_ascii_start().starts_with(b"[") {
+        serde_json::from_slice(bytes)
+    } else {
+        serde_json::from_slice(bytes).map(|event| vec![event])
+    }
 }
 
 /// The `(origin, seq)` of a `log` key.
@@ -140,8 +200,10 @@ impl DurableStore {
             e => fail("cannot open the database", &e),
         })?;
         let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(|e| fail(&format!("cannot open keyspace {name}"), &e))
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .map_err(|e| fail(&format!("cannot open keyspace {name}"), &e))
         };
         let keys = keyspace("keys")?;
         let log_ks = keyspace("log")?;
@@ -163,32 +225,58 @@ impl DurableStore {
             let (key, bytes) = guard
                 .into_inner()
                 .map_err(|e| fail("cannot read the log", &e))?;
-            let (origin, seq) =
+            let (origin, first) =
                 parse_log_key(&key).ok_or_else(|| fail("corrupt log key", &format!("{key:?}")))?;
-            let event: Event = serde_json::from_slice(&bytes)
-                .map_err(|e| fail(&format!("corrupt log event {origin}:{seq}"), &e))?;
-            if event.origin != origin || event.seq != seq {
-                return Err(fail(
-                    "corrupt log",
-                    &format!("key {origin}:{seq} holds event {}", event.dot()),
-                ));
+            let events = decode_chunk(&bytes)
+                .map_err(|e| fail(&format!("corrupt log chunk {origin}:{first}"), &e))?;
+            let entry = log.entry(origin.to_owned()).or_default();
+            if entry.collected.is_none() {
+                let through = meta
+                    .get(collected_key(origin))
+                    .map_err(|e| fail("cannot read the collected seqs", &e))?
+                    .map(|bytes| String::from_utf8_lossy(&bytes).parse::<Seq>())
+                    .transpose()
+                    .map_err(|e| fail(&format!("corrupt collected seq of {origin}"), &e))?;
+                entry.collected = Some(through.unwrap_or(0));
             }
-            if seq > applied.get(origin) {
-                return Err(fail(
-                    "corrupt log",
-                    &format!("event {origin}:{seq} is beyond the applied clock {applied}"),
-                ));
+            let collected = entry.collected.unwrap_or(0);
+            let mut last = first;
+            for (i, event) in events.into_iter().enumerate() {
+                let seq = first + i as Seq;
+                if event.origin != origin || event.seq != seq {
+                    return Err(fail(
+                        "corrupt log",
+                        &format!(
+                            "chunk {origin}:{first} holds event {} at {seq}",
+                            event.dot()
+                        ),
+                    ));
+                }
+                if seq > applied.get(origin) {
+                    return Err(fail(
+                        "corrupt log",
+                        &format!("event {origin}:{seq} is beyond the applied clock {applied}"),
+                    ));
+                }
+                last = seq;
+                if seq <= collected {
+                    continue;
+                }
+                if entry.events.back().is_some_and(|e| e.seq + 1 != seq) {
+                    return Err(fail(
+                        "corrupt log",
+                        &format!("log of {origin} jumps from {} to {seq}", entry.last),
+                    ));
+                }
+                entry.events.push_back(Arc::new(event));
+                entry.last = seq;
+                log_len += 1;
             }
-            let entry = log.entry(event.origin.clone()).or_default();
-            if entry.events.back().is_some_and(|last| last.seq + 1 != seq) {
-                return Err(fail(
-                    "corrupt log",
-                    &format!("log of {origin} jumps from {} to {seq}", entry.last),
-                ));
-            }
-            entry.events.push_back(Arc::new(event));
-            entry.last = seq;
-            log_len += 1;
+            entry.chunks.insert(first, last);
+            entry.last = entry.last.max(last);
+        }
+        for entry in log.values_mut() {
+            entry.collected = None;
         }
 
         Ok(Self {
@@ -199,15 +287,25 @@ impl DurableStore {
             log_ks,
             meta,
             pending_keys: HashMap::new(),
+            cache: sibling_cache(DEFAULT_CACHE_BYTES),
             pending_removes: Vec::new(),
             log,
             log_len,
             applied,
             fsyncs: 0,
+            cache_on: true,
             failed: None,
             #[cfg(test)]
             fail_next_commit: false,
         })
+    }
+
+    /// Keeps up to `bytes` of recently used keys' siblings decoded in memory
+    /// (default [`DEFAULT_CACHE_BYTES`]; 0 turns the cache off).
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache = sibling_cache(bytes);
+        self.cache_on = bytes > 0;
+        self
     }
 
     /// The data directory.
@@ -264,14 +362,21 @@ impl Store for DurableStore {
         if let Some(pending) = self.pending_keys.get(key) {
             return Ok(pending.clone().unwrap_or_default());
         }
-        match self
+        if let Some(siblings) = self.cache.get(key) {
+            return Ok(siblings);
+        }
+        let siblings = match self
             .keys
             .get(key)
             .map_err(|e| self.error(&format!("cannot read key {key:?}"), &e))?
         {
-            Some(bytes) => self.decode_siblings(key, &bytes),
-            None => Ok(Vec::new()),
+            Some(bytes) => self.decode_siblings(key, &bytes)?,
+            None => Vec::new(),
+        };
+        if self.cache_on {
+            self.cache.insert(key.to_owned(), siblings.clone());
         }
+        Ok(siblings)
     }
 
     fn set_siblings(&mut self, key: &str, siblings: Siblings) -> StoreResult<()> {
@@ -327,6 +432,7 @@ impl Store for DurableStore {
         let Some(log) = self.log.get_mut(origin) else {
             return Ok(());
         };
+        let mut collected = None;
         while log.events.front().is_some_and(|e| e.seq <= through) {
             let Some(e) = log.events.pop_front() else {
                 break;
@@ -334,10 +440,22 @@ impl Store for DurableStore {
             if log.events.len() < log.unsaved {
                 // Appended in this transaction: it never reaches the disk.
                 log.unsaved -= 1;
-            } else {
-                self.pending_removes.push(log_key(origin, e.seq));
             }
+            collected = Some(e.seq);
             self.log_len -= 1;
+        }
+        let Some(collected) = collected else {
+            return Ok(());
+        };
+        log.collected = Some(collected);
+        // Chunks whose every event is collected go; a chunk partly collected
+        // stays, and `collected` tells the next open which of its events to skip.
+        while let Some((&first, &last)) = log.chunks.first_key_value() {
+            if last > collected {
+                break;
+            }
+            log.chunks.remove(&first);
+            self.pending_removes.push(log_key(origin, first));
         }
         Ok(())
     }
@@ -354,8 +472,9 @@ impl Store for DurableStore {
     fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
         self.usable()?;
         let appended = self.log.values().any(|log| log.unsaved > 0);
+        let collected = self.log.values().any(|log| log.collected.is_some());
         let new_data = appended || !self.pending_keys.is_empty() || *applied != self.applied;
-        if !new_data && self.pending_removes.is_empty() {
+        if !new_data && self.pending_removes.is_empty() && !collected {
             self.applied = applied.clone();
             return Ok(());
         }
@@ -372,10 +491,24 @@ impl Store for DurableStore {
             self.failed = Some(e.0.clone());
             return Err(e);
         }
-        self.pending_keys.clear();
+        for (key, siblings) in self.pending_keys.drain() {
+            match siblings {
+                Some(siblings) if self.cache_on => self.cache.insert(key, siblings),
+                _ => {
+                    self.cache.remove(&key);
+                }
+            }
+        }
         self.pending_removes.clear();
         for log in self.log.values_mut() {
+            if log.unsaved > 0 {
+                let mut unsaved = log.events.iter().skip(log.events.len() - log.unsaved);
+                if let (Some(first), Some(last)) = (unsaved.next(), log.events.back()) {
+                    log.chunks.insert(first.seq, last.seq);
+                }
+            }
             log.unsaved = 0;
+            log.collected = None;
         }
         self.applied = applied.clone();
         if sync {
@@ -404,17 +537,24 @@ impl DurableStore {
             }
         }
         for (origin, log) in &self.log {
-            let unsaved = log.events.iter().skip(log.events.len() - log.unsaved);
-            for e in unsaved {
+            let unsaved: Vec<&Arc<Event>> = log
+                .events
+                .iter()
+                .skip(log.events.len() - log.unsaved)
+                .collect();
+            if let Some(first) = unsaved.first() {
                 batch.insert(
                     &self.log_ks,
-                    log_key(origin, e.seq),
-                    self.encode("event", e)?,
+                    log_key(origin, first.seq),
+                    self.encode("events", &unsaved)?,
                 );
+            }
+            if let Some(collected) = log.collected {
+                batch.insert(&self.meta, collected_key(origin), collected.to_string());
             }
         }
         // No key is both inserted and removed: removals are of committed
-        // events, insertions of new ones (and seqs never go back).
+        // chunks, insertions of new ones (and seqs never go back).
         for key in &self.pending_removes {
             batch.remove(&self.log_ks, key.as_slice());
         }
@@ -660,6 +800,29 @@ mod tests {
         assert!(s.append(event("a", 13, "k", "0")).is_err());
         s.truncate("a", 11).unwrap();
         assert!(s.append(event("a", 5, "k", "0")).is_err());
+    }
+
+    #[test]
+    fn reads_a_log_of_one_event_per_entry_as_older_versions_wrote_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let events: Vec<_> = (1..=3).map(|i| event("a", i, "k", "0")).collect();
+        {
+            let s = open(tmp.path());
+            for e in &events {
+                let json = serde_json::to_vec(e).unwrap();
+                s.log_ks.insert(log_key("a", e.seq), json).unwrap();
+            }
+            let applied = serde_json::to_vec(&clock(&[("a", 3)])).unwrap();
+            s.meta.insert(APPLIED, applied).unwrap();
+            s.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let mut s = open(tmp.path());
+        assert_eq!(s.log_after("a", 0, 10).unwrap(), events);
+        s.truncate("a", 2).unwrap();
+        s.commit(&clock(&[("a", 3)])).unwrap();
+        drop(s);
+        let s = open(tmp.path());
+        assert_eq!(s.log_after("a", 0, 10).unwrap(), events[2..]);
     }
 
     /// Runs one random sequence of operations against a `MemStore` and a
