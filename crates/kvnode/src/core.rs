@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use vclock_proto::{Dot, Event, Missing, NodeId, Op, Seq, VClock};
 
-use crate::store::{Siblings, Store, StoreError};
+use crate::store::{PendingSync, Siblings, Store, StoreError};
 
 /// Why the core refused a command.
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +305,12 @@ impl<S: Store> Core<S> {
     pub fn commit(&mut self) -> CoreResult<()> {
         self.store.commit(&self.applied)?;
         Ok(())
+    }
+
+    /// Ends the current group like [`Self::commit`], handing back the sync to
+    /// disk when the store defers it (see [`Store::commit_deferred`]).
+    pub fn commit_deferred(&mut self) -> CoreResult<Option<PendingSync>> {
+        Ok(self.store.commit_deferred(&self.applied)?)
     }
 
     /// Records that `peer` has applied everything `clock` counts, and collects

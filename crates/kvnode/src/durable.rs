@@ -42,7 +42,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Deserialize;
 use vclock_proto::{Event, NodeId, Seq, VClock};
 
-use crate::store::{Siblings, Store, StoreError, StoreResult};
+use crate::store::{PendingSync, Siblings, Store, StoreError, StoreResult};
 
 /// Size of a keyspace's memtable. Smaller than fjall's default (64 MiB): the
 /// write path inserts into the memtable's skip list once per key and chunk, and
@@ -470,19 +470,35 @@ impl Store for DurableStore {
     }
 
     fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
+        self.commit_group(applied, false).map(|_| ())
+    }
+
+    fn commit_deferred(&mut self, applied: &VClock) -> StoreResult<Option<PendingSync>> {
+        self.commit_group(applied, true)
+    }
+
+    fn fsyncs(&self) -> u64 {
+        self.fsyncs
+    }
+}
+
+impl DurableStore {
+    /// Commits the pending changes as one batch; with `defer`, returns the sync
+    /// instead of doing it.
+    fn commit_group(&mut self, applied: &VClock, defer: bool) -> StoreResult<Option<PendingSync>> {
         self.usable()?;
         let appended = self.log.values().any(|log| log.unsaved > 0);
         let collected = self.log.values().any(|log| log.collected.is_some());
         let new_data = appended || !self.pending_keys.is_empty() || *applied != self.applied;
         if !new_data && self.pending_removes.is_empty() && !collected {
             self.applied = applied.clone();
-            return Ok(());
+            return Ok(None);
         }
         // Only a group that adds data needs the sync: a lost truncation is
         // harmless (the events are collected again), and the journal is
         // sequential, so the next synced commit makes it durable anyway.
         let sync = new_data && self.durability == Durability::Fsync;
-        let mode = if sync {
+        let mode = if sync && !defer {
             PersistMode::SyncAll
         } else {
             PersistMode::Buffer
@@ -511,18 +527,21 @@ impl Store for DurableStore {
             log.collected = None;
         }
         self.applied = applied.clone();
-        if sync {
-            self.fsyncs += 1;
+        if !sync {
+            return Ok(None);
         }
-        Ok(())
+        self.fsyncs += 1;
+        if !defer {
+            return Ok(None);
+        }
+        let db = self.db.clone();
+        let path = self.path.clone();
+        Ok(Some(PendingSync::new(move || {
+            db.persist(PersistMode::SyncAll)
+                .map_err(|e| StoreError(format!("{}: cannot sync: {e}", path.display())))
+        })))
     }
 
-    fn fsyncs(&self) -> u64 {
-        self.fsyncs
-    }
-}
-
-impl DurableStore {
     /// Writes the pending changes and `applied` as one batch.
     fn write_batch(&self, mode: PersistMode, applied: &VClock) -> StoreResult<()> {
         #[cfg(test)]

@@ -3,9 +3,11 @@
 //! Every command that changes state (a client write, a batch from a peer, a
 //! peer's acknowledgement) goes through one channel to one writer thread. The
 //! writer takes everything that is waiting, runs it through the core under the
-//! core's lock, commits once for the whole group, publishes the new `applied`
-//! clock, then answers each caller. Reads take the lock briefly and never wait
-//! for the writer.
+//! core's lock and writes the whole group as one storage batch; then, with the
+//! lock released, it syncs the batch to disk, publishes the new `applied` clock
+//! and answers each caller. The published clock is the node's durable state:
+//! reads take the lock briefly and answer once the clock they saw is published,
+//! and replication sends only what it covers.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -365,6 +367,7 @@ impl Node {
         if let Some(context) = context {
             self.wait_for(context).await?;
         }
+        let mut published = self.subscribe();
         let result = {
             let core = self.shared.core();
             let result = core.read(key)?;
@@ -378,6 +381,13 @@ impl Node {
             }
             result
         };
+        // The core may hold a group whose sync is under way: answer once it is
+        // durable, so that a read never shows what a crash could take back.
+        while !published.borrow_and_update().covers(&result.applied) {
+            if published.changed().await.is_err() {
+                return Err(stopping());
+            }
+        }
         self.shared.metrics.read();
         Ok(result)
     }
@@ -478,7 +488,7 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
         let mut wrote = false;
         let mut stop = None;
         let commands = group.len();
-        let (committed, applied) = {
+        let (started, staged, applied) = {
             let mut core = shared.core();
             for command in group.drain(..) {
                 match command {
@@ -523,19 +533,26 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                 }
             }
             let started = Instant::now();
-            let committed = core.commit();
-            shared.metrics.commit(commands, started.elapsed());
-            let applied = core.applied().clone();
-            // Publish under the core's lock: whoever reads the core afterwards
-            // (reads, senders) must find a published clock that covers it, or a
-            // clock shown to a client could be refused as its context.
+            let staged = core.commit_deferred();
+            (started, staged, core.applied().clone())
+        };
+        // The sync runs without the core's lock, so that reads and senders go
+        // on meanwhile. They show or send nothing the published clock does not
+        // cover (see `Node::read` and the senders), and the clock is published
+        // only once the group is durable.
+        let committed = match staged {
+            Ok(Some(pending)) => pending.sync().map_err(core::CoreError::from),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        shared.metrics.commit(commands, started.elapsed());
+        if committed.is_ok() {
             shared.applied.send_if_modified(|current| {
                 let changed = *current != applied;
                 *current = applied.clone();
                 changed
             });
-            (committed, applied)
-        };
+        }
         for reply in replies.drain(..) {
             reply.send(&committed, &applied);
         }
@@ -630,4 +647,120 @@ pub(crate) fn test_node(env: &[(&str, &str)]) -> Arc<Node> {
     vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::load_from(None, vars).expect("a valid test configuration");
     Node::start(config, Box::new(crate::store::MemStore::new())).expect("a node")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Condvar;
+
+    use vclock_proto::Value;
+
+    use super::*;
+    use crate::store::{MemStore, PendingSync, Siblings, StoreResult};
+
+    /// A store whose syncs wait until the test opens its gate.
+    struct GatedStore {
+        inner: MemStore,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Store for GatedStore {
+        fn siblings(&self, key: &str) -> StoreResult<Siblings> {
+            self.inner.siblings(key)
+        }
+        fn set_siblings(&mut self, key: &str, siblings: Siblings) -> StoreResult<()> {
+            self.inner.set_siblings(key, siblings)
+        }
+        fn append(&mut self, event: Arc<Event>) -> StoreResult<()> {
+            self.inner.append(event)
+        }
+        fn log_after(
+            &self,
+            origin: &str,
+            after: u64,
+            limit: usize,
+        ) -> StoreResult<Vec<Arc<Event>>> {
+            self.inner.log_after(origin, after, limit)
+        }
+        fn truncate(&mut self, origin: &str, through: u64) -> StoreResult<()> {
+            self.inner.truncate(origin, through)
+        }
+        fn log_len(&self) -> u64 {
+            self.inner.log_len()
+        }
+        fn applied(&self) -> StoreResult<VClock> {
+            self.inner.applied()
+        }
+        fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
+            self.inner.commit(applied)
+        }
+        fn commit_deferred(&mut self, applied: &VClock) -> StoreResult<Option<PendingSync>> {
+            self.inner.commit(applied)?;
+            let gate = self.gate.clone();
+            Ok(Some(PendingSync::new(move || {
+                let (open, opened) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = opened.wait(open).unwrap();
+                }
+                Ok(())
+            })))
+        }
+    }
+
+    #[actix_web::test]
+    async fn nothing_of_a_group_is_shown_before_its_sync() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let vars = [
+            ("KVNODE_NODE_ID", "n1"),
+            (
+                "KVNODE_NODES",
+                "n1=http://127.0.0.1:9,n2=http://127.0.0.1:9",
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = Config::load_from(None, vars).unwrap();
+        let store = GatedStore {
+            inner: MemStore::new(),
+            gate: gate.clone(),
+        };
+        let node = Node::start(config, Box::new(store)).unwrap();
+
+        let put = Op::Put(Value::from_serialize(&1).unwrap());
+        let write = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.write("k".into(), put, None).await }
+        });
+        // The writer applies the write, then waits in the sync.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.with_core(|core| core.applied().get("n1")) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the writer never applied the write"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let read = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.read("k", None).await }
+        });
+        // Neither the read nor the write can answer, and the published clock
+        // does not count the write, until the sync is done.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!read.is_finished() && !write.is_finished());
+        assert_eq!(node.applied().get("n1"), 0);
+        assert!(
+            node.check_context(&node.with_core(|c| c.applied().clone())) != ContextCheck::Satisfied
+        );
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let read = read.await.unwrap().unwrap();
+        assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("1".into()));
+        assert_eq!(read.applied.get("n1"), 1);
+        assert_eq!(write.await.unwrap().unwrap().seq, 1);
+        assert_eq!(node.applied().get("n1"), 1);
+    }
 }

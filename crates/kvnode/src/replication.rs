@@ -254,10 +254,13 @@ impl Sender {
     /// The next events to send: our own writes after `sent`, within the batch limits.
     fn next_batch(&self) -> Vec<Arc<Event>> {
         let config = self.node.config();
-        let events = self
+        // Only what is durable: the core may hold a group whose sync is under way.
+        let durable = self.node.applied().get(self.node.id());
+        let mut events = self
             .node
             .with_core(|core| core.own_events_after(self.sent, config.max_batch_events))
             .unwrap_or_default();
+        events.retain(|e| e.seq <= durable);
         within_bytes(events, config.max_batch_bytes)
     }
 
@@ -286,13 +289,14 @@ impl Sender {
             if now.duration_since(since) < config.repair_after {
                 continue;
             }
-            let events = self
+            let mut events = self
                 .node
                 .with_core(|core| {
                     core.store()
                         .log_after(origin, lacks - 1, config.max_batch_events)
                 })
                 .unwrap_or_default();
+            events.retain(|e| e.seq <= have);
             self.lacking.insert(origin.clone(), (lacks, now));
             if events.is_empty() {
                 continue;

@@ -42,9 +42,39 @@ pub trait Store {
     fn applied(&self) -> StoreResult<VClock>;
     /// Ends the current transaction, recording `applied` with it.
     fn commit(&mut self, applied: &VClock) -> StoreResult<()>;
+    /// Like [`Store::commit`], but a store that syncs may hand the sync back
+    /// instead of waiting for it: the transaction is then written (a crash of
+    /// the process keeps it) and the returned [`PendingSync`] makes it durable,
+    /// without borrowing the store. Nothing of it may be shown or sent until
+    /// the sync is done.
+    fn commit_deferred(&mut self, applied: &VClock) -> StoreResult<Option<PendingSync>> {
+        self.commit(applied).map(|()| None)
+    }
     /// Number of fsyncs done so far (0 for a store that never syncs).
     fn fsyncs(&self) -> u64 {
         0
+    }
+}
+
+/// The sync of a commit written by [`Store::commit_deferred`].
+pub struct PendingSync(Box<dyn FnOnce() -> StoreResult<()> + Send>);
+
+impl PendingSync {
+    /// A sync done by `sync`.
+    pub fn new(sync: impl FnOnce() -> StoreResult<()> + Send + 'static) -> Self {
+        Self(Box::new(sync))
+    }
+
+    /// Makes the commit durable. After an error the process must stop: the
+    /// commit may or may not survive a crash of the machine.
+    pub fn sync(self) -> StoreResult<()> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for PendingSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingSync")
     }
 }
 
@@ -72,6 +102,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
         (**self).commit(applied)
+    }
+    fn commit_deferred(&mut self, applied: &VClock) -> StoreResult<Option<PendingSync>> {
+        (**self).commit_deferred(applied)
     }
     fn fsyncs(&self) -> u64 {
         (**self).fsyncs()
