@@ -746,7 +746,7 @@ async fn trace_stream(
         ));
     }
     let (backlog, live) = node.tracer().follow(query.after.unwrap_or(0));
-    let stopping = node.stopping();
+    let stopping = node.tracer().closing();
     let state = (
         std::collections::VecDeque::from(backlog),
         live,

@@ -187,7 +187,11 @@ async fn serve(config: Config) -> std::io::Result<()> {
         log::warn!("the fault hook is enabled: POST /admin/v1/links/<peer>/pause and /resume");
     }
     let senders = kvnode::replication::spawn_links(&node);
-    actix_web::rt::spawn(stop_on_signal(server.handle(), config.shutdown_timeout));
+    actix_web::rt::spawn(stop_on_signal(
+        server.handle(),
+        node.clone(),
+        config.shutdown_timeout,
+    ));
     server.await?;
 
     // The HTTP server has stopped: no request is in flight any more.
@@ -219,7 +223,11 @@ async fn serve(config: Config) -> std::io::Result<()> {
 
 /// On the first SIGTERM or SIGINT: stop accepting connections and let in-flight
 /// requests finish, at most `timeout`. On a second one: exit at once.
-async fn stop_on_signal(server: actix_web::dev::ServerHandle, timeout: Duration) {
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    node: std::sync::Arc<kvnode::node::Node>,
+    timeout: Duration,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -243,6 +251,9 @@ async fn stop_on_signal(server: actix_web::dev::ServerHandle, timeout: Duration)
         log::warn!("second {again}: exiting now");
         std::process::exit(130);
     });
+    // Live trace streams never end by themselves: end them, or they would hold
+    // the shutdown for its whole timeout.
+    node.tracer().close_streams();
     server.stop(true).await;
     log::info!("shutdown: the HTTP server has stopped");
 }

@@ -32,6 +32,7 @@ pub struct Tracer {
     capacity: usize,
     inner: Mutex<Inner>,
     live: broadcast::Sender<Arc<TraceEvent>>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -65,6 +66,7 @@ impl Tracer {
                 file,
             }),
             live: broadcast::channel(STREAM_BACKLOG).0,
+            closing: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -159,6 +161,16 @@ impl Tracer {
             .cloned()
             .collect();
         (backlog, self.live.subscribe())
+    }
+
+    /// Ends every live stream (the node is shutting down).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Watches for [`Self::close_streams`].
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Records a client write, and the siblings it left.

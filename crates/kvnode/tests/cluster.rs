@@ -1526,6 +1526,18 @@ mod traces {
         assert_eq!(live.value.as_ref().map(|v| v.json()), Some("2"));
         assert!(live.id > held.id);
 
+        // SIGTERM ends the stream rather than waiting for it: with a shutdown
+        // timeout longer than the harness's deadline, stop() fails otherwise.
+        let mut cluster = cluster;
+        let log = cluster.log_path(1).to_owned();
+        assert!(cluster.stop(1).success(), "see {}", log.display());
+        // The stream has ended: reading it runs out instead of blocking.
+        for line in lines {
+            if line.is_err() {
+                break;
+            }
+        }
+
         // A node without a trace says how to turn it on.
         let plain = TestCluster::start(1);
         let (status, body) = get(&format!("{}/v1/trace/stream", plain.url(1)));
