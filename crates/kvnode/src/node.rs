@@ -6,8 +6,9 @@
 //! core's lock and writes the whole group as one storage batch; then, with the
 //! lock released, it syncs the batch to disk, publishes the new `applied` clock
 //! and answers each caller. The published clock is the node's durable state:
-//! reads take the lock briefly and answer once the clock they saw is published,
-//! and replication sends only what it covers.
+//! replication sends only what it covers, and acknowledges nothing else. Reads
+//! take the lock briefly; they show other nodes' writes at once (their origin
+//! already has them on disk) and this node's own once they are published.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -381,9 +382,15 @@ impl Node {
             }
             result
         };
-        // The core may hold a group whose sync is under way: answer once it is
-        // durable, so that a read never shows what a crash could take back.
-        while !published.borrow_and_update().covers(&result.applied) {
+        // The core may hold a group whose sync is under way. This node's own
+        // writes are shown only once durable: a crash of the machine must not
+        // take back a write a client saw, nor let the node reuse its seqs.
+        // Writes of other nodes are shown at once: their origin has them on
+        // disk, and this node acknowledges them only after its own sync, so
+        // a crash here loses nothing the origin could not send again.
+        let me = self.id();
+        let own = result.applied.get(me);
+        while published.borrow_and_update().get(me) < own {
             if published.changed().await.is_err() {
                 return Err(stopping());
             }
@@ -709,8 +716,45 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn nothing_of_a_group_is_shown_before_its_sync() {
+    async fn other_nodes_writes_are_shown_before_the_sync_and_acknowledged_after() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = gated_node(&gate);
+        let mut deps = VClock::default();
+        deps.set("n2", 0);
+        let event = Event {
+            origin: "n2".into(),
+            seq: 1,
+            key: "k".into(),
+            op: Op::Put(Value::from_serialize(&2).unwrap()),
+            deps,
+        };
+        let receive = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.receive("n2".into(), None, vec![event]).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.with_core(|core| core.applied().get("n2")) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the writer never applied the event"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Readable while the sync is held; not acknowledged, not published.
+        let read = node.read("k", None).await.unwrap();
+        assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("2".into()));
+        assert_eq!(read.applied.get("n2"), 1);
+        assert!(!receive.is_finished());
+        assert_eq!(node.applied().get("n2"), 0);
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let (_, ack) = receive.await.unwrap().unwrap();
+        assert_eq!(ack.get("n2"), 1);
+        assert_eq!(node.applied().get("n2"), 1);
+    }
+
+    fn gated_node(gate: &Arc<(Mutex<bool>, Condvar)>) -> Arc<Node> {
         let vars = [
             ("KVNODE_NODE_ID", "n1"),
             (
@@ -726,7 +770,13 @@ mod tests {
             inner: MemStore::new(),
             gate: gate.clone(),
         };
-        let node = Node::start(config, Box::new(store)).unwrap();
+        Node::start(config, Box::new(store)).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn nothing_of_a_local_write_is_shown_before_its_sync() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = gated_node(&gate);
 
         let put = Op::Put(Value::from_serialize(&1).unwrap());
         let write = actix_web::rt::spawn({
