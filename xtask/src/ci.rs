@@ -1,9 +1,11 @@
 //! `cargo xtask ci`: the checks CI runs, in order, stopping at the first failure.
 //!
 //! Every step inherits stdout and stderr, so cargo's output (and its colors, as set by
-//! `CARGO_TERM_COLOR`) reaches the log unchanged. The last step, `e2e`, runs the
-//! end-to-end scenarios against containers (`cargo xtask e2e`) when a Docker engine
-//! answers `docker info`; otherwise it says plainly that it skipped them, and why.
+//! `CARGO_TERM_COLOR`) reaches the log unchanged. After the tests, `bench` runs the
+//! benchmark suite with tiny counts (`cargo xtask bench --smoke`) to keep it working.
+//! The last step, `e2e`, runs the end-to-end scenarios against containers (`cargo xtask
+//! e2e`) when a Docker engine answers `docker info`; otherwise it says plainly that it
+//! skipped them, and why.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,6 +38,11 @@ const STEPS: &[Step] = &[
     Step {
         name: "test",
         cargo_args: &["test", "--workspace"],
+    },
+    // A separate process: it installs its own Ctrl-C handler, and a process has one.
+    Step {
+        name: "bench",
+        cargo_args: &["xtask", "bench", "--smoke"],
     },
 ];
 

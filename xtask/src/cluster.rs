@@ -43,10 +43,34 @@ enum Event {
     NotReady(String),
 }
 
-struct Node {
-    id: String,
-    child: Child,
+/// A running node.
+pub(crate) struct Node {
+    pub(crate) id: String,
+    pub(crate) child: Child,
     output: Vec<JoinHandle<()>>,
+}
+
+/// Where a node's output goes.
+pub(crate) enum NodeOutput {
+    /// To xtask's standard output, each line prefixed with the node id in this ANSI color.
+    Prefixed { color: u8 },
+    /// To this file (standard output and standard error together).
+    File(PathBuf),
+}
+
+/// How to start one node of a local cluster.
+pub(crate) struct NodeSpec<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) port: u16,
+    /// Every member of the cluster, this node included: `(id, port)`.
+    pub(crate) members: &'a [(String, u16)],
+    /// The data directory, relative to the workspace root or absolute.
+    pub(crate) data_dir: PathBuf,
+    /// Turn the fault hook on.
+    pub(crate) faults: bool,
+    /// More `KVNODE_*` settings.
+    pub(crate) env: Vec<(&'static str, String)>,
+    pub(crate) output: NodeOutput,
 }
 
 pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
@@ -63,7 +87,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         .map(|(i, port)| (format!("node{}", i + 1), port))
         .collect();
 
-    build(root)?;
+    build(root, &["kvnode"], true)?;
     for (_, port) in &members {
         ensure!(
             TcpListener::bind(("127.0.0.1", *port)).is_ok(),
@@ -86,14 +110,18 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let binary = target_dir(root).join("release").join("kvnode");
     let mut nodes = Vec::new();
     for (index, (id, port)) in members.iter().enumerate() {
-        match spawn_node(
-            root,
-            &binary,
+        let spec = NodeSpec {
             id,
-            *port,
-            &members,
-            COLORS[index % COLORS.len()],
-        ) {
+            port: *port,
+            members: &members,
+            data_dir: Path::new("data").join(id),
+            faults: true,
+            env: vec![("KVNODE_TRACE_BUFFER", "10000".to_string())],
+            output: NodeOutput::Prefixed {
+                color: COLORS[index % COLORS.len()],
+            },
+        };
+        match spawn_node(root, &binary, &spec) {
             Ok(node) => nodes.push(node),
             Err(err) => {
                 stop(&mut nodes);
@@ -121,27 +149,38 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     result
 }
 
-fn build(root: &Path) -> anyhow::Result<()> {
+/// Builds `packages` (in release mode when `release`).
+pub(crate) fn build(root: &Path, packages: &[&str], release: bool) -> anyhow::Result<()> {
+    let mut args = vec!["build"];
+    if release {
+        args.push("--release");
+    }
+    for package in packages {
+        args.extend(["-p", package]);
+    }
     let status = Command::new(crate::cargo())
-        .args(["build", "--release", "-p", "kvnode"])
+        .args(&args)
         .current_dir(root)
         .status()
         .context("cannot run cargo build")?;
     ensure!(
         status.success(),
-        "cargo build --release -p kvnode failed ({status})"
+        "cargo {} failed ({status})",
+        args.join(" ")
     );
     Ok(())
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+/// The cargo target directory.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir),
         None => root.join("target"),
     }
 }
 
-fn remove_dir_if_exists(dir: &Path) -> anyhow::Result<()> {
+/// Deletes `dir` and everything in it; nothing to do when it does not exist.
+pub(crate) fn remove_dir_if_exists(dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => {
             Err(err).with_context(|| format!("cannot delete {}", dir.display()))
@@ -150,7 +189,8 @@ fn remove_dir_if_exists(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn url(port: u16) -> String {
+/// The base URL of the node listening on loopback `port`.
+pub(crate) fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
@@ -163,48 +203,59 @@ fn nodes_env(members: &[(String, u16)]) -> String {
     pairs.join(",")
 }
 
-fn spawn_node(
-    root: &Path,
-    binary: &Path,
-    id: &str,
-    port: u16,
-    members: &[(String, u16)],
-    color: u8,
-) -> anyhow::Result<Node> {
+/// Starts one node of a local cluster on loopback. It gets SIGTERM when xtask
+/// dies and is in a process group of its own (see below): call this from the
+/// main thread, and stop the node with [`stop`].
+pub(crate) fn spawn_node(root: &Path, binary: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<Node> {
+    let id = spec.id;
     let mut command = Command::new(binary);
     command
         .current_dir(root)
         .env("KVNODE_NODE_ID", id)
-        .env("KVNODE_NODES", nodes_env(members))
+        .env("KVNODE_NODES", nodes_env(spec.members))
         .env("KVNODE_LISTEN", "127.0.0.1")
-        .env("KVNODE_PORT", port.to_string())
-        .env("KVNODE_FAULTS", "true")
-        .env("KVNODE_TRACE_BUFFER", "10000")
-        .env("KVNODE_DATA_DIR", format!("./data/{id}"))
+        .env("KVNODE_PORT", spec.port.to_string())
+        .env("KVNODE_FAULTS", spec.faults.to_string())
+        .env("KVNODE_DATA_DIR", &spec.data_dir)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         // A terminal's Ctrl-C then reaches only xtask, which stops the nodes itself;
         // otherwise they would get SIGINT too and look as if they had died.
         .process_group(0);
+    match &spec.output {
+        NodeOutput::Prefixed { .. } => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        NodeOutput::File(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let copy = file
+                .try_clone()
+                .with_context(|| format!("cannot open {} twice", path.display()))?;
+            command.stdout(file).stderr(copy);
+        }
+    }
     die_with_parent(&mut command);
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot start {} for {id}", binary.display()))?;
 
-    let width = format!("node{}", members.len()).len();
-    let prefix = if io::stdout().is_terminal() {
-        format!("\x1b[{color}m{id:<width$} |\x1b[0m ")
-    } else {
-        format!("{id:<width$} | ")
-    };
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let output = vec![forward(stdout, prefix.clone()), forward(stderr, prefix)];
+    let mut output = Vec::new();
+    if let NodeOutput::Prefixed { color } = spec.output {
+        let width = format!("node{}", spec.members.len()).len();
+        let prefix = if io::stdout().is_terminal() {
+            format!("\x1b[{color}m{id:<width$} |\x1b[0m ")
+        } else {
+            format!("{id:<width$} | ")
+        };
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        output = vec![forward(stdout, prefix.clone()), forward(stderr, prefix)];
+    }
     Ok(Node {
         id: id.to_string(),
         child,
@@ -217,7 +268,7 @@ fn spawn_node(
 /// nodes are spawned by the main thread, which lives as long as xtask.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe calls are allowed: it calls prctl and getppid and allocates
@@ -237,7 +288,7 @@ fn die_with_parent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}
+pub(crate) fn die_with_parent(_command: &mut Command) {}
 
 /// Prints every line read from `from` with the node's prefix, until end of file.
 fn forward(from: impl Read + Send + 'static, prefix: String) -> JoinHandle<()> {
@@ -275,7 +326,8 @@ fn wait_ready(members: Vec<(String, u16)>, events: Sender<Event>) {
     let _ = events.send(Event::Ready);
 }
 
-fn healthy(port: u16) -> bool {
+/// Whether the node on loopback `port` answers `GET /health` with 200.
+pub(crate) fn healthy(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
@@ -322,7 +374,7 @@ fn supervise(nodes: &mut [Node], events: &mpsc::Receiver<Event>) -> anyhow::Resu
 }
 
 /// Stops every node still running: SIGTERM, then SIGKILL after `STOP_GRACE`.
-fn stop(nodes: &mut [Node]) {
+pub(crate) fn stop(nodes: &mut [Node]) {
     println!("stopping the cluster");
     for node in nodes.iter_mut() {
         if let Ok(None) = node.child.try_wait() {

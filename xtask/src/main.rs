@@ -2,8 +2,10 @@
 //!
 //! One module per task. Only what the README and CI need lives here:
 //! `cluster` runs a local demo cluster, `ci` runs the checks CI runs, `image`
-//! builds the container image and `e2e` runs the end-to-end scenarios against it.
+//! builds the container image and `e2e` runs the end-to-end scenarios against it;
+//! `bench` runs the benchmark suite against a fresh local cluster.
 
+mod bench;
 mod ci;
 mod cluster;
 mod e2e;
@@ -36,6 +38,9 @@ enum Task {
     E2e(e2e::Args),
     /// Run every cargo-fuzz target in fuzz/ for a bounded time (needs nightly and cargo-fuzz).
     Fuzz(fuzz::Args),
+    /// Start a fresh 3-node cluster (fsync) and run the benchmark suite; writes
+    /// target/bench/report.md, report.json and bench.svg.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Task::Image => image::run(&root),
         Task::E2e(args) => e2e::run(&root, &args),
         Task::Fuzz(args) => fuzz::run(&root, &args),
+        Task::Bench(args) => bench::run(&root, &args),
     };
     // Printed by hand: returning the error would add a backtrace under RUST_BACKTRACE.
     match result {

@@ -17,8 +17,10 @@
 
 use std::time::Duration;
 
+pub mod bench;
 pub mod check;
 pub mod session_file;
+pub mod trace;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

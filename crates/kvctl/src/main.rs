@@ -109,7 +109,40 @@ enum Command {
         after_help = "Examples:\n  kvctl check\n  kvctl check --api compat --sessions 16 --ops 500 --history run.json\n  kvctl check --replay run.json"
     )]
     Check(CheckArgs),
+    /// Write every node's trace as one log to open in ShiViz.
+    ///
+    /// Reads the trace each --node keeps in memory (a node keeps one when
+    /// started with KVNODE_TRACE_BUFFER=N; cargo xtask cluster does) and writes
+    /// one ShiViz log: the regular expression that reads it, an empty line, then
+    /// a line per record, `node "description" {clock}`, in an order consistent
+    /// with causality. The clocks are ShiViz's: each node's own entry counts its
+    /// lines, and a receive merges the clock of its send, so that ShiViz draws
+    /// the message. The store's applied clock is in each description.
+    ///
+    /// To view it, open https://bestchai.bitbucket.io/shiviz/, click "Try out
+    /// ShiViz" and upload the file (ShiViz takes the regular expression from its
+    /// first line); or paste the first line into "Log parsing regular
+    /// expression" and the lines after the empty one into the log box.
+    ///
+    /// With -o json, writes each record as JSON on a line instead, in the same
+    /// order. Nodes that keep no trace are skipped with a warning; exits 4 when
+    /// none keeps one.
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+    /// Measure throughput, latency percentiles (p50 to max) and errors of a
+    /// workload, and the visibility lag between nodes. Connections are spread
+    /// round-robin over the nodes. Exits 1 when any request failed.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(kvctl::bench::BenchArgs),
 }
+
+const BENCH_EXAMPLES: &str = "Examples:
+  kvctl bench health -c 64                   # the HTTP ceiling: GET /health
+  kvctl bench write -c 64 -d 30s             # POST /write of random keys
+  kvctl bench read --keys 1000 -r 100000     # writes the 1000 keys, then reads them
+  kvctl bench mixed --read-ratio 0.9 --sessions
+  kvctl bench --lag --lag-samples 500        # visibility lag only
+  kvctl -o json bench write -d 5s            # one JSON object (BenchReport)";
 
 #[derive(Debug, clap::Args)]
 struct CheckArgs {
@@ -151,6 +184,28 @@ enum CheckApi {
     Compat,
 }
 
+const TRACE_EXAMPLES: &str = "Examples:
+  kvctl trace -f run.log                     # then upload run.log to ShiViz
+  kvctl trace --follow -f live.log           # until Ctrl-C
+  kvctl -o json trace | jq -c 'select(.kind == \"buffered\")'";
+
+#[derive(Debug, clap::Args)]
+struct TraceArgs {
+    /// Keep writing records as the nodes make them, until Ctrl-C.
+    #[arg(long)]
+    follow: bool,
+    /// Write the log to this file instead of standard output.
+    #[arg(long, short, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// With --follow: how long a receive waits for the record of its send
+    /// (from another node's stream) before it is written without it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s", value_name = "DURATION")]
+    wait: Duration,
+    /// Bearer token for the client API (the nodes' client_token).
+    #[arg(long, env = "KVCTL_TOKEN")]
+    token: Option<String>,
+}
+
 /// Exit codes.
 mod exit {
     pub const NOT_FOUND: u8 = 1;
@@ -161,8 +216,12 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let system = actix_rt::System::new();
-    match system.block_on(run(cli)) {
+    // The benchmark runs its own runtimes, one per thread, so it runs outside this one.
+    let result = match &cli.command {
+        Command::Bench(args) => bench(&cli, args),
+        _ => actix_rt::System::new().block_on(run(cli)),
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("kvctl: {}", failure.message);
@@ -234,6 +293,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Status => (status(&client, cli.output).await?, None),
         Command::Check(args) => (check(&client, args, cli.output, cli.timeout).await?, None),
+        Command::Trace(args) => (trace(&client, args, cli.output, cli.timeout).await?, None),
+        Command::Bench(_) => unreachable!("main runs the benchmark outside the runtime"),
     };
     if let (Some(session), Some(seen)) = (&session, seen) {
         session.merge(&seen).map_err(local)?;
@@ -410,6 +471,76 @@ async fn check(
     }
     let ok = report.violations.is_empty() && converged == "yes";
     Ok(if ok { 0 } else { 1 })
+}
+
+/// `kvctl bench`: runs the benchmark and prints its report; 1 when any request failed.
+fn bench(cli: &Cli, args: &kvctl::bench::BenchArgs) -> Result<u8, Failure> {
+    use kvctl::bench::BenchError;
+
+    let to_failure = |e: BenchError| match e {
+        BenchError::Invalid(message) => Failure { code: 2, message },
+        BenchError::Client(e) => e.into(),
+        BenchError::Failed(message) => local(message),
+    };
+    let config = args
+        .to_config(cli.nodes.clone(), cli.timeout)
+        .map_err(to_failure)?;
+    let report = kvctl::bench::run(&config).map_err(to_failure)?;
+    match cli.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(&report).expect("reports serialise")
+        ),
+        Output::Plain | Output::Table => print!("{}", report.to_text()),
+    }
+    Ok(if report.failures() > 0 { 1 } else { 0 })
+}
+
+/// `kvctl trace`: every node's trace as one ShiViz log (or JSON lines).
+async fn trace(
+    client: &Client,
+    args: &TraceArgs,
+    output: Output,
+    timeout: Duration,
+) -> Result<u8, Failure> {
+    use kvctl::trace::{self, Format, TraceError, TraceOptions};
+
+    let options = TraceOptions {
+        nodes: client.nodes().to_vec(),
+        token: args.token.clone(),
+        timeout,
+        format: match output {
+            Output::Json => Format::Json,
+            Output::Plain | Output::Table => Format::Shiviz,
+        },
+        max_wait: args.wait,
+    };
+    let mut out: Box<dyn std::io::Write> = match &args.file {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| local(format!("creating {}: {e}", path.display())))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut warn = |message: &str| eprintln!("kvctl: warning: {message}");
+    let result = if args.follow {
+        trace::follow(&options, &mut out, &mut warn).await
+    } else {
+        trace::snapshot(&options, &mut out, &mut warn)
+            .await
+            .map(drop)
+    };
+    match result {
+        Ok(()) => Ok(0),
+        // The reader went away (`kvctl trace | head`): not a failure.
+        Err(TraceError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(TraceError::Write(e)) => Err(local(format!("writing the trace: {e}"))),
+        Err(TraceError::Client(e)) => Err(e.into()),
+        Err(e @ TraceError::Off(_)) => Err(Failure {
+            code: exit::REFUSED,
+            message: e.to_string(),
+        }),
+    }
 }
 
 async fn status(client: &Client, output: Output) -> Result<u8, Failure> {

@@ -1,0 +1,590 @@
+//! `cargo xtask bench`: the benchmark suite against a fresh local cluster.
+//!
+//! It builds `kvnode` and `kvctl` in release mode, starts three nodes on free
+//! loopback ports with `durability = "fsync"` and their data in
+//! `target/bench/data` (wiped first; each node logs to `target/bench/nodeI.log`),
+//! waits until every node answers `/health`, and runs the suite through the
+//! `kvctl bench` binary (`-o json`), one step after the other:
+//!
+//! | step | what |
+//! |---|---|
+//! | `health-64` | `GET /health`, 64 connections: the HTTP ceiling of this run |
+//! | `write-32`, `write-64` | `POST /write` of random keys |
+//! | `read-32`, `read-64` | `GET /read` of random keys (written once first) |
+//! | `mixed-64` | 90% reads, 10% writes |
+//! | `lag` | visibility lag at light load: one write at a time, read back at the other nodes |
+//!
+//! Connections are spread round-robin over the three nodes. Every rate is also
+//! given as a ratio to the `health-64` rate of the same run. While each step
+//! runs, every node's RSS is sampled from `/proc/<pid>/status` every 200 ms.
+//!
+//! The results go to `target/bench/report.md` (printed at the end),
+//! `target/bench/report.json` and `target/bench/bench.svg` (throughput and
+//! latency percentiles). The nodes are stopped at the end, on an error and on
+//! Ctrl-C, and get SIGTERM if xtask itself dies. The command fails when any
+//! request failed (after writing the report).
+//!
+//! `--smoke` runs every step with a few hundred requests on debug builds (the
+//! ones `cargo test` made), so that CI keeps the command working in seconds; its
+//! figures mean nothing.
+
+mod chart;
+mod report;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use kvctl::bench::BenchReport;
+
+use self::report::{StepResult, SuiteReport};
+use crate::cluster::{self, Node, NodeOutput, NodeSpec};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Length of each load step, e.g. 10s or 1m.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// A few hundred requests per step on debug builds: checks that the suite
+    /// works (CI runs it), measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Client threads of kvctl bench (default: kvctl's).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Size of the key space of every step.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Length of each written value, in characters.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    value_size: usize,
+    /// Writes timed by the lag step.
+    #[arg(long, default_value_t = 200)]
+    lag_samples: u64,
+    /// Run only the steps whose name contains this (repeatable); the health
+    /// step always runs, since every ratio refers to it.
+    #[arg(long = "step", value_name = "NAME")]
+    steps: Vec<String>,
+}
+
+/// One step of the suite.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    name: &'static str,
+    /// `kvctl bench`'s workload; `None` for the lag step.
+    workload: Option<&'static str>,
+    connections: usize,
+}
+
+const SUITE: &[Step] = &[
+    Step {
+        name: "health-64",
+        workload: Some("health"),
+        connections: 64,
+    },
+    Step {
+        name: "write-32",
+        workload: Some("write"),
+        connections: 32,
+    },
+    Step {
+        name: "write-64",
+        workload: Some("write"),
+        connections: 64,
+    },
+    Step {
+        name: "read-32",
+        workload: Some("read"),
+        connections: 32,
+    },
+    Step {
+        name: "read-64",
+        workload: Some("read"),
+        connections: 64,
+    },
+    Step {
+        name: "mixed-64",
+        workload: Some("mixed"),
+        connections: 64,
+    },
+    Step {
+        name: "lag",
+        workload: None,
+        connections: 1,
+    },
+];
+
+/// The step every ratio refers to.
+const CEILING_STEP: &str = "health-64";
+/// Nodes of the cluster.
+const NODES: usize = 3;
+/// How often each node's RSS is sampled.
+const RSS_EVERY: Duration = Duration::from_millis(200);
+/// How long the nodes get to answer `/health` after they start.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Requests per step, keys and lag samples of `--smoke`.
+const SMOKE_REQUESTS: u64 = 300;
+const SMOKE_KEYS: u64 = 100;
+const SMOKE_LAG_SAMPLES: u64 = 10;
+
+pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    ensure!(!args.duration.is_zero(), "--duration must be positive");
+    let steps = select_steps(&args.steps)?;
+    let release = !args.smoke;
+    // One at a time: built together, their dependencies' features would be unified
+    // and kvnode would be rebuilt differently from `cargo xtask cluster`'s.
+    cluster::build(root, &["kvnode"], release)?;
+    cluster::build(root, &["kvctl"], release)?;
+    let bin = cluster::target_dir(root).join(if release { "release" } else { "debug" });
+    let out = cluster::target_dir(root).join("bench");
+    let data = out.join("data");
+    cluster::remove_dir_if_exists(&data)?;
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    if let Err(err) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        eprintln!("warning: cannot install the Ctrl-C handler ({err}); the nodes still stop when xtask exits");
+    }
+
+    let ports = free_ports(NODES)?;
+    let members: Vec<(String, u16)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| (format!("node{}", i + 1), *port))
+        .collect();
+    let mut running = Running {
+        nodes: Vec::new(),
+        sampler: None,
+    };
+    for (id, port) in &members {
+        let spec = NodeSpec {
+            id,
+            port: *port,
+            members: &members,
+            data_dir: data.join(id),
+            faults: false,
+            env: vec![("KVNODE_DURABILITY", "fsync".to_string())],
+            output: NodeOutput::File(out.join(format!("{id}.log"))),
+        };
+        running
+            .nodes
+            .push(cluster::spawn_node(root, &bin.join("kvnode"), &spec)?);
+    }
+    let urls: Vec<String> = ports.iter().map(|p| cluster::url(*p)).collect();
+    wait_ready(&mut running.nodes, &ports, &interrupted)?;
+    println!(
+        "==> bench: {NODES} nodes (fsync) at {}, logs in {}",
+        urls.join(" "),
+        out.display()
+    );
+
+    let pids: Vec<u32> = running.nodes.iter().map(|n| n.child.id()).collect();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    running.sampler = Some(Sampler::start(pids.clone(), samples.clone()));
+
+    let suite = Suite {
+        kvctl: bin.join("kvctl"),
+        urls: urls.clone(),
+        args,
+    };
+    let mut results = Vec::new();
+    let mut populated = false;
+    for step in &steps {
+        println!("==> {}", step.name);
+        let reads = matches!(step.workload, Some("read" | "mixed"));
+        let started = Instant::now();
+        sample_now(&pids, &samples);
+        let report = suite.run_step(step, reads && populated, &mut running.nodes, &interrupted)?;
+        sample_now(&pids, &samples);
+        let ended = Instant::now();
+        populated |= reads;
+        let rss = {
+            let samples = samples.lock().unwrap_or_else(|e| e.into_inner());
+            report::rss_stats(&samples, started, ended, &members)
+        };
+        println!("    {}", report::summary_line(&report));
+        results.push(StepResult::new(step.name, step.connections, report, rss));
+    }
+    running.stop();
+
+    let suite_report = SuiteReport::new(
+        root,
+        args.smoke,
+        args.duration,
+        SMOKE_REQUESTS,
+        &members,
+        &urls,
+        CEILING_STEP,
+        results,
+    );
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let markdown = suite_report.markdown();
+    write(&out.join("report.md"), &markdown)?;
+    let json = serde_json::to_string_pretty(&suite_report).context("encoding the report")?;
+    write(&out.join("report.json"), &json)?;
+    chart::draw(&suite_report, &out.join("bench.svg"))?;
+    println!("\n{markdown}");
+    println!(
+        "wrote {}, report.json and bench.svg",
+        out.join("report.md").display()
+    );
+    let failures = suite_report.failures();
+    ensure!(
+        failures == 0,
+        "{failures} requests failed or values never became visible (see the report)"
+    );
+    Ok(())
+}
+
+/// The suite's steps, narrowed by `--step` (the ceiling step always stays).
+fn select_steps(filters: &[String]) -> anyhow::Result<Vec<Step>> {
+    let steps: Vec<Step> = SUITE
+        .iter()
+        .copied()
+        .filter(|s| {
+            s.name == CEILING_STEP
+                || filters.is_empty()
+                || filters.iter().any(|f| s.name.contains(f.as_str()))
+        })
+        .collect();
+    if let Some(unknown) = filters
+        .iter()
+        .find(|f| !SUITE.iter().any(|s| s.name.contains(f.as_str())))
+    {
+        let names: Vec<&str> = SUITE.iter().map(|s| s.name).collect();
+        bail!(
+            "no step matches --step {unknown}; the steps are {}",
+            names.join(", ")
+        );
+    }
+    Ok(steps)
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `count` distinct free loopback ports (the listeners are held until all are chosen).
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("no free loopback port")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<Result<_, std::io::Error>>()
+        .context("no free loopback port")
+}
+
+/// The nodes and the sampler: stopped when dropped, whatever the way out.
+struct Running {
+    nodes: Vec<Node>,
+    sampler: Option<Sampler>,
+}
+
+impl Running {
+    fn stop(&mut self) {
+        if let Some(sampler) = self.sampler.take() {
+            sampler.stop();
+        }
+        if !self.nodes.is_empty() {
+            cluster::stop(&mut self.nodes);
+            self.nodes.clear();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fails when a node has exited.
+fn check_alive(nodes: &mut [Node]) -> anyhow::Result<()> {
+    for node in nodes.iter_mut() {
+        if let Some(status) = node.child.try_wait()? {
+            bail!(
+                "{} exited with {status} (see its log in target/bench)",
+                node.id
+            );
+        }
+    }
+    Ok(())
+}
+
+fn wait_ready(nodes: &mut [Node], ports: &[u16], interrupted: &AtomicBool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_DEADLINE;
+    for (node, port) in nodes.iter().zip(ports) {
+        while !cluster::healthy(*port) {
+            if interrupted.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} did not answer GET /health within {READY_DEADLINE:?}",
+                node.id
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    check_alive(nodes)
+}
+
+/// What every step needs to run kvctl.
+struct Suite<'a> {
+    kvctl: PathBuf,
+    urls: Vec<String>,
+    args: &'a Args,
+}
+
+impl Suite<'_> {
+    /// The arguments of `kvctl` for `step`.
+    fn kvctl_args(&self, step: &Step, populated: bool) -> Vec<String> {
+        let a = self.args;
+        let mut args: Vec<String> = Vec::new();
+        for url in &self.urls {
+            args.extend(["--node".into(), url.clone()]);
+        }
+        args.extend(["-o".into(), "json".into(), "bench".into()]);
+        match step.workload {
+            Some(workload) => {
+                args.push(workload.into());
+                args.extend(["-c".into(), step.connections.to_string()]);
+                if a.smoke {
+                    args.extend(["--requests".into(), SMOKE_REQUESTS.to_string()]);
+                } else {
+                    args.extend([
+                        "--duration".into(),
+                        humantime::format_duration(a.duration).to_string(),
+                    ]);
+                }
+                let keys = if a.smoke { SMOKE_KEYS } else { a.keys };
+                args.extend(["--keys".into(), keys.to_string()]);
+                args.extend(["--value-size".into(), a.value_size.to_string()]);
+                if workload == "mixed" {
+                    args.extend(["--read-ratio".into(), "0.9".into()]);
+                }
+                if populated {
+                    args.push("--no-populate".into());
+                }
+                if let Some(threads) = a.threads {
+                    args.extend(["--threads".into(), threads.to_string()]);
+                }
+            }
+            None => {
+                let samples = if a.smoke {
+                    SMOKE_LAG_SAMPLES
+                } else {
+                    a.lag_samples
+                };
+                args.extend(["--lag".into(), "--lag-samples".into(), samples.to_string()]);
+            }
+        }
+        args
+    }
+
+    /// Runs kvctl for `step` and reads its report; stops it when interrupted or
+    /// when a node exits.
+    fn run_step(
+        &self,
+        step: &Step,
+        populated: bool,
+        nodes: &mut [Node],
+        interrupted: &AtomicBool,
+    ) -> anyhow::Result<BenchReport> {
+        let args = self.kvctl_args(step, populated);
+        let mut command = Command::new(&self.kvctl);
+        command
+            .args(&args)
+            .env_remove("KVCTL_NODES")
+            .env_remove("KVCTL_TOKEN")
+            .env_remove("KVCTL_SESSION")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cluster::die_with_parent(&mut command);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.kvctl.display()))?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let reader = thread::spawn(move || {
+            let mut text = String::new();
+            stdout.read_to_string(&mut text).map(|_| text)
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                // Ctrl-C reaches kvctl too (same process group): it has died of it.
+                ensure!(!interrupted.load(Ordering::SeqCst), "interrupted");
+                break status;
+            }
+            let stop = if interrupted.load(Ordering::SeqCst) {
+                Some(anyhow::anyhow!("interrupted"))
+            } else {
+                check_alive(nodes).err()
+            };
+            if let Some(err) = stop {
+                kill(&mut child);
+                return Err(err);
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let text = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the reader of kvctl's output panicked"))?
+            .context("reading kvctl's output")?;
+        let command_line = format!("kvctl {}", args.join(" "));
+        // kvctl exits 1 when requests failed: the report is printed all the same.
+        ensure!(
+            matches!(status.code(), Some(0 | 1)),
+            "`{command_line}` exited with {status}"
+        );
+        serde_json::from_str(text.trim())
+            .with_context(|| format!("`{command_line}` printed no report: {text:?}"))
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// One RSS sample of every node: `(when, KiB per node)`.
+pub(crate) type RssSample = (Instant, Vec<Option<u64>>);
+
+/// Samples every node's RSS every [`RSS_EVERY`] on a thread of its own.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(pids: Vec<u32>, samples: Arc<Mutex<Vec<RssSample>>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                sample_now(&pids, &samples);
+                thread::sleep(RSS_EVERY);
+            }
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.thread.join();
+    }
+}
+
+fn sample_now(pids: &[u32], samples: &Mutex<Vec<RssSample>>) {
+    let rss = pids.iter().map(|pid| rss_kib(*pid)).collect();
+    samples
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((Instant::now(), rss));
+}
+
+/// The resident set size of a process in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut parts = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") | None => Some(value),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        Cli::try_parse_from(std::iter::once("bench").chain(extra.iter().copied()))
+            .expect("valid arguments")
+            .args
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_kib() {
+        let status = "Name:\tkvnode\nVmPeak:\t  999 kB\nVmRSS:\t   41236 kB\nThreads:\t7\n";
+        assert_eq!(parse_vm_rss(status), Some(41236));
+        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS:\tlots\n"), None);
+        assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn steps_are_selected_by_name_and_keep_the_ceiling() {
+        let names = |filters: &[&str]| -> Vec<&str> {
+            let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+            select_steps(&filters)
+                .unwrap()
+                .iter()
+                .map(|s| s.name)
+                .collect()
+        };
+        assert_eq!(names(&[]).len(), SUITE.len());
+        assert_eq!(names(&["write"]), ["health-64", "write-32", "write-64"]);
+        assert_eq!(names(&["lag", "mixed"]), ["health-64", "mixed-64", "lag"]);
+        let err = select_steps(&["nope".into()]).unwrap_err().to_string();
+        assert!(err.contains("health-64, write-32"), "{err}");
+    }
+
+    #[test]
+    fn kvctl_gets_the_step_and_the_settings() {
+        let a = args(&["--duration", "5s", "--threads", "2", "--keys", "50"]);
+        let suite = Suite {
+            kvctl: "kvctl".into(),
+            urls: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            args: &a,
+        };
+        let mixed = SUITE.iter().find(|s| s.name == "mixed-64").unwrap();
+        let line = suite.kvctl_args(mixed, true).join(" ");
+        assert_eq!(
+            line,
+            "--node http://127.0.0.1:1 --node http://127.0.0.1:2 -o json bench mixed -c 64 \
+             --duration 5s --keys 50 --value-size 100 --read-ratio 0.9 --no-populate --threads 2"
+        );
+        let lag = SUITE.iter().find(|s| s.name == "lag").unwrap();
+        assert!(suite
+            .kvctl_args(lag, false)
+            .join(" ")
+            .ends_with("bench --lag --lag-samples 200"));
+
+        let smoke = args(&["--smoke"]);
+        let suite = Suite {
+            args: &smoke,
+            ..suite
+        };
+        let line = suite.kvctl_args(&SUITE[1], false).join(" ");
+        assert!(
+            line.contains("write -c 32 --requests 300 --keys 100"),
+            "{line}"
+        );
+        assert!(suite
+            .kvctl_args(lag, false)
+            .join(" ")
+            .ends_with("--lag-samples 10"));
+    }
+}

@@ -1,0 +1,613 @@
+//! The suite's report: every step's `kvctl bench` report, its ratio to the
+//! `/health` ceiling and the nodes' memory, as JSON and as markdown.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use kvctl::bench::{ratio, BenchReport, Percentiles};
+use serde::Serialize;
+
+use super::RssSample;
+
+/// The whole run.
+#[derive(Debug, Serialize)]
+pub(crate) struct SuiteReport {
+    /// When the report was written (RFC 3339, UTC).
+    pub generated: String,
+    /// The commit the workspace was at (`git rev-parse --short HEAD`), with
+    /// `-dirty` when the work tree had changes.
+    pub git_commit: Option<String>,
+    /// A `--smoke` run: its figures mean nothing.
+    pub smoke: bool,
+    /// Length of each load step, when it ran for a duration.
+    pub step_duration_s: Option<f64>,
+    /// Requests of each load step, when it ran for a count (`--smoke`).
+    pub step_requests: Option<u64>,
+    /// CPUs of the machine, shared by the nodes and the client.
+    pub cores: usize,
+    /// The nodes' durability setting.
+    pub durability: String,
+    /// The nodes: id and URL.
+    pub nodes: Vec<NodeInfo>,
+    /// The step whose rate every ratio refers to.
+    pub ceiling_step: String,
+    /// Its rate, requests per second.
+    pub ceiling_rate: Option<f64>,
+    /// Every step, in the order they ran.
+    pub steps: Vec<StepResult>,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeInfo {
+    pub id: String,
+    pub url: String,
+}
+
+/// One step of the suite.
+#[derive(Debug, Serialize)]
+pub(crate) struct StepResult {
+    /// The step's name, e.g. `write-64`.
+    pub name: String,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// The step's rate over the ceiling step's rate.
+    pub ratio_to_health: Option<f64>,
+    /// Each node's RSS while the step ran.
+    pub rss: Vec<RssStats>,
+    /// What `kvctl bench -o json` reported.
+    pub report: BenchReport,
+}
+
+impl StepResult {
+    pub fn new(name: &str, connections: usize, report: BenchReport, rss: Vec<RssStats>) -> Self {
+        Self {
+            name: name.to_owned(),
+            connections,
+            ratio_to_health: None,
+            rss,
+            report,
+        }
+    }
+
+    /// Successful requests per second, for load steps.
+    pub fn rate(&self) -> Option<f64> {
+        self.report.load.as_ref().map(|l| l.rate)
+    }
+
+    /// The latency percentiles of a load step, or the lag of the lag step.
+    pub fn percentiles(&self) -> Option<Percentiles> {
+        match (&self.report.load, &self.report.lag) {
+            (Some(load), _) => load.latency_ms,
+            (None, Some(lag)) => lag.all_ms,
+            (None, None) => None,
+        }
+    }
+}
+
+/// A node's resident memory over one step, in MiB.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct RssStats {
+    pub node: String,
+    /// Samples taken while the step ran (0: none, and the figures are 0).
+    pub samples: usize,
+    pub min_mib: f64,
+    pub max_mib: f64,
+    pub last_mib: f64,
+}
+
+/// Each node's RSS from the samples taken between `from` and `to`.
+pub(crate) fn rss_stats(
+    samples: &[RssSample],
+    from: Instant,
+    to: Instant,
+    members: &[(String, u16)],
+) -> Vec<RssStats> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| {
+            let values: Vec<f64> = samples
+                .iter()
+                .filter(|(at, _)| *at >= from && *at <= to)
+                .filter_map(|(_, rss)| rss.get(i).copied().flatten())
+                .map(|kib| kib as f64 / 1024.0)
+                .collect();
+            RssStats {
+                node: id.clone(),
+                samples: values.len(),
+                min_mib: values.iter().copied().reduce(f64::min).unwrap_or(0.0),
+                max_mib: values.iter().copied().reduce(f64::max).unwrap_or(0.0),
+                last_mib: values.last().copied().unwrap_or(0.0),
+            }
+        })
+        .collect()
+}
+
+/// One line about a finished step, for the console.
+pub(crate) fn summary_line(report: &BenchReport) -> String {
+    let mut line = String::new();
+    if let Some(load) = &report.load {
+        let _ = write!(line, "{:.0} req/s", load.rate);
+        if let Some(p) = load.latency_ms {
+            let _ = write!(line, ", p50 {:.2} ms, p99 {:.2} ms", p.p50, p.p99);
+        }
+        let _ = write!(line, ", {} errors", load.errors);
+    }
+    if let Some(lag) = &report.lag {
+        if !line.is_empty() {
+            line.push_str("; ");
+        }
+        match lag.all_ms {
+            Some(p) => {
+                let _ = write!(line, "lag p50 {:.2} ms, p99 {:.2} ms", p.p50, p.p99);
+            }
+            None => line.push_str("lag: nothing became visible"),
+        }
+        let _ = write!(line, ", {} not visible", lag.not_visible);
+    }
+    line
+}
+
+impl SuiteReport {
+    /// The report of `steps`, with each step's ratio to the `ceiling_step`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        root: &Path,
+        smoke: bool,
+        duration: Duration,
+        smoke_requests: u64,
+        members: &[(String, u16)],
+        urls: &[String],
+        ceiling_step: &str,
+        mut steps: Vec<StepResult>,
+    ) -> Self {
+        let ceiling_rate = steps
+            .iter()
+            .find(|s| s.name == ceiling_step)
+            .and_then(StepResult::rate);
+        for step in &mut steps {
+            step.ratio_to_health = step
+                .rate()
+                .zip(ceiling_rate)
+                .and_then(|(rate, ceiling)| ratio(rate, ceiling));
+        }
+        Self {
+            generated: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            git_commit: git_commit(root),
+            smoke,
+            step_duration_s: (!smoke).then_some(duration.as_secs_f64()),
+            step_requests: smoke.then_some(smoke_requests),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            durability: "fsync".into(),
+            nodes: members
+                .iter()
+                .zip(urls)
+                .map(|((id, _), url)| NodeInfo {
+                    id: id.clone(),
+                    url: url.clone(),
+                })
+                .collect(),
+            ceiling_step: ceiling_step.into(),
+            ceiling_rate,
+            steps,
+        }
+    }
+
+    /// Failed requests and lag samples that never became visible, over all steps.
+    pub fn failures(&self) -> u64 {
+        self.steps.iter().map(|s| s.report.failures()).sum()
+    }
+
+    /// The report as markdown: the table of steps, the lag per node and the
+    /// memory per node.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# Benchmark: {} nodes, durability {}\n",
+            self.nodes.len(),
+            self.durability
+        );
+        if self.smoke {
+            out.push_str("**Smoke run** (debug builds, a few requests per step): the figures mean nothing.\n\n");
+        }
+        let length = match (self.step_duration_s, self.step_requests) {
+            (Some(d), _) => format!("{d}s"),
+            (None, Some(n)) => format!("{n} requests"),
+            (None, None) => "?".into(),
+        };
+        let first = self.steps.iter().find(|s| s.report.load.is_some());
+        let (keys, value_size, threads) = first.map_or((0, 0, 0), |s| {
+            let st = &s.report.settings;
+            (st.keys, st.value_size, st.threads)
+        });
+        let _ = writeln!(
+            out,
+            "{} on commit {}, {} cores shared by the nodes and the client. Each load step ran \
+             {length} through the prototype API, closed loop (one request in flight per \
+             connection, connections spread round-robin over the nodes), {keys} keys, values of \
+             {value_size} characters, kvctl bench with {threads} thread(s). Rates are successful \
+             requests per second; \"vs /health\" is the ratio to the `{}` rate of this run. \
+             Latencies in ms; for the lag step they are the visibility lag (a write's \
+             acknowledgement to its value being readable at another node). RSS: the largest \
+             sample of each node during the step, MiB.\n",
+            self.generated,
+            self.git_commit.as_deref().unwrap_or("unknown"),
+            self.cores,
+            self.ceiling_step,
+        );
+        let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "| step | conns | rate (req/s) | vs /health | p50 | p90 | p99 | p99.9 | max | errors | RSS max ({}) |",
+            ids.join(" / ")
+        );
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for step in &self.steps {
+            let rate = step.rate().map_or("—".into(), |r| format!("{r:.0}"));
+            let vs = step
+                .ratio_to_health
+                .map_or("—".into(), |r| format!("{:.0}%", r * 100.0));
+            let ladder = match step.percentiles() {
+                Some(p) => p.ladder().map(ms).join(" | "),
+                None => ["—"; 5].join(" | "),
+            };
+            let rss: Vec<String> = step
+                .rss
+                .iter()
+                .map(|r| {
+                    if r.samples == 0 {
+                        "—".into()
+                    } else {
+                        format!("{:.0}", r.max_mib)
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {rate} | {vs} | {ladder} | {} | {} |",
+                step.name,
+                step.connections,
+                step.report.failures(),
+                rss.join(" / ")
+            );
+        }
+        for step in &self.steps {
+            let Some(load) = &step.report.load else {
+                continue;
+            };
+            if load.errors > 0 {
+                let kinds: Vec<String> = load
+                    .errors_by_kind
+                    .iter()
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect();
+                let _ = writeln!(out, "\nErrors in {}: {}", step.name, kinds.join(", "));
+                for sample in &load.error_samples {
+                    let _ = writeln!(out, "- `{sample}`");
+                }
+            }
+        }
+
+        for step in &self.steps {
+            let Some(lag) = &step.report.lag else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "\n## Visibility lag ({})\n\n{} writes, one at a time, each read back at every \
+                 other node with back-to-back reads ({:.1} reads on average until visible); {} \
+                 (write, node) pairs not visible within the timeout.\n",
+                step.name, lag.samples, lag.mean_polls, lag.not_visible
+            );
+            out.push_str("| at node | count | p50 | p90 | p99 | p99.9 | max |\n");
+            out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+            let rows = lag
+                .per_node_ms
+                .iter()
+                .map(|(n, p)| (n.as_str(), *p))
+                .chain(lag.all_ms.map(|p| ("all", p)));
+            for (node, p) in rows {
+                let _ = writeln!(
+                    out,
+                    "| {node} | {} | {} |",
+                    p.count,
+                    p.ladder().map(ms).join(" | ")
+                );
+            }
+        }
+
+        let _ = writeln!(
+            out,
+            "\n## Memory\n\nRSS of each node while each step ran, MiB: min / max / last.\n"
+        );
+        let _ = writeln!(out, "| step | {} |", ids.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(ids.len()));
+        for step in &self.steps {
+            let cells: Vec<String> = step
+                .rss
+                .iter()
+                .map(|r| {
+                    if r.samples == 0 {
+                        "—".into()
+                    } else {
+                        format!("{:.1} / {:.1} / {:.1}", r.min_mib, r.max_mib, r.last_mib)
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", step.name, cells.join(" | "));
+        }
+        out
+    }
+}
+
+/// A latency in ms, with the digits that matter.
+fn ms(value: f64) -> String {
+    if value < 10.0 {
+        format!("{value:.2}")
+    } else if value < 100.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+fn git_commit(root: &Path) -> Option<String> {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = run(&["rev-parse", "--short", "HEAD"])?;
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use kvctl::bench::{LagReport, LoadReport, Settings};
+
+    use super::*;
+
+    fn percentiles(p50: f64) -> Percentiles {
+        Percentiles {
+            count: 100,
+            mean: p50,
+            p50,
+            p90: p50 * 2.0,
+            p99: p50 * 4.0,
+            p999: p50 * 8.0,
+            max: p50 * 16.0,
+        }
+    }
+
+    pub(crate) fn load_report(workload: &str, rate: f64, errors: u64) -> BenchReport {
+        BenchReport {
+            settings: Settings {
+                workload: workload.into(),
+                api: "compat".into(),
+                nodes: vec!["http://127.0.0.1:1".into()],
+                node_ids: vec!["node1".into()],
+                connections: 64,
+                threads: 2,
+                duration_s: Some(10.0),
+                requests: None,
+                keys: 1000,
+                value_size: 100,
+                read_ratio: None,
+                sessions: false,
+            },
+            load: Some(LoadReport {
+                populated: 0,
+                requests: 1000 + errors,
+                ok: 1000,
+                errors,
+                errors_by_kind: if errors > 0 {
+                    [("timeout".to_string(), errors)].into_iter().collect()
+                } else {
+                    BTreeMap::new()
+                },
+                error_samples: if errors > 0 {
+                    vec!["http://x: Timeout".into()]
+                } else {
+                    vec![]
+                },
+                elapsed_s: 1000.0 / rate,
+                rate,
+                latency_ms: Some(percentiles(1.0)),
+                read_latency_ms: None,
+                write_latency_ms: None,
+            }),
+            lag: None,
+        }
+    }
+
+    pub(crate) fn lag_report() -> BenchReport {
+        let mut report = load_report("none", 1.0, 0);
+        report.load = None;
+        report.lag = Some(LagReport {
+            samples: 50,
+            all_ms: Some(percentiles(0.3)),
+            per_node_ms: [
+                ("node2".to_string(), percentiles(0.3)),
+                ("node3".to_string(), percentiles(0.4)),
+            ]
+            .into_iter()
+            .collect(),
+            not_visible: 0,
+            errors_by_kind: BTreeMap::new(),
+            error_samples: vec![],
+            mean_polls: 2.5,
+        });
+        report
+    }
+
+    fn rss(node: &str, max: f64) -> RssStats {
+        RssStats {
+            node: node.into(),
+            samples: 3,
+            min_mib: max - 1.0,
+            max_mib: max,
+            last_mib: max - 0.5,
+        }
+    }
+
+    pub(crate) fn suite() -> SuiteReport {
+        let members = vec![("node1".to_string(), 1), ("node2".to_string(), 2)];
+        let urls = vec![
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".into(),
+        ];
+        let steps = vec![
+            StepResult::new(
+                "health-64",
+                64,
+                load_report("health", 40_000.0, 0),
+                vec![rss("node1", 20.0), rss("node2", 21.0)],
+            ),
+            StepResult::new(
+                "write-64",
+                64,
+                load_report("write", 10_000.0, 2),
+                vec![rss("node1", 30.0), rss("node2", 31.0)],
+            ),
+            StepResult::new(
+                "lag",
+                1,
+                lag_report(),
+                vec![
+                    rss("node1", 32.0),
+                    RssStats {
+                        samples: 0,
+                        ..rss("node2", 0.0)
+                    },
+                ],
+            ),
+        ];
+        SuiteReport::new(
+            Path::new("/nonexistent"),
+            false,
+            Duration::from_secs(10),
+            300,
+            &members,
+            &urls,
+            "health-64",
+            steps,
+        )
+    }
+
+    #[test]
+    fn ratios_refer_to_the_ceiling_step() {
+        let s = suite();
+        assert_eq!(s.ceiling_rate, Some(40_000.0));
+        assert_eq!(s.steps[0].ratio_to_health, Some(1.0));
+        assert_eq!(s.steps[1].ratio_to_health, Some(0.25));
+        assert_eq!(s.steps[2].ratio_to_health, None);
+        assert_eq!(s.failures(), 2);
+    }
+
+    #[test]
+    fn without_a_ceiling_there_are_no_ratios() {
+        let steps = vec![StepResult::new(
+            "write-64",
+            64,
+            load_report("write", 1.0, 0),
+            vec![],
+        )];
+        let s = SuiteReport::new(
+            Path::new("/"),
+            true,
+            Duration::ZERO,
+            300,
+            &[],
+            &[],
+            "health-64",
+            steps,
+        );
+        assert_eq!(s.steps[0].ratio_to_health, None);
+        assert_eq!(s.step_requests, Some(300));
+        assert!(s.markdown().contains("| write-64 | 64 | 1 | — |"));
+    }
+
+    #[test]
+    fn the_markdown_has_the_table_the_lag_and_the_memory() {
+        let md = suite().markdown();
+        for needle in [
+            "| step | conns | rate (req/s) | vs /health | p50 | p90 | p99 | p99.9 | max | errors | RSS max (node1 / node2) |",
+            "| health-64 | 64 | 40000 | 100% | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 0 | 20 / 21 |",
+            "| write-64 | 64 | 10000 | 25% | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 2 | 30 / 31 |",
+            "| lag | 1 | — | — | 0.30 | 0.60 | 1.20 | 2.40 | 4.80 | 0 | 32 / — |",
+            "Errors in write-64: timeout=2",
+            "## Visibility lag (lag)",
+            "| node3 | 100 | 0.40 | 0.80 | 1.60 | 3.20 | 6.40 |",
+            "2.5 reads on average",
+            "| write-64 | 29.0 / 30.0 / 29.5 | 30.0 / 31.0 / 30.5 |",
+            "2 thread(s)",
+        ] {
+            assert!(md.contains(needle), "{needle:?} missing from:\n{md}");
+        }
+    }
+
+    #[test]
+    fn rss_is_summarised_per_node_within_the_step() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let samples: Vec<RssSample> = vec![
+            (at(0), vec![Some(1024), Some(4096)]),
+            (at(100), vec![Some(3072), None]),
+            (at(200), vec![Some(2048), Some(5120)]),
+            (at(900), vec![Some(99_999), Some(99_999)]),
+        ];
+        let members = vec![("node1".to_string(), 1), ("node2".to_string(), 2)];
+        let stats = rss_stats(&samples, at(0), at(200), &members);
+        assert_eq!(
+            stats[0],
+            RssStats {
+                node: "node1".into(),
+                samples: 3,
+                min_mib: 1.0,
+                max_mib: 3.0,
+                last_mib: 2.0
+            }
+        );
+        assert_eq!(
+            (stats[1].samples, stats[1].min_mib, stats[1].max_mib),
+            (2, 4.0, 5.0)
+        );
+        let none = rss_stats(&samples, at(300), at(400), &members);
+        assert_eq!(none[0].samples, 0);
+    }
+
+    #[test]
+    fn summary_lines_name_rate_latency_and_lag() {
+        assert_eq!(
+            summary_line(&load_report("write", 1234.4, 1)),
+            "1234 req/s, p50 1.00 ms, p99 4.00 ms, 1 errors"
+        );
+        assert_eq!(
+            summary_line(&lag_report()),
+            "lag p50 0.30 ms, p99 1.20 ms, 0 not visible"
+        );
+    }
+
+    #[test]
+    fn latencies_keep_three_significant_digits_or_so() {
+        assert_eq!(ms(0.123456), "0.12");
+        assert_eq!(ms(12.345), "12.3");
+        assert_eq!(ms(1234.4), "1234");
+    }
+}
