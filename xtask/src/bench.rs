@@ -71,6 +71,10 @@ pub(crate) struct Args {
     /// step always runs, since every ratio refers to it.
     #[arg(long = "step", value_name = "NAME")]
     steps: Vec<String>,
+    /// Run the nodes with an in-memory trace of this many records
+    /// (`trace_buffer`), to measure what tracing costs.
+    #[arg(long, value_name = "RECORDS")]
+    trace: Option<usize>,
 }
 
 /// One step of the suite.
@@ -170,7 +174,10 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             members: &members,
             data_dir: data.join(id),
             faults: false,
-            env: vec![("KVNODE_DURABILITY", "fsync".to_string())],
+            env: [("KVNODE_DURABILITY", "fsync".to_string())]
+                .into_iter()
+                .chain(args.trace.map(|n| ("KVNODE_TRACE_BUFFER", n.to_string())))
+                .collect(),
             output: NodeOutput::File(out.join(format!("{id}.log"))),
         };
         running

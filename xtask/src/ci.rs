@@ -55,6 +55,7 @@ enum Outcome {
 }
 
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
+    ensure_chromium()?;
     let mut done: Vec<(&str, Duration, Outcome)> = Vec::new();
     for step in STEPS {
         let command_line = format!("cargo {}", step.cargo_args.join(" "));
@@ -127,4 +128,53 @@ fn print_summary(done: &[(&str, Duration, Outcome)]) {
         };
         println!("    {name:<8} {outcome:<7} {:>7.1}s", elapsed.as_secs_f64());
     }
+}
+
+/// The explorer's browser test drives Debian's `chromium`: installs it with
+/// apt-get when it is missing and this runs as root, or says how to.
+fn ensure_chromium() -> anyhow::Result<()> {
+    let found = |name: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found("chromium") || std::env::var_os("KVNODE_SKIP_BROWSER_TEST").is_some() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !(root && found("apt-get")) {
+        bail!(
+            "the explorer's browser test needs Chromium: install it (Debian: `apt-get install \
+             chromium`), or set KVNODE_SKIP_BROWSER_TEST=1 to skip that test"
+        );
+    }
+    println!("==> setup: apt-get install chromium (for the explorer's browser test)");
+    for args in [
+        &["update", "-qq"][..],
+        &[
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "chromium",
+            "fonts-dejavu-core",
+        ][..],
+    ] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!(
+                "apt-get {} failed ({status}); install chromium by hand",
+                args.join(" ")
+            );
+        }
+    }
+    Ok(())
 }
