@@ -146,6 +146,9 @@ pub fn configure(node: Arc<Node>) -> impl FnOnce(&mut web::ServiceConfig) {
                 timeout: config.request_timeout,
             }));
         }
+        // The explorer page and its proxy: not part of the node's API, so
+        // outside ENDPOINTS (neither in the OpenAPI document nor in metrics).
+        crate::ui::configure(cfg);
         cfg.default_service(web::to(not_found));
     }
 }

@@ -26,6 +26,8 @@
 //! - [`metrics`] counts with atomics and serves the Prometheus text format;
 //!   [`openapi`] is the OpenAPI document of every route; [`tls`] loads the
 //!   certificates of HTTPS (rustls, no OpenSSL).
+//! - [`ui`] serves the causality explorer at `/ui`: a live space-time diagram
+//!   of the nodes' traces, with controls to write, read and pause links.
 //!
 //! # Security and operations
 //!
@@ -58,6 +60,7 @@ pub mod replication;
 pub mod store;
 pub mod tls;
 pub mod trace;
+pub mod ui;
 
 /// Sends `GET /health` to the node at `address` (`host:port`) over plain HTTP
 /// and succeeds when it answers 200. Needs no runtime, for health checks.
