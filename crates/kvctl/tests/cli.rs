@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{build_kvnode, set_link, start, Cluster};
+use common::{build_kvnode, set_link, start, wait_until, Cluster};
 use serde_json::Value as Json;
 
 /// kvnode, built once per test process.
@@ -69,18 +69,6 @@ fn expect(state: &Path, args: &[&str], code: i32) -> Run {
     let run = kvctl(state, args);
     assert_eq!(run.code, code, "kvctl {args:?}: {run:#?}");
     run
-}
-
-/// Calls `f` until it returns `Ok`, for at most 20 s.
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: still not so: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 /// The `-o json get` of `key` at `node`, parsed.

@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use common::{build_kvnode, set_link, start, Cluster};
+use common::{build_kvnode, set_link, start, wait_until, Cluster};
 use kvctl::Client;
 use vclock_proto::{TraceEvent, TraceKind, VClock, Value};
 
@@ -18,18 +17,6 @@ use vclock_proto::{TraceEvent, TraceKind, VClock, Value};
 fn kvnode() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| build_kvnode(&[], "trace"))
-}
-
-/// Calls `f` until it returns `Ok`, for at most 20 s.
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: still not so: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

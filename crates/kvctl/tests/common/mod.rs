@@ -174,3 +174,15 @@ pub fn set_link(cluster: &Cluster, from: usize, to: usize, action: &str) {
         "{action} failed: {answer}"
     );
 }
+
+/// Calls `f` until it returns `Ok`, for at most 20 s.
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{what}: still not so: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
