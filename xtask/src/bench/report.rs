@@ -87,6 +87,19 @@ impl StepResult {
     }
 }
 
+/// One table cell per node: `show` of its RSS, or a dash when nothing was sampled.
+fn rss_cells(rss: &[RssStats], show: impl Fn(&RssStats) -> String) -> Vec<String> {
+    rss.iter()
+        .map(|r| {
+            if r.samples == 0 {
+                "—".into()
+            } else {
+                show(r)
+            }
+        })
+        .collect()
+}
+
 /// A node's resident memory over one step, in MiB.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(crate) struct RssStats {
@@ -255,17 +268,7 @@ impl SuiteReport {
                 Some(p) => p.ladder().map(ms).join(" | "),
                 None => ["—"; 5].join(" | "),
             };
-            let rss: Vec<String> = step
-                .rss
-                .iter()
-                .map(|r| {
-                    if r.samples == 0 {
-                        "—".into()
-                    } else {
-                        format!("{:.0}", r.max_mib)
-                    }
-                })
-                .collect();
+            let rss = rss_cells(&step.rss, |r| format!("{:.0}", r.max_mib));
             let _ = writeln!(
                 out,
                 "| {} | {} | {rate} | {vs} | {ladder} | {} | {} |",
@@ -327,17 +330,9 @@ impl SuiteReport {
         let _ = writeln!(out, "| step | {} |", ids.join(" | "));
         let _ = writeln!(out, "|---|{}", "---|".repeat(ids.len()));
         for step in &self.steps {
-            let cells: Vec<String> = step
-                .rss
-                .iter()
-                .map(|r| {
-                    if r.samples == 0 {
-                        "—".into()
-                    } else {
-                        format!("{:.1} / {:.1} / {:.1}", r.min_mib, r.max_mib, r.last_mib)
-                    }
-                })
-                .collect();
+            let cells = rss_cells(&step.rss, |r| {
+                format!("{:.1} / {:.1} / {:.1}", r.min_mib, r.max_mib, r.last_mib)
+            });
             let _ = writeln!(out, "| {} | {} |", step.name, cells.join(" | "));
         }
         out

@@ -135,6 +135,14 @@ enum Op {
     Write,
 }
 
+impl Plan {
+    /// Connection `worker`'s link, to the nodes in turn (round robin).
+    fn connect(&self, worker: usize) -> Result<Conn, Failure> {
+        let node = &self.nodes[worker % self.nodes.len()];
+        Conn::new(node, self.api, self.timeout, self.token.as_deref())
+    }
+}
+
 /// The body of one load thread: connects its workers (worker `w` talks to node
 /// `w mod nodes`), waits at `gate` until every thread is connected, then runs
 /// the workers until the plan's stop condition.
@@ -148,8 +156,7 @@ pub(crate) fn run_thread(
     let stats = Rc::new(RefCell::new(Stats::new()));
     let mut conns = Vec::new();
     for &w in &workers {
-        let node = &plan.nodes[w % plan.nodes.len()];
-        match Conn::new(node, plan.api, plan.timeout, plan.token.as_deref()) {
+        match plan.connect(w) {
             Ok(conn) => conns.push((w, conn)),
             Err(f) => stats.borrow_mut().errors.add(&f.kind, || f.message),
         }
@@ -279,13 +286,7 @@ pub(crate) async fn populate(
     let next = Rc::new(Cell::new(0u64));
     let mut conns = Vec::new();
     for w in 0..connections {
-        let node = &plan.nodes[w % plan.nodes.len()];
-        conns.push(Conn::new(
-            node,
-            plan.api,
-            plan.timeout,
-            plan.token.as_deref(),
-        )?);
+        conns.push(plan.connect(w)?);
     }
     let writers = conns.into_iter().map(|mut conn| {
         let next = next.clone();
