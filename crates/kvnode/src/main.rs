@@ -146,10 +146,16 @@ async fn serve(config: Config) -> std::io::Result<()> {
     let config = node.config().clone();
     let app_node = node.clone();
     let shutdown_timeout = config.shutdown_timeout.as_secs_f64().ceil() as u64;
+    // The access log renders every request, even when its level is filtered
+    // out: wrap it in only when it is shown.
+    let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Debug);
     let server = HttpServer::new(move || {
         App::new()
             .configure(kvnode::http::configure(app_node.clone()))
-            .wrap(middleware::Logger::new("%r %s %b %Dms").log_level(log::Level::Debug))
+            .wrap(middleware::Condition::new(
+                access_log,
+                middleware::Logger::new("%r %s %b %Dms").log_level(log::Level::Debug),
+            ))
     })
     .workers(workers)
     .max_connections(config.max_connections.div_ceil(workers))
