@@ -42,6 +42,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Deserialize;
 use vclock_proto::{Event, NodeId, Seq, VClock};
 
+use crate::journal::JournalAllocator;
 use crate::store::{PendingSync, Siblings, Store, StoreError, StoreResult};
 
 /// Size of a keyspace's memtable. Smaller than fjall's default (64 MiB): the
@@ -98,6 +99,8 @@ pub struct DurableStore {
     /// The `applied` clock of the last commit.
     applied: VClock,
     fsyncs: u64,
+    /// Allocates the journal's blocks ahead of its writes (with fsync only).
+    journal: Option<JournalAllocator>,
     cache_on: bool,
     /// Set when a commit failed: memory is then ahead of the disk, so every
     /// later call fails rather than serve state that may never be durable.
@@ -278,6 +281,11 @@ impl DurableStore {
         for entry in log.values_mut() {
             entry.collected = None;
         }
+        let journal = (durability == Durability::Fsync).then(|| {
+            let mut journal = JournalAllocator::new(dir);
+            journal.check();
+            journal
+        });
 
         Ok(Self {
             path,
@@ -293,6 +301,7 @@ impl DurableStore {
             log_len,
             applied,
             fsyncs: 0,
+            journal,
             cache_on: true,
             failed: None,
             #[cfg(test)]
@@ -531,6 +540,9 @@ impl DurableStore {
             return Ok(None);
         }
         self.fsyncs += 1;
+        if let Some(journal) = &mut self.journal {
+            journal.committed();
+        }
         if !defer {
             return Ok(None);
         }

@@ -53,6 +53,7 @@ pub mod core;
 pub mod durable;
 pub mod error;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
