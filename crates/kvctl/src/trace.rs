@@ -1102,6 +1102,16 @@ mod tests {
         assert_eq!(placed[1].clock, clock(&[("n1", 4), ("n2", 4)]));
     }
 
+    /// The description of `event` placed at n1's first step.
+    fn description_at_n1(event: TraceEvent) -> String {
+        Entry {
+            event,
+            clock: clock(&[("n1", 1)]),
+            send_found: None,
+        }
+        .description()
+    }
+
     #[test]
     fn descriptions_stay_on_one_line_without_quotes() {
         let mut e = record("node3", 5, 1, TraceKind::DeliverFromBuffer);
@@ -1123,12 +1133,7 @@ mod tests {
         let mut e = record("n1", 2, 1, TraceKind::Write);
         e.key = Some("a \"key\"\nwith\u{2028}breaks".into());
         e.value = Some(Value::from_json("[ \"line\\none\" ,\n 1 ]").unwrap());
-        let d = Entry {
-            event: e,
-            clock: clock(&[("n1", 1)]),
-            send_found: None,
-        }
-        .description();
+        let d = description_at_n1(e);
         assert_eq!(
             d,
             r#"write a 'key'\nwith\u{2028}breaks=['line\none',1] applied={}"#
@@ -1142,12 +1147,7 @@ mod tests {
             have: 0,
             want: 1,
         }];
-        let d = Entry {
-            event: e,
-            clock: clock(&[("n1", 1)]),
-            send_found: None,
-        }
-        .description();
+        let d = description_at_n1(e);
         assert_eq!(
             d,
             "buffered n2:1 x waiting for n1 (have 0, need 1) applied={}"
@@ -1156,12 +1156,7 @@ mod tests {
         let mut e = record("n1", 4, 1, TraceKind::Read);
         e.key = Some("k".into());
         e.value = Some(Value::from_serialize(&"y".repeat(100)).unwrap());
-        let d = Entry {
-            event: e,
-            clock: clock(&[("n1", 1)]),
-            send_found: None,
-        }
-        .description();
+        let d = description_at_n1(e);
         assert_eq!(d, format!("read k='{}… applied={{}}", "y".repeat(59)));
     }
 
