@@ -43,6 +43,8 @@ struct RawConfig {
     memory: bool,
     #[serde(default = "defaults::cache_bytes")]
     cache_bytes: u64,
+    #[serde(default = "defaults::log_memory_events")]
+    log_memory_events: usize,
     #[serde(default = "defaults::repair_after", with = "humantime_serde")]
     repair_after: Duration,
     #[serde(default = "defaults::causal_wait", with = "humantime_serde")]
@@ -109,6 +111,9 @@ enum NodeList {
 mod defaults {
     pub fn cache_bytes() -> u64 {
         crate::durable::DEFAULT_CACHE_BYTES
+    }
+    pub fn log_memory_events() -> usize {
+        crate::durable::DEFAULT_LOG_MEMORY_EVENTS
     }
 
     use std::time::Duration;
@@ -200,6 +205,9 @@ pub struct Config {
     /// Bytes of recently used keys' siblings kept decoded in memory (default
     /// 64 MiB; 0 turns the cache off).
     pub cache_bytes: u64,
+    /// Most events of the log kept in memory (default 65 536); while a peer is
+    /// down the log grows, and its older events are then read from disk.
+    pub log_memory_events: usize,
     /// How long a peer may lack events this node holds (of any origin) before
     /// this node sends them itself (default 10 s).
     pub repair_after: Duration,
@@ -425,6 +433,7 @@ impl Config {
             durability: raw.durability,
             memory: raw.memory,
             cache_bytes: raw.cache_bytes,
+            log_memory_events: raw.log_memory_events,
             repair_after: raw.repair_after,
             causal_wait: raw.causal_wait,
             max_key_bytes: raw.max_key_bytes,

@@ -168,6 +168,9 @@ pub struct Core<S> {
     buffer: BTreeMap<NodeId, BTreeMap<Seq, Arc<Event>>>,
     buffered: usize,
     acked: BTreeMap<NodeId, VClock>,
+    /// The log holds no event up to these seqs (as of this run): collection
+    /// starts above them, and does not read the log while `stable` stays there.
+    collected: VClock,
     limits: Limits,
     store: S,
 }
@@ -197,6 +200,7 @@ impl<S: Store> Core<S> {
             buffer: BTreeMap::new(),
             buffered: 0,
             acked,
+            collected: VClock::new(),
             limits,
             store,
         })
@@ -330,6 +334,9 @@ impl<S: Store> Core<S> {
         let stable = self.stable();
         for origin in self.nodes.clone() {
             let through = stable.get(&origin);
+            if through <= self.collected.get(&origin) {
+                continue;
+            }
             loop {
                 let events = self.store.log_after(&origin, 0, CHUNK)?;
                 let stable_events: Vec<_> =
@@ -350,6 +357,9 @@ impl<S: Store> Core<S> {
                     break;
                 }
             }
+            // Every event up to `through` is gone: the loop stops at the first
+            // event above it, or at the end of the log.
+            self.collected.set(&origin, through);
         }
         Ok(())
     }

@@ -29,9 +29,13 @@
 //! writes: an overlay of changed keys, the appended events (the tail of the
 //! in-memory log) and the log keys to delete.
 //!
-//! The whole log is also kept in memory (it is small: events are collected once
-//! every node has applied them), so [`Store::log_after`] never reads the disk;
-//! the `log` keyspace is its durable copy, read once at open.
+//! The log's newest events are also kept in memory, at most
+//! [`DEFAULT_LOG_MEMORY_EVENTS`] of them over all origins (see
+//! [`DurableStore::with_log_memory_events`]). While every peer keeps up, the log
+//! is collected long before that, and [`Store::log_after`] never reads the disk.
+//! When a peer is down or partitioned, the log grows: its oldest events then
+//! stay only in the `log` keyspace, so memory stays bounded, and they are read
+//! back chunk by chunk when the peer returns and asks for them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -65,10 +69,28 @@ pub enum Durability {
     None,
 }
 
-/// One origin's part of the in-memory log.
+impl OriginLog {
+    /// The seq of the newest event in the log, in memory or on disk.
+    fn newest(&self) -> Option<Seq> {
+        let in_memory = self.events.back().map(|e| e.seq);
+        in_memory.or(self.on_disk.map(|(_, last)| last))
+    }
+}
+
+/// Default of [`DurableStore::with_log_memory_events`]: with small values, some
+/// tens of MiB.
+pub const DEFAULT_LOG_MEMORY_EVENTS: usize = 65_536;
+
+/// One origin's part of the log.
+///
+/// Its events have contiguous seqs: the oldest ones, `on_disk`, are only in the
+/// `log` keyspace; the rest are in `events`, in memory (and on disk, but for
+/// the `unsaved` ones).
 #[derive(Debug, Default)]
 struct OriginLog {
-    /// The logged events, in seq order.
+    /// The first and last seq of the events only on disk, if any.
+    on_disk: Option<(Seq, Seq)>,
+    /// The newest logged events, in seq order.
     events: VecDeque<Arc<Event>>,
     /// How many events at the back of `events` are not in the `log` keyspace yet.
     unsaved: usize,
@@ -96,6 +118,8 @@ pub struct DurableStore {
     pending_removes: Vec<Vec<u8>>,
     log: BTreeMap<NodeId, OriginLog>,
     log_len: u64,
+    /// Most logged events kept in memory, over all origins.
+    log_memory_events: usize,
     /// The `applied` clock of the last commit.
     applied: VClock,
     fsyncs: u64,
@@ -184,6 +208,29 @@ fn parse_log_key(key: &[u8]) -> Option<(&str, Seq)> {
     Some((origin, Seq::from_be_bytes(seq)))
 }
 
+/// Drops the oldest saved events from memory, from the origins that hold the
+/// most, until at most `keep` remain; they stay in the `log` keyspace.
+fn evict(log: &mut BTreeMap<NodeId, OriginLog>, keep: usize) {
+    let held: usize = log.values().map(|l| l.events.len()).sum();
+    let mut excess = held.saturating_sub(keep);
+    while excess > 0 {
+        let Some(origin) = log.values_mut().max_by_key(|l| l.events.len() - l.unsaved) else {
+            return;
+        };
+        let n = (origin.events.len() - origin.unsaved).min(excess);
+        if n == 0 {
+            return;
+        }
+        // Seqs are contiguous: the drained events are first..=first + n - 1.
+        if let Some(first) = origin.events.front().map(|e| e.seq) {
+            let last = first + n as Seq - 1;
+            origin.on_disk = Some((origin.on_disk.map_or(first, |(f, _)| f), last));
+        }
+        origin.events.drain(..n);
+        excess -= n;
+    }
+}
+
 impl DurableStore {
     /// Opens the store in `dir`, creating the directory and an empty store when
     /// they do not exist, and loads the log and the `applied` clock.
@@ -232,16 +279,22 @@ impl DurableStore {
                 parse_log_key(&key).ok_or_else(|| fail("corrupt log key", &format!("{key:?}")))?;
             let events = decode_chunk(&bytes)
                 .map_err(|e| fail(&format!("corrupt log chunk {origin}:{first}"), &e))?;
-            let entry = log.entry(origin.to_owned()).or_default();
-            if entry.collected.is_none() {
-                let through = meta
-                    .get(collected_key(origin))
-                    .map_err(|e| fail("cannot read the collected seqs", &e))?
-                    .map(|bytes| String::from_utf8_lossy(&bytes).parse::<Seq>())
-                    .transpose()
-                    .map_err(|e| fail(&format!("corrupt collected seq of {origin}"), &e))?;
-                entry.collected = Some(through.unwrap_or(0));
-            }
+            let entry = match log.entry(origin.to_owned()) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    let through = meta
+                        .get(collected_key(origin))
+                        .map_err(|e| fail("cannot read the collected seqs", &e))?
+                        .map(|bytes| String::from_utf8_lossy(&bytes).parse::<Seq>())
+                        .transpose()
+                        .map_err(|e| fail(&format!("corrupt collected seq of {origin}"), &e))?
+                        .unwrap_or(0);
+                    entry.insert(OriginLog {
+                        collected: Some(through),
+                        ..OriginLog::default()
+                    })
+                }
+            };
             let collected = entry.collected.unwrap_or(0);
             let mut last = first;
             for (i, event) in events.into_iter().enumerate() {
@@ -265,7 +318,7 @@ impl DurableStore {
                 if seq <= collected {
                     continue;
                 }
-                if entry.events.back().is_some_and(|e| e.seq + 1 != seq) {
+                if entry.newest().is_some_and(|p| p + 1 != seq) {
                     return Err(fail(
                         "corrupt log",
                         &format!("log of {origin} jumps from {} to {seq}", entry.last),
@@ -277,6 +330,7 @@ impl DurableStore {
             }
             entry.chunks.insert(first, last);
             entry.last = entry.last.max(last);
+            evict(&mut log, DEFAULT_LOG_MEMORY_EVENTS);
         }
         for entry in log.values_mut() {
             entry.collected = None;
@@ -299,6 +353,7 @@ impl DurableStore {
             pending_removes: Vec::new(),
             log,
             log_len,
+            log_memory_events: DEFAULT_LOG_MEMORY_EVENTS,
             applied,
             fsyncs: 0,
             journal,
@@ -314,6 +369,15 @@ impl DurableStore {
     pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
         self.cache = sibling_cache(bytes);
         self.cache_on = bytes > 0;
+        self
+    }
+
+    /// Keeps at most `events` of the log's newest events in memory, over all
+    /// origins (default [`DEFAULT_LOG_MEMORY_EVENTS`]); older ones are read
+    /// from disk when asked for. Events of the open transaction always stay.
+    pub fn with_log_memory_events(mut self, events: usize) -> Self {
+        self.log_memory_events = events;
+        evict(&mut self.log, events);
         self
     }
 
@@ -404,11 +468,11 @@ impl Store for DurableStore {
             ));
         }
         let log = self.log.entry(event.origin.clone()).or_default();
-        if let Some(last) = log.events.back() {
-            if event.seq != last.seq + 1 {
+        if let Some(newest) = log.newest() {
+            if event.seq != newest + 1 {
                 return Err(StoreError(format!(
-                    "log of {} jumps from {} to {}",
-                    event.origin, last.seq, event.seq
+                    "log of {} jumps from {newest} to {}",
+                    event.origin, event.seq
                 )));
             }
         } else if event.seq <= log.last {
@@ -429,11 +493,20 @@ impl Store for DurableStore {
         let Some(log) = self.log.get(origin) else {
             return Ok(Vec::new());
         };
+        let mut events = Vec::new();
+        if let Some((first, last)) = log.on_disk {
+            let from = (after + 1).max(first);
+            if from <= last {
+                self.read_on_disk(origin, log, from, last, limit, &mut events)?;
+            }
+        }
         let Some(first) = log.events.front().map(|e| e.seq) else {
-            return Ok(Vec::new());
+            return Ok(events);
         };
         let skip = (after + 1).saturating_sub(first) as usize;
-        Ok(log.events.iter().skip(skip).take(limit).cloned().collect())
+        let room = limit - events.len();
+        events.extend(log.events.iter().skip(skip).take(room).cloned());
+        Ok(events)
     }
 
     fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()> {
@@ -442,6 +515,13 @@ impl Store for DurableStore {
             return Ok(());
         };
         let mut collected = None;
+        if let Some((first, last)) = log.on_disk.filter(|&(first, _)| first <= through) {
+            // Events only on disk go first.
+            let gone = through.min(last);
+            self.log_len -= gone - first + 1;
+            collected = Some(gone);
+            log.on_disk = (gone < last).then_some((gone + 1, last));
+        }
         while log.events.front().is_some_and(|e| e.seq <= through) {
             let Some(e) = log.events.pop_front() else {
                 break;
@@ -471,6 +551,10 @@ impl Store for DurableStore {
 
     fn log_len(&self) -> u64 {
         self.log_len
+    }
+
+    fn log_in_memory(&self) -> u64 {
+        self.log.values().map(|log| log.events.len() as u64).sum()
     }
 
     fn applied(&self) -> StoreResult<VClock> {
@@ -535,6 +619,7 @@ impl DurableStore {
             log.unsaved = 0;
             log.collected = None;
         }
+        evict(&mut self.log, self.log_memory_events);
         self.applied = applied.clone();
         if !sync {
             return Ok(None);
@@ -552,6 +637,55 @@ impl DurableStore {
             db.persist(PersistMode::SyncAll)
                 .map_err(|e| StoreError(format!("{}: cannot sync: {e}", path.display())))
         })))
+    }
+
+    /// Appends to `events` up to `limit` of `origin`'s events with seqs from
+    /// `from` through `to`, read from the chunks on disk.
+    fn read_on_disk(
+        &self,
+        origin: &str,
+        log: &OriginLog,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+        events: &mut Vec<Arc<Event>>,
+    ) -> StoreResult<()> {
+        // The chunk that holds `from`, then the ones after it.
+        let start = log
+            .chunks
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(&first, _)| first);
+        for (&first, &last) in log.chunks.range(start..) {
+            if first > to || events.len() >= limit {
+                break;
+            }
+            if last < from {
+                continue;
+            }
+            let bytes = self
+                .log_ks
+                .get(log_key(origin, first))
+                .map_err(|e| self.error("cannot read the log", &e))?
+                .ok_or_else(|| {
+                    self.error(
+                        "cannot read the log",
+                        &format!("chunk {origin}:{first} is missing"),
+                    )
+                })?;
+            let chunk = decode_chunk(&bytes)
+                .map_err(|e| self.error(&format!("corrupt log chunk {origin}:{first}"), &e))?;
+            for event in chunk {
+                if event.seq < from {
+                    continue;
+                }
+                if event.seq > to || events.len() >= limit {
+                    break;
+                }
+                events.push(Arc::new(event));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the pending changes and `applied` as one batch.
@@ -859,11 +993,16 @@ mod tests {
     /// Runs one random sequence of operations against a `MemStore` and a
     /// `DurableStore`, reopening the durable one after some commits, and
     /// compares everything they answer.
-    fn compare_with_memstore(seed: u64, steps: usize) {
+    fn compare_with_memstore(seed: u64, steps: usize, log_memory: usize) {
         const ORIGINS: [&str; 3] = ["a", "b", "c"];
         let tmp = tempfile::tempdir().unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut mem = MemStore::new();
+        let open = |dir: &Path| open(dir).with_log_memory_events(log_memory);
+        let open_after = |store: DurableStore, dir: &Path| {
+            drop(store);
+            open(dir)
+        };
         let mut durable = Some(open(tmp.path()));
         let mut next: BTreeMap<&str, Seq> = ORIGINS.iter().map(|o| (*o, 1)).collect();
         let mut made: Vec<Arc<Event>> = Vec::new();
@@ -885,6 +1024,10 @@ mod tests {
                 "step {step}: log_after({origin}, {after}, {limit})"
             );
             assert_eq!(d.log_len(), mem.log_len(), "{step}");
+            assert!(
+                d.log_in_memory() <= (log_memory + uncommitted(d)) as u64,
+                "{step}"
+            );
             assert_eq!(d.applied().unwrap(), mem.applied().unwrap(), "{step}");
         };
 
@@ -958,16 +1101,60 @@ mod tests {
         assert!(reopens > 0 || steps < 100);
     }
 
-    fn open_after(store: DurableStore, dir: &Path) -> DurableStore {
-        drop(store);
-        open(dir)
+    /// Events appended since the last commit (they stay in memory).
+    fn uncommitted(store: &DurableStore) -> usize {
+        store.log.values().map(|log| log.unsaved).sum()
     }
 
     #[test]
     fn behaves_like_memstore() {
         for seed in 0..4 {
-            compare_with_memstore(seed, 1500);
+            compare_with_memstore(seed, 1500, DEFAULT_LOG_MEMORY_EVENTS);
         }
+    }
+
+    #[test]
+    fn behaves_like_memstore_with_the_log_mostly_on_disk() {
+        for (seed, log_memory) in [(10, 0), (11, 1), (12, 4), (13, 16)] {
+            compare_with_memstore(seed, 1500, log_memory);
+        }
+    }
+
+    #[test]
+    fn the_log_in_memory_is_bounded_and_the_rest_read_from_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open(tmp.path()).with_log_memory_events(10);
+        let events: Vec<_> = (1..=50).map(|i| event("a", i, "k", "0")).collect();
+        for group in events.chunks(7) {
+            for e in group {
+                s.append(e.clone()).unwrap();
+            }
+            // Before the commit, the group is in memory whatever the bound.
+            assert!(s.log_in_memory() >= group.len() as u64);
+            s.commit(&clock(&[("a", group[group.len() - 1].seq)]))
+                .unwrap();
+            assert!(s.log_in_memory() <= 10, "{}", s.log_in_memory());
+        }
+        assert_eq!(s.log_len(), 50);
+        assert_eq!(s.log_after("a", 0, usize::MAX).unwrap(), events);
+        assert_eq!(s.log_after("a", 12, 5).unwrap(), events[12..17]);
+        assert_eq!(s.log_after("a", 38, 4).unwrap(), events[38..42]);
+        assert!(s.append(event("a", 52, "k", "0")).is_err(), "a gap");
+
+        s.truncate("a", 20).unwrap();
+        assert_eq!(s.log_len(), 30);
+        assert_eq!(s.log_after("a", 0, 3).unwrap(), events[20..23]);
+        s.commit(&clock(&[("a", 50)])).unwrap();
+        drop(s);
+
+        let mut s = open(tmp.path()).with_log_memory_events(10);
+        assert_eq!(s.log_len(), 30);
+        assert_eq!(s.log_in_memory(), 10);
+        assert_eq!(s.log_after("a", 0, usize::MAX).unwrap(), events[20..]);
+        s.truncate("a", 45).unwrap();
+        assert_eq!(s.log_after("a", 0, usize::MAX).unwrap(), events[45..]);
+        assert_eq!(s.log_len(), 5);
+        s.append(event("a", 51, "k", "0")).unwrap();
     }
 
     // The crash test: a child process commits groups in a loop and reports each
@@ -1015,7 +1202,11 @@ mod tests {
     }
 
     fn crash_child(dir: &Path, durability: Durability) {
-        let mut store = DurableStore::open(dir, durability).unwrap();
+        // Keeps fewer events in memory than in the log, so that recovery
+        // reads some from disk.
+        let mut store = DurableStore::open(dir, durability)
+            .unwrap()
+            .with_log_memory_events(KEEP as usize / 3);
         let mut seq = store.applied().unwrap().get("a");
         let mut g = group_ending_at(seq).expect("applied ends a group");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1037,7 +1228,7 @@ mod tests {
     /// Checks that the store holds exactly the state after some whole group
     /// `>= at_least`, and returns that group.
     fn check_crash_state(dir: &Path, at_least: u64) -> u64 {
-        let store = open(dir);
+        let store = open(dir).with_log_memory_events(7);
         let applied = store.applied().unwrap().get("a");
         let g = group_ending_at(applied)
             .unwrap_or_else(|| panic!("applied {applied} is in the middle of a group"));

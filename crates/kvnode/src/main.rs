@@ -122,7 +122,8 @@ async fn serve(config: Config) -> std::io::Result<()> {
     } else {
         let store = DurableStore::open(&config.data_dir, config.durability)
             .map_err(std::io::Error::other)?
-            .with_cache_bytes(config.cache_bytes);
+            .with_cache_bytes(config.cache_bytes)
+            .with_log_memory_events(config.log_memory_events);
         let sync = match config.durability {
             Durability::Fsync => "fsync before every acknowledgement",
             Durability::None => "durability = none: commits are NOT synced",

@@ -42,6 +42,7 @@ pub const NAMES: &[&str] = &[
     "kvnode_fsyncs_total",
     "kvnode_buffered_events",
     "kvnode_log_events",
+    "kvnode_log_events_in_memory",
     "kvnode_applied",
     "kvnode_stable",
     "kvnode_peer_lag_events",
@@ -501,6 +502,13 @@ pub fn render(node: &Node) -> String {
         "gauge",
         "Events kept in the log until every node has applied them.",
         status.log_len,
+    );
+    single(
+        o,
+        "kvnode_log_events_in_memory",
+        "gauge",
+        "Logged events held in memory; older ones are read from disk when needed.",
+        status.log_in_memory,
     );
     for (name, help, clock) in [
         (

@@ -464,6 +464,7 @@ impl Node {
                 })
                 .collect(),
             log_len: core.store().log_len(),
+            log_in_memory: core.store().log_in_memory(),
             stable: core.stable(),
             fsyncs: core.store().fsyncs(),
             applied,

@@ -38,6 +38,11 @@ pub trait Store {
     fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()>;
     /// Number of events in the log.
     fn log_len(&self) -> u64;
+    /// Number of logged events held in memory; a store may keep the oldest
+    /// ones on disk only (all of them, by default).
+    fn log_in_memory(&self) -> u64 {
+        self.log_len()
+    }
     /// The `applied` clock as of the last commit.
     fn applied(&self) -> StoreResult<VClock>;
     /// Ends the current transaction, recording `applied` with it.
@@ -96,6 +101,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn log_len(&self) -> u64 {
         (**self).log_len()
+    }
+    fn log_in_memory(&self) -> u64 {
+        (**self).log_in_memory()
     }
     fn applied(&self) -> StoreResult<VClock> {
         (**self).applied()

@@ -13,7 +13,8 @@
 //!   write through the surviving peer; the origin, restarted, still has it.
 //! - [`cut_link_is_repaired_while_both_nodes_stay_up`]: repair around a cut link.
 //! - [`log_is_collected_once_every_node_has_applied`]: the log empties when all
-//!   nodes have applied it, and keeps what a dead node lacks.
+//!   nodes have applied it, and keeps what a dead node lacks, mostly on disk
+//!   (`log_memory_events`), from where the node gets it when it returns.
 //! - [`restart_keeps_data`]: SIGTERM, start again, same values and clocks.
 //! - [`full_buffer_answers_503_and_loses_nothing`]: `max_buffered` is a bound.
 //!
@@ -743,7 +744,16 @@ fn cut_link_is_repaired_while_both_nodes_stay_up() {
 /// others keep exactly the events it lacks, and drop them once it is back.
 #[test]
 fn log_is_collected_once_every_node_has_applied() {
-    let mut cluster = TestCluster::start_with(3, &[("KVNODE_SYNC_INTERVAL", "200ms")]);
+    // Fewer events in memory than node3 will lack: the rest stay on disk, and
+    // node3 gets them from there.
+    const IN_MEMORY: u64 = 16;
+    let mut cluster = TestCluster::start_with(
+        3,
+        &[
+            ("KVNODE_SYNC_INTERVAL", "200ms"),
+            ("KVNODE_LOG_MEMORY_EVENTS", &IN_MEMORY.to_string()),
+        ],
+    );
     let urls = cluster.urls();
     // 300 writes, 100 at each node, from 3 threads.
     let clocks: Vec<VClock> = std::thread::scope(|scope| {
@@ -806,7 +816,22 @@ fn log_is_collected_once_every_node_has_applied() {
             all,
             "node{n}: stable is what node3 had applied: {status}"
         );
+        assert_eq!(
+            status["log_in_memory"],
+            json!(IN_MEMORY),
+            "node{n} holds the newest {IN_MEMORY} in memory: {status}"
+        );
     }
+    // A restart reads the log back within the same bound.
+    cluster.kill9(1);
+    cluster.restart(1);
+    let status = cluster.status(1);
+    assert_eq!(status["log_len"], json!(DOWN), "node1 restarted: {status}");
+    assert_eq!(
+        status["log_in_memory"],
+        json!(IN_MEMORY),
+        "node1 restarted: {status}"
+    );
 
     cluster.restart(3);
     cluster.wait_converged(&during);

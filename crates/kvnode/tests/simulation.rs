@@ -21,7 +21,8 @@
 //! - [`DurableStore`] in a temporary directory (under `/dev/shm` when there is
 //!   one, `SIM_DURABLE_DIR` to choose) with [`Durability::None`], where a crash
 //!   drops the store with its uncommitted changes and reopens the directory:
-//!   the node's recovery path (50 seeds by default).
+//!   the node's recovery path (50 seeds by default; odd seeds keep only 4
+//!   events of the log in memory, so that the rest is read from disk).
 //!
 //! The simulator keeps its own ground truth and never trusts the core's clocks
 //! for it: the causal past of every write (the writes applied at its origin when
@@ -79,7 +80,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use kvnode::core::{check_context, ContextCheck, Core, CoreError, Limits, ReadResult, Receipt};
-use kvnode::durable::{Durability, DurableStore};
+use kvnode::durable::{Durability, DurableStore, DEFAULT_LOG_MEMORY_EVENTS};
 use kvnode::store::{MemStore, Siblings, Store, StoreResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -112,7 +113,16 @@ fn random_schedules_keep_causal_consistency_on_durable_store() {
     run_seeds(
         &seeds,
         "random_schedules_keep_causal_consistency_on_durable_store",
-        |seed| run_seed(seed, Mutation::None, DurableBackend::new()),
+        |seed| {
+            // Odd seeds keep only a few events of the log in memory, so that
+            // replication, repair and recovery read the rest from disk.
+            let log_memory = if seed % 2 == 1 {
+                4
+            } else {
+                DEFAULT_LOG_MEMORY_EVENTS
+            };
+            run_seed(seed, Mutation::None, DurableBackend::new(log_memory))
+        },
     );
 }
 
@@ -342,6 +352,8 @@ impl Store for CrashableMemStore {
 #[derive(Debug)]
 struct DurableBackend {
     dir: tempfile::TempDir,
+    /// Events of the log each store keeps in memory.
+    log_memory: usize,
 }
 
 impl DurableBackend {
@@ -349,7 +361,7 @@ impl DurableBackend {
     /// opening a new fjall database syncs files and directories, which is
     /// slow on a busy disk and free in memory. A crash here is the process's
     /// (the store is dropped), so the medium does not change what is tested.
-    fn new() -> Self {
+    fn new(log_memory: usize) -> Self {
         let base = std::env::var_os("SIM_DURABLE_DIR")
             .map(PathBuf::from)
             .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
@@ -358,7 +370,7 @@ impl DurableBackend {
             .prefix("kvnode-sim-")
             .tempdir_in(&base)
             .unwrap_or_else(|e| panic!("cannot make a directory in {}: {e}", base.display()));
-        Self { dir }
+        Self { dir, log_memory }
     }
 }
 
@@ -366,7 +378,9 @@ impl Backend for DurableBackend {
     type Store = DurableStore;
 
     fn open(&mut self, at: usize) -> StoreResult<DurableStore> {
-        DurableStore::open(&self.dir.path().join(format!("node{at}")), Durability::None)
+        let dir = self.dir.path().join(format!("node{at}"));
+        DurableStore::open(&dir, Durability::None)
+            .map(|store| store.with_log_memory_events(self.log_memory))
     }
 
     fn dump(store: &DurableStore) -> StoreResult<BTreeMap<String, Siblings>> {

@@ -213,6 +213,10 @@ pub struct StatusResponse {
     pub buffered_events: Vec<BufferedEvent>,
     /// Events kept in the log until every node has applied them.
     pub log_len: u64,
+    /// How many of them are held in memory; the older ones are read from disk
+    /// when a peer needs them.
+    #[serde(default)]
+    pub log_in_memory: u64,
     /// Writes applied by every node (pointwise minimum of acknowledged clocks).
     pub stable: VClock,
     /// Storage syncs (fsync) since the node started; with group commit many
