@@ -150,8 +150,8 @@ impl Client {
             };
             let mut response = match sent {
                 Ok(r) => r,
-                // Never connected: the next node may take the request.
-                Err(e @ awc::error::SendRequestError::Connect(_)) => {
+                // Never sent: the next node may take the request.
+                Err(e) if never_sent(&e) => {
                     tried.push((node.clone(), e.to_string()));
                     continue;
                 }
@@ -170,7 +170,12 @@ impl Client {
                 Ok(b) => b,
                 Err(e) => {
                     tried.push((node.clone(), format!("reading the answer: {e}")));
-                    continue;
+                    // Answered: a write was applied, or refused; either way
+                    // it must not go to another node.
+                    if method == awc::http::Method::GET {
+                        continue;
+                    }
+                    return Err(Error::Unreachable(tried));
                 }
             };
             if status.is_success() {
@@ -245,6 +250,15 @@ impl Session {
 }
 
 /// Reads command-line text as a value: JSON if it parses as JSON, else a string.
+/// True when a request failed before it was sent: no connection was made, so
+/// another node may take it. awc also reports `ConnectError::Disconnected` when
+/// the connection closes after the request went out and before an answer: that
+/// request may have been applied.
+pub(crate) fn never_sent(error: &awc::error::SendRequestError) -> bool {
+    use awc::error::{ConnectError, SendRequestError};
+    matches!(error, SendRequestError::Connect(e) if !matches!(e, ConnectError::Disconnected))
+}
+
 pub fn parse_value(text: &str) -> Value {
     let trimmed = text.trim();
     Value::from_json(trimmed).unwrap_or_else(|_| {
@@ -281,6 +295,23 @@ pub(crate) fn percent_encode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_requests_that_never_left_count_as_not_sent() {
+        use awc::error::{ConnectError, SendRequestError};
+        assert!(super::never_sent(&SendRequestError::Connect(
+            ConnectError::Timeout
+        )));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(super::never_sent(&SendRequestError::Connect(
+            ConnectError::Io(refused)
+        )));
+        // Closed after the request was written: it may have been applied.
+        assert!(!super::never_sent(&SendRequestError::Connect(
+            ConnectError::Disconnected
+        )));
+        assert!(!super::never_sent(&SendRequestError::Timeout));
+    }
+
     use super::*;
 
     #[test]

@@ -80,7 +80,7 @@ async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
     let mut response = match sent {
         Ok(r) => r,
         // Not connected: the request never reached the node.
-        Err(awc::error::SendRequestError::Connect(e)) => return Call::Failed(e.to_string()),
+        Err(e) if crate::never_sent(&e) => return Call::Failed(e.to_string()),
         Err(e) => return Call::Unknown(e.to_string()),
     };
     let status = response.status();
