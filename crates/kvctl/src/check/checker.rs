@@ -417,14 +417,20 @@ fn check_read_clock(
 /// The causal past (CO) of every operation; `None` for operations on a cycle.
 fn causal_past(ops: &[Op], reads_from: &[Vec<usize>], v: &mut Vec<Violation>) -> Vec<Option<Bits>> {
     let n = ops.len();
-    // Predecessors: the previous op of the session, and the writes read from.
+    // Predecessors: the previous answered op of the session, and the writes
+    // read from. An op without an answer may take effect at any time, and the
+    // session goes on without knowing it did (its next context lacks it): as
+    // Jepsen takes such a process as crashed, nothing later in the session
+    // follows it, only what came before it.
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut last: HashMap<usize, usize> = HashMap::new();
     for op in ops {
         if let Some(&prev) = last.get(&op.session) {
             preds[op.id].push(prev);
         }
-        last.insert(op.session, op.id);
+        if op.outcome != Outcome::Unknown {
+            last.insert(op.session, op.id);
+        }
         preds[op.id].extend(&reads_from[op.id]);
     }
     #[derive(Clone, Copy, PartialEq)]
@@ -1253,6 +1259,32 @@ mod tests {
             .holds("n1", "k", "a", &[("n1", 1)])
             .check();
         assert_valid(&report);
+    }
+
+    #[test]
+    fn what_a_session_does_after_an_unanswered_write_does_not_follow_it() {
+        // "a" took effect at n1, whose answer was lost (n1 was killed): the
+        // session's next write, sent to n2 without a's dot in its context, is
+        // concurrent with it, and a read may show both.
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .unknown_write(0, "n1", "k", "a")
+            .write(0, "n2", "k", "b", &[("n2", 1)])
+            .read(1, "n2", "k", &["b"], &[("n2", 1)])
+            .write(1, "n2", "k", "c", &[("n2", 2)])
+            .read(1, "n1", "k", &["a", "c"], &[("n1", 1), ("n2", 2)])
+            .check();
+        assert_valid(&report);
+    }
+
+    #[test]
+    fn session_order_goes_on_past_an_unanswered_write() {
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .write(0, "n1", "k", "a", &[("n1", 1)])
+            .unknown_write(0, "n2", "x", "x")
+            .read(0, "n2", "k", &[], &[])
+            .check();
+        let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
+        assert_eq!(kinds, ["read_your_writes"], "{report:#?}");
     }
 
     #[test]
