@@ -12,10 +12,14 @@
 //! | `write-32`, `write-64` | `POST /write` of random keys |
 //! | `read-32`, `read-64` | `GET /read` of random keys (written once first) |
 //! | `mixed-64` | 90% reads, 10% writes |
+//! | `health-64-end` | `GET /health` again, once the load steps are done |
 //! | `lag` | visibility lag at light load: one write at a time, read back at the other nodes |
 //!
 //! Connections are spread round-robin over the three nodes. Every rate is also
-//! given as a ratio to the `health-64` rate of the same run. While each step
+//! given as a ratio to the ceiling of the same run: the mean rate of the two
+//! `/health` steps, measured before and after the load, so that a change in
+//! what else the machine runs shows as a gap between them rather than as a
+//! shifted ratio. While each step
 //! runs, every node's RSS is sampled from `/proc/<pid>/status` every 200 ms.
 //!
 //! The results go to `target/bench/report.md` (printed at the end),
@@ -118,14 +122,19 @@ const SUITE: &[Step] = &[
         connections: 64,
     },
     Step {
+        name: "health-64-end",
+        workload: Some("health"),
+        connections: 64,
+    },
+    Step {
         name: "lag",
         workload: None,
         connections: 1,
     },
 ];
 
-/// The step every ratio refers to.
-const CEILING_STEP: &str = "health-64";
+/// The steps whose mean rate every ratio refers to.
+const CEILING_STEPS: &[&str] = &["health-64", "health-64-end"];
 /// Nodes of the cluster.
 const NODES: usize = 3;
 /// How often each node's RSS is sampled.
@@ -228,7 +237,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         SMOKE_REQUESTS,
         &members,
         &urls,
-        CEILING_STEP,
+        CEILING_STEPS,
         results,
     );
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -250,13 +259,13 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The suite's steps, narrowed by `--step` (the ceiling step always stays).
+/// The suite's steps, narrowed by `--step` (the ceiling steps always stay).
 fn select_steps(filters: &[String]) -> anyhow::Result<Vec<Step>> {
     let steps: Vec<Step> = SUITE
         .iter()
         .copied()
         .filter(|s| {
-            s.name == CEILING_STEP
+            CEILING_STEPS.contains(&s.name)
                 || filters.is_empty()
                 || filters.iter().any(|f| s.name.contains(f.as_str()))
         })
@@ -552,8 +561,14 @@ mod tests {
                 .collect()
         };
         assert_eq!(names(&[]).len(), SUITE.len());
-        assert_eq!(names(&["write"]), ["health-64", "write-32", "write-64"]);
-        assert_eq!(names(&["lag", "mixed"]), ["health-64", "mixed-64", "lag"]);
+        assert_eq!(
+            names(&["write"]),
+            ["health-64", "write-32", "write-64", "health-64-end"]
+        );
+        assert_eq!(
+            names(&["lag", "mixed"]),
+            ["health-64", "mixed-64", "health-64-end", "lag"]
+        );
         let err = select_steps(&["nope".into()]).unwrap_err().to_string();
         assert!(err.contains("health-64, write-32"), "{err}");
     }

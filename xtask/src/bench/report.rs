@@ -31,9 +31,9 @@ pub(crate) struct SuiteReport {
     pub durability: String,
     /// The nodes: id and URL.
     pub nodes: Vec<NodeInfo>,
-    /// The step whose rate every ratio refers to.
-    pub ceiling_step: String,
-    /// Its rate, requests per second.
+    /// The steps whose mean rate every ratio refers to.
+    pub ceiling_steps: Vec<String>,
+    /// That mean rate, requests per second.
     pub ceiling_rate: Option<f64>,
     /// Every step, in the order they ran.
     pub steps: Vec<StepResult>,
@@ -53,7 +53,7 @@ pub(crate) struct StepResult {
     pub name: String,
     /// Concurrent connections.
     pub connections: usize,
-    /// The step's rate over the ceiling step's rate.
+    /// The step's rate over the ceiling rate.
     pub ratio_to_health: Option<f64>,
     /// Each node's RSS while the step ran.
     pub rss: Vec<RssStats>,
@@ -165,7 +165,8 @@ pub(crate) fn summary_line(report: &BenchReport) -> String {
 }
 
 impl SuiteReport {
-    /// The report of `steps`, with each step's ratio to the `ceiling_step`.
+    /// The report of `steps`, with each step's ratio to the mean rate of the
+    /// `ceiling_steps` that ran.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         root: &Path,
@@ -174,13 +175,16 @@ impl SuiteReport {
         smoke_requests: u64,
         members: &[(String, u16)],
         urls: &[String],
-        ceiling_step: &str,
+        ceiling_steps: &[&str],
         mut steps: Vec<StepResult>,
     ) -> Self {
-        let ceiling_rate = steps
+        let ceilings: Vec<f64> = steps
             .iter()
-            .find(|s| s.name == ceiling_step)
-            .and_then(StepResult::rate);
+            .filter(|s| ceiling_steps.contains(&s.name.as_str()))
+            .filter_map(StepResult::rate)
+            .collect();
+        let ceiling_rate =
+            (!ceilings.is_empty()).then(|| ceilings.iter().sum::<f64>() / ceilings.len() as f64);
         for step in &mut steps {
             step.ratio_to_health = step
                 .rate()
@@ -203,7 +207,7 @@ impl SuiteReport {
                     url: url.clone(),
                 })
                 .collect(),
-            ceiling_step: ceiling_step.into(),
+            ceiling_steps: ceiling_steps.iter().map(|s| s.to_string()).collect(),
             ceiling_rate,
             steps,
         }
@@ -243,14 +247,19 @@ impl SuiteReport {
              {length} through the prototype API, closed loop (one request in flight per \
              connection, connections spread round-robin over the nodes), {keys} keys, values of \
              {value_size} characters, kvctl bench with {threads} thread(s). Rates are successful \
-             requests per second; \"vs /health\" is the ratio to the `{}` rate of this run. \
+             requests per second; \"vs /health\" is the ratio to the mean rate of the \
+             `/health` steps of this run ({}), before and after the load. \
              Latencies in ms; for the lag step they are the visibility lag (a write's \
              acknowledgement to its value being readable at another node). RSS: the largest \
              sample of each node during the step, MiB.\n",
             self.generated,
             self.git_commit.as_deref().unwrap_or("unknown"),
             self.cores,
-            self.ceiling_step,
+            self.ceiling_steps
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(" and "),
         );
         let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
         let _ = writeln!(
@@ -500,7 +509,7 @@ pub(crate) mod tests {
             300,
             &members,
             &urls,
-            "health-64",
+            &["health-64", "health-64-end"],
             steps,
         )
     }
@@ -513,6 +522,36 @@ pub(crate) mod tests {
         assert_eq!(s.steps[1].ratio_to_health, Some(0.25));
         assert_eq!(s.steps[2].ratio_to_health, None);
         assert_eq!(s.failures(), 2);
+    }
+
+    #[test]
+    fn the_ceiling_is_the_mean_of_the_health_steps_before_and_after() {
+        let step = |name: &str, workload: &str, rate: f64| {
+            StepResult::new(name, 64, load_report(workload, rate, 0), vec![])
+        };
+        let steps = vec![
+            step("health-64", "health", 40_000.0),
+            step("write-64", "write", 10_500.0),
+            step("health-64-end", "health", 30_000.0),
+        ];
+        let s = SuiteReport::new(
+            Path::new("/"),
+            false,
+            Duration::from_secs(10),
+            300,
+            &[],
+            &[],
+            &["health-64", "health-64-end"],
+            steps,
+        );
+        assert_eq!(s.ceiling_rate, Some(35_000.0));
+        let ratios: Vec<Option<f64>> = s.steps.iter().map(|s| s.ratio_to_health).collect();
+        assert_eq!(ratios, [Some(40.0 / 35.0), Some(0.3), Some(30.0 / 35.0)]);
+        assert!(
+            s.markdown().contains("(`health-64` and `health-64-end`)"),
+            "{}",
+            s.markdown()
+        );
     }
 
     #[test]
@@ -530,7 +569,7 @@ pub(crate) mod tests {
             300,
             &[],
             &[],
-            "health-64",
+            &["health-64", "health-64-end"],
             steps,
         );
         assert_eq!(s.steps[0].ratio_to_health, None);
