@@ -204,7 +204,8 @@ fn classify(error: SendError) -> Failure {
     let kind = match &error {
         SendError::Timeout => "timeout",
         SendError::Connect(awc::error::ConnectError::Timeout) => "timeout",
-        SendError::Connect(_) => "connect",
+        // A connection closed after the request went out is not a connect error.
+        e if crate::never_sent(e) => "connect",
         _ => "io",
     };
     Failure::new(kind, error.to_string())
@@ -257,6 +258,21 @@ mod tests {
         let g = br#"{"key":"k","found":true,"value":1,"siblings":[{"timestamp":{"node1":1}}],"context":{"node1":3}}"#;
         assert_eq!(clock_of(g).unwrap().get("node1"), 3);
         assert_eq!(clock_of(b"{}").unwrap_err().kind, "bad_answer");
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind() {
+        use awc::error::ConnectError;
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let kind = |e: SendError| classify(e).kind;
+        assert_eq!(
+            kind(SendError::Connect(ConnectError::Io(refused))),
+            "connect"
+        );
+        assert_eq!(kind(SendError::Connect(ConnectError::Timeout)), "timeout");
+        assert_eq!(kind(SendError::Timeout), "timeout");
+        // Cut off after the request was sent.
+        assert_eq!(kind(SendError::Connect(ConnectError::Disconnected)), "io");
     }
 
     #[test]
