@@ -12,7 +12,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::Method;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError, Route};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, Route};
 use vclock_proto::{
     ClockMessage, ContextQuery, ErrorResponse, EventBatch, FaultsResponse, GetResponse,
     HealthResponse, Op, PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling, StatusResponse,
@@ -224,6 +224,10 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 /// Middleware of every route: counts the request in flight, answers 408 when it
 /// takes longer than `request_timeout` (head to answer: body upload and causal
 /// wait included), and records its route, method, status and latency.
+///
+/// A write handed to the writer ([`Submitted::mark`]) is past the point of
+/// refusal: it will be applied even if nobody waits for it, and a 4xx must not
+/// say otherwise. Such a request gets its real answer, however late.
 #[derive(Clone, Debug)]
 struct Observe {
     route: RouteId,
@@ -271,16 +275,24 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
+        let submitted = Submitted::default();
+        req.extensions_mut().insert(submitted.clone());
         let request = req.request().clone();
         let method = req.method().clone();
         let observe = self.observe.clone();
         let answer = self.service.call(req);
         Box::pin(async move {
             let in_flight = observe.metrics.request_started();
-            let response = match tokio::time::timeout(observe.timeout, answer).await {
-                Ok(Ok(response)) => response.map_into_boxed_body(),
-                Ok(Err(e)) => ServiceResponse::from_err(e, request),
-                Err(_) => {
+            let mut answer = std::pin::pin!(answer);
+            let answer = match tokio::time::timeout(observe.timeout, &mut answer).await {
+                Ok(answer) => Some(answer),
+                Err(_) if submitted.is_marked() => Some(answer.await),
+                Err(_) => None,
+            };
+            let response = match answer {
+                Some(Ok(response)) => response.map_into_boxed_body(),
+                Some(Err(e)) => ServiceResponse::from_err(e, request),
+                None => {
                     let error = Error::RequestTimeout(format!(
                         "the request took longer than the limit of {:?} (request_timeout)",
                         observe.timeout
@@ -295,6 +307,38 @@ where
             Ok(response)
         })
     }
+}
+
+/// Set on a request once its write is handed to the writer (see [`Observe`]).
+#[derive(Clone, Debug, Default)]
+struct Submitted(Rc<std::cell::Cell<bool>>);
+
+impl Submitted {
+    /// Marks `req`'s write as handed to the writer.
+    fn mark(req: &HttpRequest) {
+        if let Some(submitted) = req.extensions().get::<Submitted>() {
+            submitted.0.set(true);
+        }
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.get()
+    }
+}
+
+/// Waits for `context`, then hands the write to the writer and waits for it.
+async fn submit_write(
+    req: &HttpRequest,
+    node: &Node,
+    key: String,
+    op: Op,
+    context: Option<&VClock>,
+) -> Result<Arc<vclock_proto::Event>> {
+    if let Some(context) = context {
+        node.wait_for(context).await?;
+    }
+    Submitted::mark(req);
+    node.write(key, op, None).await
 }
 
 // ---- authentication --------------------------------------------------------------
@@ -424,6 +468,7 @@ async fn health(node: web::Data<Node>) -> web::Json<HealthResponse> {
     ))]
 async fn write(
     _auth: ClientAuth,
+    req: HttpRequest,
     node: web::Data<Node>,
     body: web::Json<WriteRequest>,
 ) -> Result<web::Json<WriteResponse>> {
@@ -434,7 +479,7 @@ async fn write(
     } = body.into_inner();
     check_key(node.config(), &key)?;
     check_value(node.config(), &value)?;
-    let event = node.write(key, Op::Put(value), context.as_ref()).await?;
+    let event = submit_write(&req, &node, key, Op::Put(value), context.as_ref()).await?;
     Ok(web::Json(WriteResponse {
         status: "success".into(),
         timestamp: event.timestamp(),
@@ -528,6 +573,7 @@ async fn get_key(
     ))]
 async fn put_key(
     _auth: ClientAuth,
+    req: HttpRequest,
     node: web::Data<Node>,
     key: web::Path<String>,
     body: web::Json<PutRequest>,
@@ -536,7 +582,7 @@ async fn put_key(
     check_key(node.config(), &key)?;
     let PutRequest { value, context } = body.into_inner();
     check_value(node.config(), &value)?;
-    let event = node.write(key, Op::Put(value), context.as_ref()).await?;
+    let event = submit_write(&req, &node, key, Op::Put(value), context.as_ref()).await?;
     Ok(web::Json(PutResponse {
         dot: event.dot(),
         timestamp: event.timestamp(),
@@ -561,6 +607,7 @@ async fn put_key(
     ))]
 async fn delete_key(
     _auth: ClientAuth,
+    req: HttpRequest,
     node: web::Data<Node>,
     key: web::Path<String>,
     query: web::Query<ContextQuery>,
@@ -568,7 +615,7 @@ async fn delete_key(
     let key = key.into_inner();
     check_key(node.config(), &key)?;
     let context = parse_context(&query)?;
-    let event = node.write(key, Op::Delete, context.as_ref()).await?;
+    let event = submit_write(&req, &node, key, Op::Delete, context.as_ref()).await?;
     Ok(web::Json(PutResponse {
         dot: event.dot(),
         timestamp: event.timestamp(),
@@ -1097,5 +1144,38 @@ mod tests {
             assert!(message.contains(limit), "{message} should name {limit}");
         }
         assert_eq!(node.applied(), VClock::new());
+    }
+
+    #[actix_web::test]
+    async fn a_write_handed_to_the_writer_gets_its_answer_past_request_timeout() {
+        use std::sync::{Condvar, Mutex};
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = crate::node::tests::gated_node(
+            &gate,
+            &[
+                ("KVNODE_CAUSAL_WAIT", "20ms"),
+                ("KVNODE_REQUEST_TIMEOUT", "50ms"),
+            ],
+        );
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        // The write's sync is held for ten times request_timeout.
+        let opener = std::thread::spawn({
+            let gate = gate.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(500));
+                *gate.0.lock().unwrap() = true;
+                gate.1.notify_all();
+            }
+        });
+        let req = TestRequest::post()
+            .uri("/write")
+            .set_json(json!({"key": "k", "value": 1}));
+        let res = test::call_service(&app, req.to_request()).await;
+        opener.join().unwrap();
+        // The write was applied: a 408 would tell the client it was not.
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Json = test::read_body_json(res).await;
+        assert_eq!(body["timestamp"]["n1"], 1, "{body}");
+        assert_eq!(node.applied().get("n1"), 1);
     }
 }

@@ -658,7 +658,7 @@ pub(crate) fn test_node(env: &[(&str, &str)]) -> Arc<Node> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Condvar;
 
     use vclock_proto::Value;
@@ -719,7 +719,7 @@ mod tests {
     #[actix_web::test]
     async fn other_nodes_writes_are_shown_before_the_sync_and_acknowledged_after() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let node = gated_node(&gate);
+        let node = gated_node(&gate, &[]);
         let mut deps = VClock::default();
         deps.set("n2", 0);
         let event = Event {
@@ -755,7 +755,12 @@ mod tests {
         assert_eq!(node.applied().get("n2"), 1);
     }
 
-    fn gated_node(gate: &Arc<(Mutex<bool>, Condvar)>) -> Arc<Node> {
+    /// A node `n1` of `n1`, `n2` (peers unreachable, no senders) over a store
+    /// whose syncs wait for `gate`, configured with `env`.
+    pub(crate) fn gated_node(
+        gate: &Arc<(Mutex<bool>, Condvar)>,
+        env: &[(&str, &str)],
+    ) -> Arc<Node> {
         let vars = [
             ("KVNODE_NODE_ID", "n1"),
             (
@@ -764,6 +769,7 @@ mod tests {
             ),
         ]
         .iter()
+        .chain(env)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let config = Config::load_from(None, vars).unwrap();
@@ -777,7 +783,7 @@ mod tests {
     #[actix_web::test]
     async fn nothing_of_a_local_write_is_shown_before_its_sync() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let node = gated_node(&gate);
+        let node = gated_node(&gate, &[]);
 
         let put = Op::Put(Value::from_serialize(&1).unwrap());
         let write = actix_web::rt::spawn({
