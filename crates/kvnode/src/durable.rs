@@ -69,14 +69,6 @@ pub enum Durability {
     None,
 }
 
-impl OriginLog {
-    /// The seq of the newest event in the log, in memory or on disk.
-    fn newest(&self) -> Option<Seq> {
-        let in_memory = self.events.back().map(|e| e.seq);
-        in_memory.or(self.on_disk.map(|(_, last)| last))
-    }
-}
-
 /// Default of [`DurableStore::with_log_memory_events`]: with small values, some
 /// tens of MiB.
 pub const DEFAULT_LOG_MEMORY_EVENTS: usize = 65_536;
@@ -100,6 +92,14 @@ struct OriginLog {
     chunks: BTreeMap<Seq, Seq>,
     /// Collected through this seq since the last commit (to record in `meta`).
     collected: Option<Seq>,
+}
+
+impl OriginLog {
+    /// The seq of the newest event in the log, in memory or on disk.
+    fn newest(&self) -> Option<Seq> {
+        let in_memory = self.events.back().map(|e| e.seq);
+        in_memory.or(self.on_disk.map(|(_, last)| last))
+    }
 }
 
 /// The core's storage on disk, in fjall.
@@ -279,22 +279,16 @@ impl DurableStore {
                 parse_log_key(&key).ok_or_else(|| fail("corrupt log key", &format!("{key:?}")))?;
             let events = decode_chunk(&bytes)
                 .map_err(|e| fail(&format!("corrupt log chunk {origin}:{first}"), &e))?;
-            let entry = match log.entry(origin.to_owned()) {
-                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::btree_map::Entry::Vacant(entry) => {
-                    let through = meta
-                        .get(collected_key(origin))
-                        .map_err(|e| fail("cannot read the collected seqs", &e))?
-                        .map(|bytes| String::from_utf8_lossy(&bytes).parse::<Seq>())
-                        .transpose()
-                        .map_err(|e| fail(&format!("corrupt collected seq of {origin}"), &e))?
-                        .unwrap_or(0);
-                    entry.insert(OriginLog {
-                        collected: Some(through),
-                        ..OriginLog::default()
-                    })
-                }
-            };
+            let entry = log.entry(origin.to_owned()).or_default();
+            if entry.collected.is_none() {
+                let through = meta
+                    .get(collected_key(origin))
+                    .map_err(|e| fail("cannot read the collected seqs", &e))?
+                    .map(|bytes| String::from_utf8_lossy(&bytes).parse::<Seq>())
+                    .transpose()
+                    .map_err(|e| fail(&format!("corrupt collected seq of {origin}"), &e))?;
+                entry.collected = Some(through.unwrap_or(0));
+            }
             let collected = entry.collected.unwrap_or(0);
             let mut last = first;
             for (i, event) in events.into_iter().enumerate() {

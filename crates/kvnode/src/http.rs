@@ -338,7 +338,7 @@ async fn submit_write(
         node.wait_for(context).await?;
     }
     Submitted::mark(req);
-    node.write(key, op, None).await
+    node.write(key, op).await
 }
 
 // ---- authentication --------------------------------------------------------------

@@ -350,11 +350,10 @@ impl Node {
         }
     }
 
-    /// A client write: waits for `context`, then applies and commits the write.
-    pub async fn write(&self, key: String, op: Op, context: Option<&VClock>) -> Result<Arc<Event>> {
-        if let Some(context) = context {
-            self.wait_for(context).await?;
-        }
+    /// A client write, once its context is satisfied ([`Self::wait_for`]):
+    /// hands it to the writer, which applies and commits it even if nobody
+    /// waits for the answer any more.
+    pub async fn write(&self, key: String, op: Op) -> Result<Arc<Event>> {
         let delete = op == Op::Delete;
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Write { key, op, reply }).await?;
@@ -788,7 +787,7 @@ pub(crate) mod tests {
         let put = Op::Put(Value::from_serialize(&1).unwrap());
         let write = actix_web::rt::spawn({
             let node = node.clone();
-            async move { node.write("k".into(), put, None).await }
+            async move { node.write("k".into(), put).await }
         });
         // The writer applies the write, then waits in the sync.
         let deadline = Instant::now() + Duration::from_secs(10);
