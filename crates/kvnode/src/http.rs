@@ -275,8 +275,12 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
-        let submitted = Submitted::default();
-        req.extensions_mut().insert(submitted.clone());
+        // Only writes get marked; reads (most requests) skip the extension.
+        let submitted = (req.method() != Method::GET).then(|| {
+            let submitted = Submitted::default();
+            req.extensions_mut().insert(submitted.clone());
+            submitted
+        });
         let request = req.request().clone();
         let method = req.method().clone();
         let observe = self.observe.clone();
@@ -286,7 +290,9 @@ where
             let mut answer = std::pin::pin!(answer);
             let answer = match tokio::time::timeout(observe.timeout, &mut answer).await {
                 Ok(answer) => Some(answer),
-                Err(_) if submitted.is_marked() => Some(answer.await),
+                Err(_) if submitted.as_ref().is_some_and(Submitted::is_marked) => {
+                    Some(answer.await)
+                }
                 Err(_) => None,
             };
             let response = match answer {
