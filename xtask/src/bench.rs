@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the benchmark suite against a fresh local cluster.
 //!
 //! It builds `kvnode` and `kvctl` in release mode, starts three nodes on free
-//! loopback ports with `durability = "fsync"` and their data in
+//! loopback ports with `durability = "fsync"` (or the `--storage` chosen) and their data in
 //! `target/bench/data` (wiped first; each node logs to `target/bench/nodeI.log`),
 //! waits until every node answers `/health`, and runs the suite through the
 //! `kvctl bench` binary (`-o json`), one step after the other:
@@ -20,7 +20,13 @@
 //! `/health` steps, measured before and after the load, so that a change in
 //! what else the machine runs shows as a gap between them rather than as a
 //! shifted ratio. While each step
-//! runs, every node's RSS is sampled from `/proc/<pid>/status` every 200 ms.
+//! runs, every node's RSS is sampled from `/proc/<pid>/status` every 200 ms,
+//! and the CPU time the nodes used during the step is read from
+//! `/proc/<pid>/stat`: divided by the step's requests, it is the nodes' cost of
+//! one request, a figure that varies less from run to run than rates do.
+//!
+//! `--storage none` (no fsync) and `--storage memory` (no disk at all) run the
+//! same suite on nodes that keep less on disk, to show what durability costs.
 //!
 //! The results go to `target/bench/report.md` (printed at the end),
 //! `target/bench/report.json` and `target/bench/bench.svg` (throughput and
@@ -79,6 +85,39 @@ pub(crate) struct Args {
     /// (`trace_buffer`), to measure what tracing costs.
     #[arg(long, value_name = "RECORDS")]
     trace: Option<usize>,
+    /// The nodes' storage: `fsync` (durable, the default), `none` (on disk
+    /// without fsync) or `memory` (no disk), to measure what durability costs.
+    #[arg(long, value_enum, default_value_t = Storage::Fsync)]
+    storage: Storage,
+}
+
+/// What the nodes keep on disk, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Storage {
+    /// `durability = "fsync"`: every commit is synced before it is answered.
+    Fsync,
+    /// `durability = "none"`: commits go to disk without fsync.
+    None,
+    /// `memory = true`: nothing on disk.
+    Memory,
+}
+
+impl Storage {
+    fn name(self) -> &'static str {
+        match self {
+            Storage::Fsync => "fsync",
+            Storage::None => "none",
+            Storage::Memory => "memory",
+        }
+    }
+
+    /// The node setting that selects it.
+    fn env(self) -> (&'static str, String) {
+        match self {
+            Storage::Fsync | Storage::None => ("KVNODE_DURABILITY", self.name().to_string()),
+            Storage::Memory => ("KVNODE_MEMORY", "true".to_string()),
+        }
+    }
 }
 
 /// One step of the suite.
@@ -183,7 +222,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             members: &members,
             data_dir: data.join(id),
             faults: false,
-            env: [("KVNODE_DURABILITY", "fsync".to_string())]
+            env: [args.storage.env()]
                 .into_iter()
                 .chain(args.trace.map(|n| ("KVNODE_TRACE_BUFFER", n.to_string())))
                 .collect(),
@@ -196,12 +235,14 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let urls: Vec<String> = ports.iter().map(|p| cluster::url(*p)).collect();
     wait_ready(&mut running.nodes, &ports, &interrupted)?;
     println!(
-        "==> bench: {NODES} nodes (fsync) at {}, logs in {}",
+        "==> bench: {NODES} nodes ({}) at {}, logs in {}",
+        args.storage.name(),
         urls.join(" "),
         out.display()
     );
 
     let pids: Vec<u32> = running.nodes.iter().map(|n| n.child.id()).collect();
+    let ticks_per_second = rustix::param::clock_ticks_per_second() as f64;
     let samples = Arc::new(Mutex::new(Vec::new()));
     running.sampler = Some(Sampler::start(pids.clone(), samples.clone()));
 
@@ -217,7 +258,9 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         let reads = matches!(step.workload, Some("read" | "mixed"));
         let started = Instant::now();
         sample_now(&pids, &samples);
+        let cpu_before = cpu_ticks(&pids);
         let report = suite.run_step(step, reads && populated, &mut running.nodes, &interrupted)?;
+        let cpu_after = cpu_ticks(&pids);
         sample_now(&pids, &samples);
         let ended = Instant::now();
         populated |= reads;
@@ -226,13 +269,19 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             report::rss_stats(&samples, started, ended, &members)
         };
         println!("    {}", report::summary_line(&report));
-        results.push(StepResult::new(step.name, step.connections, report, rss));
+        let node_cpu_s = cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| after.saturating_sub(before) as f64 / ticks_per_second);
+        results.push(
+            StepResult::new(step.name, step.connections, report, rss).with_node_cpu(node_cpu_s),
+        );
     }
     running.stop();
 
     let suite_report = SuiteReport::new(
         root,
         args.smoke,
+        args.storage.name(),
         args.duration,
         SMOKE_REQUESTS,
         &members,
@@ -515,6 +564,27 @@ fn rss_kib(pid: u32) -> Option<u64> {
     parse_vm_rss(&status)
 }
 
+/// The CPU time (user and system, in clock ticks) the processes `pids` have
+/// used, from `/proc/<pid>/stat`; `None` when one cannot be read.
+fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            parse_cpu_ticks(&stat)
+        })
+        .sum()
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line: fields 14 and 15, counted
+/// after the command name, which is in parentheses and may hold spaces.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let mut parts = line["VmRSS:".len()..].split_whitespace();
@@ -548,6 +618,30 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\tlots\n"), None);
         assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn cpu_time_is_user_plus_system_ticks() {
+        let stat = "4242 (kvnode (x) 1) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
+                    250 75 0 0 20 0 7 0 12345 999 100 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("4242 (kvnode) S 1 2"), None);
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert!(cpu_ticks(&[std::process::id()]).is_some());
+        assert_eq!(cpu_ticks(&[std::process::id(), u32::MAX]), None);
+    }
+
+    #[test]
+    fn storage_selects_the_node_setting() {
+        assert_eq!(args(&[]).storage, Storage::Fsync);
+        assert_eq!(
+            args(&["--storage", "memory"]).storage.env(),
+            ("KVNODE_MEMORY", "true".to_string())
+        );
+        assert_eq!(
+            args(&["--storage", "none"]).storage.env(),
+            ("KVNODE_DURABILITY", "none".to_string())
+        );
     }
 
     #[test]

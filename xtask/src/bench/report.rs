@@ -27,8 +27,8 @@ pub(crate) struct SuiteReport {
     pub step_requests: Option<u64>,
     /// CPUs of the machine, shared by the nodes and the client.
     pub cores: usize,
-    /// The nodes' durability setting.
-    pub durability: String,
+    /// The nodes' storage: `fsync` (durable), `none` (no fsync) or `memory`.
+    pub storage: String,
     /// The nodes: id and URL.
     pub nodes: Vec<NodeInfo>,
     /// The steps whose mean rate every ratio refers to.
@@ -55,6 +55,11 @@ pub(crate) struct StepResult {
     pub connections: usize,
     /// The step's rate over the ceiling rate.
     pub ratio_to_health: Option<f64>,
+    /// CPU time the nodes used while the step ran, all nodes together, in seconds.
+    pub node_cpu_s: Option<f64>,
+    /// `node_cpu_s` over the step's requests (those that filled the key space
+    /// first included), in µs.
+    pub node_cpu_us_per_request: Option<f64>,
     /// Each node's RSS while the step ran.
     pub rss: Vec<RssStats>,
     /// What `kvctl bench -o json` reported.
@@ -67,9 +72,21 @@ impl StepResult {
             name: name.to_owned(),
             connections,
             ratio_to_health: None,
+            node_cpu_s: None,
+            node_cpu_us_per_request: None,
             rss,
             report,
         }
+    }
+
+    /// Records the nodes' CPU time over the step, in seconds.
+    pub fn with_node_cpu(mut self, seconds: Option<f64>) -> Self {
+        self.node_cpu_s = seconds;
+        self.node_cpu_us_per_request = seconds.zip(self.report.load.as_ref()).and_then(|(s, l)| {
+            let requests = l.requests + l.populated;
+            (requests > 0).then(|| s * 1e6 / requests as f64)
+        });
+        self
     }
 
     /// Successful requests per second, for load steps.
@@ -171,6 +188,7 @@ impl SuiteReport {
     pub fn new(
         root: &Path,
         smoke: bool,
+        storage: &str,
         duration: Duration,
         smoke_requests: u64,
         members: &[(String, u16)],
@@ -198,7 +216,7 @@ impl SuiteReport {
             step_duration_s: (!smoke).then_some(duration.as_secs_f64()),
             step_requests: smoke.then_some(smoke_requests),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            durability: "fsync".into(),
+            storage: storage.into(),
             nodes: members
                 .iter()
                 .zip(urls)
@@ -224,9 +242,9 @@ impl SuiteReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# Benchmark: {} nodes, durability {}\n",
+            "# Benchmark: {} nodes, storage {}\n",
             self.nodes.len(),
-            self.durability
+            self.storage
         );
         if self.smoke {
             out.push_str("**Smoke run** (debug builds, a few requests per step): the figures mean nothing.\n\n");
@@ -249,7 +267,8 @@ impl SuiteReport {
              {value_size} characters, kvctl bench with {threads} thread(s). Rates are successful \
              requests per second; \"vs /health\" is the ratio to the mean rate of the \
              `/health` steps of this run ({}), before and after the load. \
-             Latencies in ms; for the lag step they are the visibility lag (a write's \
+             \"CPU µs/req\" is the CPU time all nodes used during the step over its \
+             requests: what one request costs the nodes, client excluded. Latencies in ms; for the lag step they are the visibility lag (a write's \
              acknowledgement to its value being readable at another node). RSS: the largest \
              sample of each node during the step, MiB.\n",
             self.generated,
@@ -264,15 +283,18 @@ impl SuiteReport {
         let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
         let _ = writeln!(
             out,
-            "| step | conns | rate (req/s) | vs /health | p50 | p90 | p99 | p99.9 | max | errors | RSS max ({}) |",
+            "| step | conns | rate (req/s) | vs /health | CPU µs/req | p50 | p90 | p99 | p99.9 | max | errors | RSS max ({}) |",
             ids.join(" / ")
         );
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for step in &self.steps {
             let rate = step.rate().map_or("—".into(), |r| format!("{r:.0}"));
             let vs = step
                 .ratio_to_health
                 .map_or("—".into(), |r| format!("{:.0}%", r * 100.0));
+            let cpu = step
+                .node_cpu_us_per_request
+                .map_or("—".into(), |us| format!("{us:.1}"));
             let ladder = match step.percentiles() {
                 Some(p) => p.ladder().map(ms).join(" | "),
                 None => ["—"; 5].join(" | "),
@@ -280,7 +302,7 @@ impl SuiteReport {
             let rss = rss_cells(&step.rss, |r| format!("{:.0}", r.max_mib));
             let _ = writeln!(
                 out,
-                "| {} | {} | {rate} | {vs} | {ladder} | {} | {} |",
+                "| {} | {} | {rate} | {vs} | {cpu} | {ladder} | {} | {} |",
                 step.name,
                 step.connections,
                 step.report.failures(),
@@ -488,7 +510,8 @@ pub(crate) mod tests {
                 64,
                 load_report("write", 10_000.0, 2),
                 vec![rss("node1", 30.0), rss("node2", 31.0)],
-            ),
+            )
+            .with_node_cpu(Some(0.08016)),
             StepResult::new(
                 "lag",
                 1,
@@ -505,6 +528,7 @@ pub(crate) mod tests {
         SuiteReport::new(
             Path::new("/nonexistent"),
             false,
+            "fsync",
             Duration::from_secs(10),
             300,
             &members,
@@ -537,6 +561,7 @@ pub(crate) mod tests {
         let s = SuiteReport::new(
             Path::new("/"),
             false,
+            "fsync",
             Duration::from_secs(10),
             300,
             &[],
@@ -565,6 +590,7 @@ pub(crate) mod tests {
         let s = SuiteReport::new(
             Path::new("/"),
             true,
+            "memory",
             Duration::ZERO,
             300,
             &[],
@@ -574,17 +600,21 @@ pub(crate) mod tests {
         );
         assert_eq!(s.steps[0].ratio_to_health, None);
         assert_eq!(s.step_requests, Some(300));
-        assert!(s.markdown().contains("| write-64 | 64 | 1 | — |"));
+        assert!(s.markdown().contains("| write-64 | 64 | 1 | — | — |"));
+        assert!(s
+            .markdown()
+            .starts_with("# Benchmark: 0 nodes, storage memory"));
     }
 
     #[test]
     fn the_markdown_has_the_table_the_lag_and_the_memory() {
         let md = suite().markdown();
         for needle in [
-            "| step | conns | rate (req/s) | vs /health | p50 | p90 | p99 | p99.9 | max | errors | RSS max (node1 / node2) |",
-            "| health-64 | 64 | 40000 | 100% | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 0 | 20 / 21 |",
-            "| write-64 | 64 | 10000 | 25% | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 2 | 30 / 31 |",
-            "| lag | 1 | — | — | 0.30 | 0.60 | 1.20 | 2.40 | 4.80 | 0 | 32 / — |",
+            "| step | conns | rate (req/s) | vs /health | CPU µs/req | p50 | p90 | p99 | p99.9 | max | errors | RSS max (node1 / node2) |",
+            "| health-64 | 64 | 40000 | 100% | — | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 0 | 20 / 21 |",
+            "| write-64 | 64 | 10000 | 25% | 80.0 | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 2 | 30 / 31 |",
+            "| lag | 1 | — | — | — | 0.30 | 0.60 | 1.20 | 2.40 | 4.80 | 0 | 32 / — |",
+            "# Benchmark: 2 nodes, storage fsync",
             "Errors in write-64: timeout=2",
             "## Visibility lag (lag)",
             "| node3 | 100 | 0.40 | 0.80 | 1.60 | 3.20 | 6.40 |",
