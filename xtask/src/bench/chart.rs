@@ -51,7 +51,10 @@ fn throughput(report: &SuiteReport, area: &Area<'_>) -> DrawResult {
     let label = |v: &SegmentValue<usize>| segment_label(&names, v);
     let mut chart = ChartBuilder::on(area)
         .caption(
-            "Throughput: successful requests per second (and % of /health)",
+            format!(
+                "Throughput, storage {}: successful requests per second (and % of /health)",
+                report.storage
+            ),
             ("sans-serif", 20),
         )
         .margin(12)
@@ -193,6 +196,7 @@ mod tests {
             "p99.9",
             "40000 (100%)",
             "10000 (25%)",
+            "storage fsync",
         ] {
             assert!(svg.contains(needle), "{needle:?} missing from the chart");
         }
