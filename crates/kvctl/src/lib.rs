@@ -249,7 +249,6 @@ impl Session {
     }
 }
 
-/// Reads command-line text as a value: JSON if it parses as JSON, else a string.
 /// True when a request failed before it was sent: no connection was made, so
 /// another node may take it. awc also reports `ConnectError::Disconnected` when
 /// the connection closes after the request went out and before an answer: that
@@ -259,6 +258,7 @@ pub(crate) fn never_sent(error: &awc::error::SendRequestError) -> bool {
     matches!(error, SendRequestError::Connect(e) if !matches!(e, ConnectError::Disconnected))
 }
 
+/// Reads command-line text as a value: JSON if it parses as JSON, else a string.
 pub fn parse_value(text: &str) -> Value {
     let trimmed = text.trim();
     Value::from_json(trimmed).unwrap_or_else(|_| {
@@ -295,24 +295,24 @@ pub(crate) fn percent_encode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn only_requests_that_never_left_count_as_not_sent() {
         use awc::error::{ConnectError, SendRequestError};
-        assert!(super::never_sent(&SendRequestError::Connect(
+        assert!(never_sent(&SendRequestError::Connect(
             ConnectError::Timeout
         )));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(super::never_sent(&SendRequestError::Connect(
-            ConnectError::Io(refused)
-        )));
+        assert!(never_sent(&SendRequestError::Connect(ConnectError::Io(
+            refused
+        ))));
         // Closed after the request was written: it may have been applied.
-        assert!(!super::never_sent(&SendRequestError::Connect(
+        assert!(!never_sent(&SendRequestError::Connect(
             ConnectError::Disconnected
         )));
-        assert!(!super::never_sent(&SendRequestError::Timeout));
+        assert!(!never_sent(&SendRequestError::Timeout));
     }
-
-    use super::*;
 
     #[test]
     fn values_are_json_or_text() {
