@@ -275,12 +275,6 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
-        // Only writes get marked; reads (most requests) skip the extension.
-        let submitted = (req.method() != Method::GET).then(|| {
-            let submitted = Submitted::default();
-            req.extensions_mut().insert(submitted.clone());
-            submitted
-        });
         let request = req.request().clone();
         let method = req.method().clone();
         let observe = self.observe.clone();
@@ -290,9 +284,7 @@ where
             let mut answer = std::pin::pin!(answer);
             let answer = match tokio::time::timeout(observe.timeout, &mut answer).await {
                 Ok(answer) => Some(answer),
-                Err(_) if submitted.as_ref().is_some_and(Submitted::is_marked) => {
-                    Some(answer.await)
-                }
+                Err(_) if Submitted::is_marked(&request) => Some(answer.await),
                 Err(_) => None,
             };
             let response = match answer {
@@ -315,20 +307,19 @@ where
     }
 }
 
-/// Set on a request once its write is handed to the writer (see [`Observe`]).
-#[derive(Clone, Debug, Default)]
-struct Submitted(Rc<std::cell::Cell<bool>>);
+/// Put in a request's extensions once its write is handed to the writer (see
+/// [`Observe`], which holds a clone of the request: clones share extensions).
+#[derive(Clone, Copy, Debug)]
+struct Submitted;
 
 impl Submitted {
     /// Marks `req`'s write as handed to the writer.
     fn mark(req: &HttpRequest) {
-        if let Some(submitted) = req.extensions().get::<Submitted>() {
-            submitted.0.set(true);
-        }
+        req.extensions_mut().insert(Submitted);
     }
 
-    fn is_marked(&self) -> bool {
-        self.0.get()
+    fn is_marked(req: &HttpRequest) -> bool {
+        req.extensions().contains::<Submitted>()
     }
 }
 
