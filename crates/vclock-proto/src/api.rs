@@ -171,6 +171,31 @@ pub struct ErrorBody {
     pub missing: Vec<Missing>,
 }
 
+/// An answer's body, decoded by its HTTP status: the expected message on a 2xx,
+/// else the node's error. The one decoder of every client of a node (the CLI,
+/// the checker, the tracer and the nodes' own replication).
+pub fn decode_answer<T: serde::de::DeserializeOwned>(
+    status: u16,
+    body: &[u8],
+) -> Result<T, ErrorBody> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(body).map_err(|e| ErrorBody {
+            code: "bad_answer".into(),
+            message: format!("unexpected answer: {e}"),
+            missing: Vec::new(),
+        });
+    }
+    Err(match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(answer) => answer.error,
+        // Not one of our nodes' errors (a proxy's page, say): keep its text.
+        Err(_) => ErrorBody {
+            code: format!("http_{status}"),
+            message: String::from_utf8_lossy(body).trim().to_owned(),
+            missing: Vec::new(),
+        },
+    })
+}
+
 // ---- Peer API ----------------------------------------------------------------
 
 /// `POST /peer/v1/events`: a batch of events, each origin's in seq order.
@@ -268,4 +293,32 @@ pub struct FaultsResponse {
     pub node: NodeId,
     /// Peers to which replication from this node is paused.
     pub paused: Vec<NodeId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_success_decodes_as_the_expected_message() {
+        let body = br#"{"node":"n1","applied":{"n1":2}}"#;
+        let answer: ClockMessage = decode_answer(200, body).unwrap();
+        assert_eq!(answer.node, "n1");
+        assert_eq!(answer.applied.get("n1"), 2);
+        let garbage = decode_answer::<ClockMessage>(200, b"<html>").unwrap_err();
+        assert_eq!(garbage.code, "bad_answer");
+    }
+
+    #[test]
+    fn an_error_keeps_the_nodes_code_or_the_raw_text() {
+        let body = br#"{"error":{"code":"causal_timeout","message":"waited","missing":[{"node":"n2","have":0,"want":1}]}}"#;
+        let error = decode_answer::<ClockMessage>(503, body).unwrap_err();
+        assert_eq!(error.code, "causal_timeout");
+        assert_eq!(error.missing.len(), 1);
+        let error = decode_answer::<ClockMessage>(502, b"Bad Gateway\n").unwrap_err();
+        assert_eq!(
+            (error.code.as_str(), error.message.as_str()),
+            ("http_502", "Bad Gateway")
+        );
+    }
 }
