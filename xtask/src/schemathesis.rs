@@ -4,8 +4,8 @@
 //!
 //! Skipped, with the reason, when the `schemathesis` command is missing (`.ci/run`
 //! installs it with pip). A single node never waits for another's writes, so the
-//! two 503s the design asks for (`causal_timeout`, `buffer_full`) cannot happen
-//! here: any 5xx is a bug.
+//! only designed 503s (`causal_timeout`, `buffer_full`; see `docs/design.md`,
+//! "Interfaces") cannot happen here: any 5xx is a bug.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
