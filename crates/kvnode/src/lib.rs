@@ -23,6 +23,8 @@
 //! - [`http`] maps the three APIs (the prototype's, the native `/v1`, the peer
 //!   API) and the fault hook onto the node; [`error`] maps failures to statuses.
 //! - [`config`] loads settings from defaults, a TOML file and the environment.
+//! - [`server`] runs a node from its configuration on a listening socket until a
+//!   shutdown future completes, then stops it in order: what the binary runs.
 //! - [`metrics`] counts with atomics and serves the Prometheus text format;
 //!   [`openapi`] is the OpenAPI document of every route; [`tls`] loads the
 //!   certificates of HTTPS (rustls, no OpenSSL).
@@ -58,6 +60,7 @@ pub mod metrics;
 pub mod node;
 pub mod openapi;
 pub mod replication;
+pub mod server;
 pub mod store;
 pub mod tls;
 pub mod trace;

@@ -1,18 +1,13 @@
-//! The kvnode binary: loads the configuration, starts the node, serves HTTP.
+//! The kvnode binary: loads the configuration, binds the configured address and
+//! serves it with [`kvnode::server::run`] until SIGTERM or SIGINT.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
 use std::time::Duration;
 
-use actix_web::http::KeepAlive;
-use actix_web::{middleware, App, HttpServer};
 use clap::Parser;
 use kvnode::config::Config;
-use kvnode::durable::{Durability, DurableStore};
-use kvnode::node::{BoxStore, Node};
-use kvnode::store::MemStore;
 
 /// The node allocates per request and per event from several threads; glibc's
 /// allocator spent about a tenth of a loaded node's CPU in its own locking and
@@ -77,7 +72,7 @@ fn healthcheck(address: Option<String>) -> ExitCode {
             .unwrap_or_else(|| "5000".into());
         format!("127.0.0.1:{port}")
     });
-    match kvnode::probe_health(&address, std::time::Duration::from_secs(3)) {
+    match kvnode::probe_health(&address, Duration::from_secs(3)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvnode healthcheck: {address}: {e}");
@@ -103,151 +98,29 @@ fn init_logging(node_id: &str) {
         .init();
 }
 
+/// Serves until the first SIGTERM or SIGINT, then stops gracefully.
 #[actix_web::main]
 async fn serve(config: Config) -> std::io::Result<()> {
-    let address = (config.listen.clone(), config.port);
-    let workers = config
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let tls = kvnode::tls::server_config(&config).map_err(std::io::Error::other)?;
-    let peers: Vec<String> = config
-        .peers()
-        .map(|m| format!("{} at {}", m.id, m.url))
-        .collect();
-    let (store, storage): (BoxStore, String) = if config.memory {
-        (
-            Box::new(MemStore::new()),
-            "in memory (lost on restart)".into(),
+    let listener = kvnode::server::bind(&config.listen, config.port).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}:{}: {e}", config.listen, config.port),
         )
-    } else {
-        let store = DurableStore::open(&config.data_dir, config.durability)
-            .map_err(std::io::Error::other)?
-            .with_cache_bytes(config.cache_bytes)
-            .with_log_memory_events(config.log_memory_events);
-        let sync = match config.durability {
-            Durability::Fsync => "fsync before every acknowledgement",
-            Durability::None => "durability = none: commits are NOT synced",
-        };
-        (
-            Box::new(store),
-            format!("in {} ({sync})", config.data_dir.display()),
-        )
-    };
-    if config.durability == Durability::None && !config.memory {
-        log::warn!("durability = none: a crash of the machine can lose acknowledged writes; use only for throwaway benchmarks");
-    }
-    let node = Node::start(config, store).map_err(std::io::Error::other)?;
-    let applied = node.applied();
-    if applied.iter().any(|(_, &seq)| seq > 0) {
-        log::info!(
-            "recovered state: applied {applied}, {} events in the log",
-            node.status().log_len
-        );
-    }
-    let config = node.config().clone();
-    let app_node = node.clone();
-    let shutdown_timeout = config.shutdown_timeout.as_secs_f64().ceil() as u64;
-    // The access log renders every request, even when its level is filtered
-    // out: wrap it in only when it is shown.
-    let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Debug);
-    let server = HttpServer::new(move || {
-        App::new()
-            .configure(kvnode::http::configure(app_node.clone()))
-            .wrap(middleware::Condition::new(
-                access_log,
-                middleware::Logger::new("%r %s %b %Dms").log_level(log::Level::Debug),
-            ))
-    })
-    .workers(workers)
-    .max_connections(config.max_connections.div_ceil(workers))
-    .client_request_timeout(config.header_timeout)
-    .client_disconnect_timeout(config.disconnect_timeout)
-    .keep_alive(if config.keep_alive.is_zero() {
-        KeepAlive::Disabled
-    } else {
-        KeepAlive::Timeout(config.keep_alive)
-    })
-    .shutdown_timeout(shutdown_timeout)
-    // Signals are handled below: SIGINT must stop gracefully too.
-    .disable_signals();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let bound = match tls {
-        Some(tls) => server.bind_rustls_0_23(address.clone(), tls),
-        None => server.bind(address.clone()),
-    };
-    let server = bound
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}:{}: {e}", address.0, address.1),
-            )
-        })?
-        .run();
-    log::info!(
-        "listening on {scheme}://{}:{} with {workers} workers; storage {storage}",
-        address.0,
-        address.1
-    );
-    if peers.is_empty() {
-        log::info!("no peers: a single-node cluster");
-    } else {
-        log::info!("peers: {}", peers.join(", "));
-    }
-    if config.cluster_secret.is_none() {
-        log::warn!("no cluster_secret: the peer API (replication, clock exchange, fault hook) is open to anyone who can reach this node");
-    }
-    if config.faults {
-        log::warn!("the fault hook is enabled: POST /admin/v1/links/<peer>/pause and /resume");
-    }
-    let senders = kvnode::replication::spawn_links(&node);
-    actix_web::rt::spawn(stop_on_signal(
-        server.handle(),
-        node.clone(),
-        config.shutdown_timeout,
-    ));
-    server.await?;
-
-    // The HTTP server has stopped: no request is in flight any more.
-    node.begin_shutdown();
-    let bound = config.peer_timeout + Duration::from_secs(1);
-    let stopped = tokio::time::timeout(bound, async {
-        for sender in senders {
-            let _ = sender.await;
-        }
-    })
-    .await;
-    match stopped {
-        Ok(()) => log::info!("shutdown: replication senders stopped"),
-        Err(_) => log::warn!(
-            "shutdown: a replication sender did not finish its request within {bound:?}; \
-             the peer will be sent it again"
-        ),
-    }
-    if node.stop_writer().await {
-        log::info!("shutdown: the writer committed its last group");
-    }
-    log::info!(
-        "stopped: applied {}, {} events in the log",
-        node.applied(),
-        node.status().log_len
-    );
-    Ok(())
+    })?;
+    let shutdown = first_signal(config.shutdown_timeout);
+    kvnode::server::run(config, listener, shutdown).await
 }
 
-/// On the first SIGTERM or SIGINT: stop accepting connections and let in-flight
-/// requests finish, at most `timeout`. On a second one: exit at once.
-async fn stop_on_signal(
-    server: actix_web::dev::ServerHandle,
-    node: std::sync::Arc<kvnode::node::Node>,
-    timeout: Duration,
-) {
+/// Completes on the first SIGTERM or SIGINT, after which in-flight requests have
+/// `timeout` to finish. A second one exits at once.
+async fn first_signal(timeout: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
         log::error!("cannot install the SIGTERM and SIGINT handlers");
-        return;
+        return std::future::pending().await;
     };
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -264,9 +137,4 @@ async fn stop_on_signal(
         log::warn!("second {again}: exiting now");
         std::process::exit(130);
     });
-    // Live trace streams never end by themselves: end them, or they would hold
-    // the shutdown for its whole timeout.
-    node.tracer().close_streams();
-    server.stop(true).await;
-    log::info!("shutdown: the HTTP server has stopped");
 }
