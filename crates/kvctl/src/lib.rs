@@ -21,12 +21,13 @@ pub mod bench;
 pub mod check;
 pub mod session_file;
 pub mod trace;
+pub mod transport;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vclock_proto::{
-    ErrorResponse, GetResponse, PutRequest, PutResponse, StatusResponse, VClock, Value,
-};
+use vclock_proto::{GetResponse, PutRequest, PutResponse, StatusResponse, VClock, Value};
+
+pub use transport::{Agent, CallError, Transport};
 
 /// What can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,21 @@ pub enum Error {
     InvalidValue(String),
 }
 
+impl Error {
+    /// The failure of one request to the node at `url`.
+    pub fn at(url: &str, error: CallError) -> Self {
+        match error {
+            CallError::Refused { status, error } => Error::Refused {
+                url: url.to_owned(),
+                status,
+                code: error.code,
+                message: error.message,
+            },
+            unanswered => Error::Unreachable(vec![(url.to_owned(), unanswered.to_string())]),
+        }
+    }
+}
+
 /// Result of client calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -58,7 +74,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Client {
     nodes: Vec<String>,
-    timeout: Duration,
+    transport: Transport,
 }
 
 impl Client {
@@ -73,19 +89,37 @@ impl Client {
                 .into_iter()
                 .map(|n| n.into().trim_end_matches('/').to_owned())
                 .collect(),
-            timeout: Duration::from_secs(10),
+            transport: Transport::new(),
         }
     }
 
     /// Sets the timeout of each request (default 10 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.transport = self.transport.with_timeout(timeout);
+        self
+    }
+
+    /// Sends `token` as the bearer token of every request (the nodes'
+    /// `client_token`).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.transport = self.transport.with_token(token);
+        self
+    }
+
+    /// Uses `transport` (token, timeout) for every request.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
         self
     }
 
     /// The nodes, in the order they are tried.
     pub fn nodes(&self) -> &[String] {
         &self.nodes
+    }
+
+    /// How requests are sent.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Reads `key` with all its siblings, after everything `context` counts.
@@ -124,81 +158,40 @@ impl Client {
 
     /// The status of the node at `url`.
     pub async fn status_of(&self, url: &str) -> Result<StatusResponse> {
-        let single = Client {
-            nodes: vec![url.trim_end_matches('/').to_owned()],
-            timeout: self.timeout,
-        };
-        single
-            .request(awc::http::Method::GET, "/status", None::<&()>)
+        let url = url.trim_end_matches('/');
+        self.transport
+            .agent()
+            .get(&format!("{url}/status"))
             .await
+            .map_err(|e| Error::at(url, e))
     }
 
+    /// Sends the request to each node in turn until one answers. A request that
+    /// was never sent goes to the next node; one sent without an answer does
+    /// too when it is a read, but a write may have been applied and is not
+    /// sent twice.
     async fn request<B: Serialize, T: DeserializeOwned>(
         &self,
         method: awc::http::Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        let http = awc::Client::builder().timeout(self.timeout).finish();
+        let agent = self.transport.agent();
         let mut tried = Vec::new();
         for node in &self.nodes {
-            let url = format!("{node}{path}");
-            let request = http.request(method.clone(), &url);
-            let sent = match body {
-                Some(body) => request.send_json(body).await,
-                None => request.send().await,
+            let error = match agent
+                .call(method.clone(), &format!("{node}{path}"), body)
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(e @ CallError::Refused { .. }) => return Err(Error::at(node, e)),
+                Err(e) => e,
             };
-            let mut response = match sent {
-                Ok(r) => r,
-                // Never sent: the next node may take the request.
-                Err(e) if never_sent(&e) => {
-                    tried.push((node.clone(), e.to_string()));
-                    continue;
-                }
-                // Sent but unanswered: a read may go elsewhere, but a write may
-                // have been applied and must not be sent twice.
-                Err(e) => {
-                    tried.push((node.clone(), e.to_string()));
-                    if method == awc::http::Method::GET {
-                        continue;
-                    }
-                    return Err(Error::Unreachable(tried));
-                }
-            };
-            let status = response.status();
-            let bytes = match response.body().limit(64 << 20).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tried.push((node.clone(), format!("reading the answer: {e}")));
-                    // Answered: a write was applied, or refused; either way
-                    // it must not go to another node.
-                    if method == awc::http::Method::GET {
-                        continue;
-                    }
-                    return Err(Error::Unreachable(tried));
-                }
-            };
-            if status.is_success() {
-                return serde_json::from_slice(&bytes).map_err(|e| Error::Refused {
-                    url: node.clone(),
-                    status: status.as_u16(),
-                    code: "bad_answer".into(),
-                    message: format!("unexpected answer: {e}"),
-                });
+            let retry = matches!(error, CallError::NotSent(_)) || method == awc::http::Method::GET;
+            tried.push((node.clone(), error.to_string()));
+            if !retry {
+                return Err(Error::Unreachable(tried));
             }
-            let (code, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
-                Ok(e) => (e.error.code, e.error.message),
-                Err(_) => (
-                    "unknown".into(),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ),
-            };
-            return Err(Error::Refused {
-                url: node.clone(),
-                status: status.as_u16(),
-                code,
-                message,
-            });
         }
         Err(Error::Unreachable(tried))
     }
@@ -249,15 +242,6 @@ impl Session {
     }
 }
 
-/// True when a request failed before it was sent: no connection was made, so
-/// another node may take it. awc also reports `ConnectError::Disconnected` when
-/// the connection closes after the request went out and before an answer: that
-/// request may have been applied.
-pub(crate) fn never_sent(error: &awc::error::SendRequestError) -> bool {
-    use awc::error::{ConnectError, SendRequestError};
-    matches!(error, SendRequestError::Connect(e) if !matches!(e, ConnectError::Disconnected))
-}
-
 /// Reads command-line text as a value: JSON if it parses as JSON, else a string.
 pub fn parse_value(text: &str) -> Value {
     let trimmed = text.trim();
@@ -296,23 +280,6 @@ pub(crate) fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_requests_that_never_left_count_as_not_sent() {
-        use awc::error::{ConnectError, SendRequestError};
-        assert!(never_sent(&SendRequestError::Connect(
-            ConnectError::Timeout
-        )));
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(never_sent(&SendRequestError::Connect(ConnectError::Io(
-            refused
-        ))));
-        // Closed after the request was written: it may have been applied.
-        assert!(!never_sent(&SendRequestError::Connect(
-            ConnectError::Disconnected
-        )));
-        assert!(!never_sent(&SendRequestError::Timeout));
-    }
 
     #[test]
     fn values_are_json_or_text() {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, LocalBoxStream, StreamExt};
 use vclock_proto::{NodeId, TraceEvent, TraceKind, TraceRef, TraceResponse, VClock};
 
+use crate::transport::{Agent, CallError, Transport};
 use crate::Error;
 
 /// The regular expression that reads the ShiViz log, with JavaScript's named
@@ -45,6 +46,9 @@ pub const SHIVIZ_REGEX: &str = r#"(?<host>\S+) "(?<event>.*)" (?<clock>\{.*\})"#
 
 /// Values and keys longer than this many characters are cut in descriptions.
 const MAX_SHOWN_CHARS: usize = 60;
+
+/// Largest trace answer read (a node keeps at most `trace_buffer` records).
+const TRACE_BODY_LIMIT: usize = 1 << 30;
 
 /// How long a followed node that cannot be reached waits before trying again.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -484,49 +488,23 @@ pub fn collate(events: impl IntoIterator<Item = TraceEvent>) -> Vec<Entry> {
 
 // ---- reading the nodes ------------------------------------------------------------
 
-fn http_client(options: &TraceOptions) -> awc::Client {
-    let builder = awc::Client::builder().timeout(options.timeout);
-    match &options.token {
-        Some(token) => builder.bearer_auth(token).finish(),
-        None => builder.finish(),
+impl TraceOptions {
+    /// How the trace is read: the token and timeout, and answers as large as a
+    /// node's whole trace.
+    pub fn transport(&self) -> Transport {
+        Transport::new()
+            .with_timeout(self.timeout)
+            .with_optional_token(self.token.clone())
+            .with_body_limit(TRACE_BODY_LIMIT)
     }
 }
 
 /// `GET {url}/v1/trace?after={after}` of one node.
-async fn trace_of(http: &awc::Client, url: &str, after: u64) -> Result<TraceResponse, Error> {
-    let unreachable = |why: String| Error::Unreachable(vec![(url.to_owned(), why)]);
-    let mut response = http
-        .get(format!("{url}/v1/trace?after={after}"))
-        .send()
+async fn trace_of(agent: &Agent, url: &str, after: u64) -> Result<TraceResponse, Error> {
+    agent
+        .get(&format!("{url}/v1/trace?after={after}"))
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = response.status();
-    let body = response
-        .body()
-        .limit(1 << 30)
-        .await
-        .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
-    if status.is_success() {
-        return serde_json::from_slice(&body).map_err(|e| Error::Refused {
-            url: url.to_owned(),
-            status: status.as_u16(),
-            code: "bad_answer".into(),
-            message: format!("unexpected answer: {e}"),
-        });
-    }
-    let (code, message) = match serde_json::from_slice::<vclock_proto::ErrorResponse>(&body) {
-        Ok(e) => (e.error.code, e.error.message),
-        Err(_) => (
-            "unknown".into(),
-            String::from_utf8_lossy(&body).into_owned(),
-        ),
-    };
-    Err(Error::Refused {
-        url: url.to_owned(),
-        status: status.as_u16(),
-        code,
-        message,
-    })
+        .map_err(|e| Error::at(url, e))
 }
 
 /// The nodes that keep a trace, from every node's answer; warns about the
@@ -596,10 +574,10 @@ pub async fn snapshot(
     out: &mut dyn Write,
     warn: &mut dyn FnMut(&str),
 ) -> Result<usize, TraceError> {
-    let http = http_client(options);
+    let agent = options.transport().agent();
     let answers = futures_util::future::join_all(options.nodes.iter().map(|url| {
-        let http = &http;
-        async move { (url.clone(), trace_of(http, url, 0).await) }
+        let agent = &agent;
+        async move { (url.clone(), trace_of(agent, url, 0).await) }
     }))
     .await;
     let traces = keeping_a_trace(answers, warn)?;
@@ -634,10 +612,10 @@ pub async fn follow(
 ) -> Result<(), TraceError> {
     use futures_util::future::{select, Either};
 
-    let http = http_client(options);
+    let agent = options.transport().agent();
     let answers = futures_util::future::join_all(options.nodes.iter().map(|url| {
-        let http = &http;
-        async move { (url.clone(), trace_of(http, url, u64::MAX).await) }
+        let agent = &agent;
+        async move { (url.clone(), trace_of(agent, url, u64::MAX).await) }
     }))
     .await;
     // Nodes unreachable now are followed too, in case they come up; the
@@ -657,7 +635,7 @@ pub async fn follow(
         .map(|(url, _)| url)
         .chain(unreachable.clone());
     let mut news = stream::select_all(followed.map(|url| {
-        let mut node = NodeStream::new(url, http.clone());
+        let mut node = NodeStream::new(url, agent.clone());
         // Unreachable now, which was told: try again, quietly.
         node.lost = unreachable.contains(&node.url);
         node.into_stream()
@@ -719,7 +697,7 @@ enum NodeNews {
 /// One node's `/v1/trace/stream`, read again after it breaks.
 struct NodeStream {
     url: String,
-    http: awc::Client,
+    agent: Agent,
     node: Option<NodeId>,
     last_id: u64,
     body: Option<LocalBoxStream<'static, Result<Vec<u8>, String>>>,
@@ -744,10 +722,10 @@ impl std::fmt::Debug for NodeStream {
 }
 
 impl NodeStream {
-    fn new(url: String, http: awc::Client) -> Self {
+    fn new(url: String, agent: Agent) -> Self {
         Self {
             url,
-            http,
+            agent,
             node: None,
             last_id: 0,
             body: None,
@@ -818,7 +796,7 @@ impl NodeStream {
             actix_rt::time::sleep(RECONNECT_AFTER).await;
         }
         // The node's last id tells whether it restarted since.
-        let trace = match trace_of(&self.http, &self.url, u64::MAX).await {
+        let trace = match trace_of(&self.agent, &self.url, u64::MAX).await {
             Ok(trace) => trace,
             Err(e) => return self.lose(e.to_string()),
         };
@@ -836,11 +814,10 @@ impl NodeStream {
         }
         self.node = Some(trace.node);
         let url = format!("{}/v1/trace/stream?after={}", self.url, self.last_id);
-        match self.http.get(url).send().await {
-            Ok(response) if response.status().is_success() => {
+        match self.agent.stream(&url).await {
+            Ok(body) => {
                 self.body = Some(
-                    response
-                        .map(|chunk| chunk.map(|b| b.to_vec()).map_err(|e| e.to_string()))
+                    body.map(|chunk| chunk.map(|b| b.to_vec()).map_err(|e| e.to_string()))
                         .boxed_local(),
                 );
                 self.sse = SseParser::default();
@@ -855,7 +832,9 @@ impl NodeStream {
                 }
                 self.was_read = true;
             }
-            Ok(response) => self.lose(format!("the stream was refused ({})", response.status())),
+            Err(e @ CallError::Refused { .. }) => {
+                self.lose(format!("the stream was refused ({e})"))
+            }
             Err(e) => self.lose(e.to_string()),
         }
     }

@@ -8,11 +8,13 @@ use awc::http::header::{HeaderValue, CONTENT_TYPE};
 use awc::http::Method;
 use awc::FrozenClientRequest;
 use bytes::Bytes;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use vclock_proto::VClock;
 
 use crate::check::Api;
 use crate::percent_encode;
+use crate::transport::{decode, never_sent, read_whole, Transport};
 
 /// Largest answer body read (the nodes' answers are small; a value is at most 1 MiB).
 const BODY_LIMIT: usize = 8 << 20;
@@ -59,12 +61,7 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// A connection to the node at `base` (e.g. `http://127.0.0.1:5001`). Must be
     /// called on an actix runtime; connects on the first request.
-    pub fn new(
-        base: &str,
-        api: Api,
-        timeout: Duration,
-        token: Option<&str>,
-    ) -> Result<Self, Failure> {
+    pub fn new(base: &str, api: Api, transport: &Transport) -> Result<Self, Failure> {
         let base = base.trim_end_matches('/').to_owned();
         // A worker has one request in flight, so its client's pool holds one
         // connection, kept open between requests for the whole run.
@@ -74,10 +71,10 @@ impl Conn {
             .conn_lifetime(Duration::from_secs(24 * 3600));
         let builder = awc::Client::builder()
             .connector(connector)
-            .timeout(timeout)
+            .timeout(transport.timeout())
             .no_default_headers()
             .disable_redirects();
-        let client = match token {
+        let client = match transport.token() {
             Some(token) => builder.bearer_auth(token).finish(),
             None => builder.finish(),
         };
@@ -175,27 +172,22 @@ fn encode_key(key: &str) -> String {
 }
 
 /// Reads the whole answer (so that the connection can be reused) and maps
-/// failures to their kind.
+/// failures to their kind. A success's body is handed back as it is, to be
+/// read only as far as the workload needs; an error's is decoded.
 async fn answer<S>(sent: Result<awc::ClientResponse<S>, SendError>) -> Result<Bytes, Failure>
 where
     S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
 {
-    let mut response = sent.map_err(classify)?;
-    let status = response.status();
-    let body = response
-        .body()
-        .limit(BODY_LIMIT)
+    let (status, body) = read_whole(sent.map_err(classify)?, BODY_LIMIT)
         .await
-        .map_err(|e| Failure::new("io", format!("reading the answer: {e}")))?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-        Err(Failure::new(
-            format!("http_{}", status.as_u16()),
-            format!("{status}: {text}"),
-        ))
+        .map_err(|e| Failure::new("io", e.to_string()))?;
+    if (200..300).contains(&status) {
+        return Ok(body);
     }
+    let refused = decode::<IgnoredAny>(status, &body)
+        .err()
+        .map_or_else(String::new, |e| e.to_string());
+    Err(Failure::new(format!("http_{status}"), refused))
 }
 
 type SendError = awc::error::SendRequestError;
@@ -205,7 +197,7 @@ fn classify(error: SendError) -> Failure {
         SendError::Timeout => "timeout",
         SendError::Connect(awc::error::ConnectError::Timeout) => "timeout",
         // A connection closed after the request went out is not a connect error.
-        e if crate::never_sent(e) => "connect",
+        e if never_sent(e) => "connect",
         _ => "io",
     };
     Failure::new(kind, error.to_string())
@@ -238,13 +230,6 @@ pub(crate) fn shows_value(body: &[u8]) -> Result<bool, Failure> {
     let shown: Shown = serde_json::from_slice(body)
         .map_err(|e| Failure::bad_answer(format!("unexpected read answer: {e}")))?;
     Ok(shown.found.unwrap_or(shown.value.is_some()))
-}
-
-/// The node id in a `/health` answer.
-pub(crate) fn node_id_of(body: &[u8]) -> Result<String, Failure> {
-    serde_json::from_slice::<vclock_proto::HealthResponse>(body)
-        .map(|h| h.node)
-        .map_err(|e| Failure::bad_answer(format!("unexpected /health answer: {e}")))
 }
 
 #[cfg(test)]

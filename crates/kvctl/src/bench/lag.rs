@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use super::conn::{shows_value, Conn, Failure};
 use super::report::{new_histogram, record, ErrorTally, LagReport, Percentiles};
 use crate::check::Api;
+use crate::transport::Transport;
 
 /// What the lag phase needs.
 #[derive(Debug)]
@@ -29,8 +30,7 @@ pub(crate) struct LagPlan {
     pub samples: u64,
     /// How long a node may take to show a value before the pair counts as not visible.
     pub visible_within: Duration,
-    pub timeout: Duration,
-    pub token: Option<String>,
+    pub transport: Transport,
     /// Distinguishes this run's keys from every other run's.
     pub run_id: String,
 }
@@ -39,12 +39,7 @@ pub(crate) struct LagPlan {
 pub(crate) async fn measure(plan: &LagPlan, done: &AtomicU64) -> Result<LagReport, Failure> {
     let mut conns = Vec::new();
     for node in &plan.nodes {
-        conns.push(Conn::new(
-            node,
-            plan.api,
-            plan.timeout,
-            plan.token.as_deref(),
-        )?);
+        conns.push(Conn::new(node, plan.api, &plan.transport)?);
     }
     let n = conns.len();
     let mut per_node: Vec<Histogram<u64>> = (0..n).map(|_| new_histogram()).collect();

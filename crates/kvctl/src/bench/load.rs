@@ -8,15 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use awc::http::Method;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use vclock_proto::VClock;
+use serde::de::IgnoredAny;
+use vclock_proto::{PutRequest, VClock, Value, WriteRequest};
 
 use super::conn::{clock_of, Conn, Failure};
 use super::report::{new_histogram, record, ErrorTally};
 use super::{Stop, Workload};
 use crate::check::Api;
+use crate::transport::Transport;
 
 /// What every thread of the load phase needs to know.
 #[derive(Debug)]
@@ -29,8 +32,7 @@ pub(crate) struct Plan {
     /// The JSON text of every written value.
     pub value: String,
     pub sessions: bool,
-    pub timeout: Duration,
-    pub token: Option<String>,
+    pub transport: Transport,
     pub seed: u64,
 }
 
@@ -139,7 +141,7 @@ impl Plan {
     /// Connection `worker`'s link, to the nodes in turn (round robin).
     fn connect(&self, worker: usize) -> Result<Conn, Failure> {
         let node = &self.nodes[worker % self.nodes.len()];
-        Conn::new(node, self.api, self.timeout, self.token.as_deref())
+        Conn::new(node, self.api, &self.transport)
     }
 }
 
@@ -277,40 +279,59 @@ async fn worker(
 }
 
 /// Writes every key of the key space once, `connections` at a time spread over
-/// the nodes, so that reads find values. Fails at the first refused write.
+/// the nodes, so that reads find values. Fails at the first write that does not
+/// succeed.
 pub(crate) async fn populate(
     plan: &Plan,
     connections: usize,
     counters: &Counters,
-) -> Result<u64, Failure> {
+) -> Result<u64, crate::Error> {
+    let value =
+        Value::from_json(&plan.value).map_err(|e| crate::Error::InvalidValue(e.to_string()))?;
+    let agent = plan.transport.agent();
     let next = Rc::new(Cell::new(0u64));
-    let mut conns = Vec::new();
-    for w in 0..connections {
-        conns.push(plan.connect(w)?);
-    }
-    let writers = conns.into_iter().map(|mut conn| {
-        let next = next.clone();
+    let writers = (0..connections).map(|w| {
+        let (next, agent, value) = (next.clone(), &agent, &value);
+        let node = &plan.nodes[w % plan.nodes.len()];
         async move {
-            let mut key = String::with_capacity(32);
             loop {
                 let k = next.get();
                 if k >= plan.keys {
                     return Ok(());
                 }
                 next.set(k + 1);
-                key.clear();
-                let _ = write!(key, "bench-{k}");
-                conn.write(&key, &plan.value, None)
-                    .await
-                    .map_err(|f| Failure {
-                        message: format!("populating {key} at {}: {}", conn.base(), f.message),
-                        ..f
-                    })?;
+                let key = format!("bench-{k}");
+                let written = match plan.api {
+                    Api::Compat => {
+                        let body = WriteRequest {
+                            key: key.clone(),
+                            value: value.clone(),
+                            context: None,
+                        };
+                        let url = format!("{node}/write");
+                        agent
+                            .call::<_, IgnoredAny>(Method::POST, &url, Some(&body))
+                            .await
+                    }
+                    Api::Native => {
+                        let body = PutRequest {
+                            value: value.clone(),
+                            context: None,
+                        };
+                        let url = format!("{node}{}", crate::kv_path(&key, ""));
+                        agent
+                            .call::<_, IgnoredAny>(Method::PUT, &url, Some(&body))
+                            .await
+                    }
+                };
+                written.map_err(|e| crate::Error::at(node, e))?;
                 counters.done.fetch_add(1, Relaxed);
             }
         }
     });
     let results = futures_util::future::join_all(writers).await;
-    results.into_iter().collect::<Result<Vec<()>, Failure>>()?;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, crate::Error>>()?;
     Ok(plan.keys)
 }

@@ -146,6 +146,13 @@ pub enum BenchError {
 }
 
 impl BenchConfig {
+    /// How the run's requests are sent: its timeout and token.
+    pub fn transport(&self) -> crate::Transport {
+        crate::Transport::new()
+            .with_timeout(self.timeout)
+            .with_optional_token(self.token.clone())
+    }
+
     /// Checks the settings; the message says what to change.
     pub fn validate(&self) -> Result<(), BenchError> {
         let invalid = |m: &str| Err(BenchError::Invalid(m.to_owned()));
@@ -200,8 +207,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
         keys: config.keys,
         value: serde_json::to_string(&"x".repeat(config.value_size)).expect("strings serialise"),
         sessions: config.sessions,
-        timeout: config.timeout,
-        token: config.token.clone(),
+        transport: config.transport(),
         seed: config.seed,
     });
 
@@ -274,19 +280,15 @@ fn join<T>(handle: JoinHandle<T>) -> Result<T, BenchError> {
 
 /// `GET /health` at every node; returns their ids.
 fn check_nodes(config: &BenchConfig) -> Result<Vec<String>, BenchError> {
-    let nodes = config.nodes.clone();
-    let (api, timeout, token) = (config.api, config.timeout, config.token.clone());
+    let (nodes, transport) = (config.nodes.clone(), config.transport());
     let handle = on_runtime("bench-check", move || async move {
+        let agent = transport.agent();
         let mut ids = Vec::new();
         let mut failed = Vec::new();
         for node in &nodes {
-            let answer = match conn::Conn::new(node, api, timeout, token.as_deref()) {
-                Ok(mut c) => c.health().await,
-                Err(f) => Err(f),
-            };
-            match answer.and_then(|body| conn::node_id_of(&body)) {
-                Ok(id) => ids.push(id),
-                Err(f) => failed.push((node.clone(), f.message)),
+            match agent.health(node).await {
+                Ok(health) => ids.push(health.node),
+                Err(e) => failed.push((node.clone(), e.to_string())),
             }
         }
         if failed.is_empty() {
@@ -311,18 +313,7 @@ fn populate(config: &BenchConfig, plan: &Arc<load::Plan>) -> Result<u64, BenchEr
         thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
-    join(handle)?.map_err(|f| {
-        BenchError::Client(crate::Error::Refused {
-            url: config.nodes.join(", "),
-            status: f
-                .kind
-                .strip_prefix("http_")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            code: f.kind,
-            message: f.message,
-        })
-    })
+    Ok(join(handle)??)
 }
 
 fn load_phase(
@@ -423,8 +414,7 @@ fn lag_phase(config: &BenchConfig, node_ids: Vec<String>) -> Result<LagReport, B
         api: config.api,
         samples: config.lag_samples,
         visible_within: config.lag_timeout,
-        timeout: config.timeout,
-        token: config.token.clone(),
+        transport: config.transport(),
         run_id: format!("{run_id:x}"),
     };
     let done = Arc::new(AtomicU64::new(0));

@@ -4,15 +4,17 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use awc::http::Method;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vclock_proto::{
-    GetResponse, HealthResponse, PutRequest, PutResponse, ReadResponse, VClock, Value,
-    WriteRequest, WriteResponse,
+    GetResponse, PutRequest, PutResponse, ReadResponse, VClock, Value, WriteRequest, WriteResponse,
 };
 
 use super::history::{Api, FinalSibling, FinalState, History, Op, OpKind, Outcome};
 use crate::percent_encode as encode;
+use crate::transport::{Agent, CallError, Transport};
+use crate::{context_query, kv_path};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -50,50 +52,13 @@ impl Recorder {
     }
 }
 
-enum Call<T> {
-    Ok(T),
-    Failed(String),
-    Unknown(String),
-}
-
-impl<T> Call<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Call<U> {
-        match self {
-            Call::Ok(t) => Call::Ok(f(t)),
-            Call::Failed(e) => Call::Failed(e),
-            Call::Unknown(e) => Call::Unknown(e),
-        }
-    }
-}
-
-async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
-    http: &awc::Client,
-    method: awc::http::Method,
-    url: &str,
-    body: Option<&B>,
-) -> Call<T> {
-    let request = http.request(method, url);
-    let sent = match body {
-        Some(b) => request.send_json(b).await,
-        None => request.send().await,
-    };
-    let mut response = match sent {
-        Ok(r) => r,
-        // Not connected: the request never reached the node.
-        Err(e) if crate::never_sent(&e) => return Call::Failed(e.to_string()),
-        Err(e) => return Call::Unknown(e.to_string()),
-    };
-    let status = response.status();
-    let body = match response.body().limit(64 << 20).await {
-        Ok(b) => b,
-        Err(e) => return Call::Unknown(format!("reading the answer: {e}")),
-    };
-    if !status.is_success() {
-        return Call::Failed(format!("{status}: {}", String::from_utf8_lossy(&body)));
-    }
-    match serde_json::from_slice(&body) {
-        Ok(t) => Call::Ok(t),
-        Err(e) => Call::Unknown(format!("unexpected answer: {e}")),
+/// How an operation that got no usable answer ended: refused or never sent,
+/// it did not happen; otherwise it may have.
+fn outcome_of(error: &CallError) -> Outcome {
+    if error.may_have_happened() {
+        Outcome::Unknown
+    } else {
+        Outcome::Failed
     }
 }
 
@@ -105,11 +70,12 @@ fn as_text(value: &Value) -> Option<String> {
     }
 }
 
-fn http_client(workload: &Workload) -> awc::Client {
-    let builder = awc::Client::builder().timeout(workload.timeout);
-    match &workload.token {
-        Some(token) => builder.bearer_auth(token).finish(),
-        None => builder.finish(),
+impl Workload {
+    /// How the workload's requests are sent: its timeout and token.
+    pub fn transport(&self) -> Transport {
+        Transport::new()
+            .with_timeout(self.timeout)
+            .with_optional_token(self.token.clone())
     }
 }
 
@@ -123,7 +89,7 @@ pub async fn run(workload: &Workload) -> History {
 
 /// Runs the sessions only: the history has no final state yet.
 pub async fn run_sessions(workload: &Workload) -> History {
-    let http = http_client(workload);
+    let agent = workload.transport().agent();
     // Fresh keys and values for every run, so that earlier runs cannot be
     // mistaken for this one's writes.
     let run_id = std::time::SystemTime::now()
@@ -141,7 +107,7 @@ pub async fn run_sessions(workload: &Workload) -> History {
     let sessions = (0..workload.sessions).map(|s| {
         let rng =
             StdRng::seed_from_u64(workload.seed.wrapping_mul(1_000_003).wrapping_add(s as u64));
-        session(workload, &http, &keys, &run_id, s, rng, recorder.clone())
+        session(workload, &agent, &keys, &run_id, s, rng, recorder.clone())
     });
     futures_util::future::join_all(sessions).await;
     let mut ops = std::mem::take(&mut recorder.borrow_mut().ops);
@@ -159,16 +125,16 @@ pub async fn run_sessions(workload: &Workload) -> History {
 /// Waits until every node has the same clock, then reads every key at every
 /// node into the history's final state.
 pub async fn finish(workload: &Workload, history: &mut History) {
-    let http = http_client(workload);
-    history.quiescent = wait_for_quiescence(workload, &http).await;
+    let agent = workload.transport().agent();
+    history.quiescent = wait_for_quiescence(workload, &agent).await;
     if history.quiescent {
-        history.final_states = final_states(workload, &http, &history.keys).await;
+        history.final_states = final_states(workload, &agent, &history.keys).await;
     }
 }
 
 async fn session(
     workload: &Workload,
-    http: &awc::Client,
+    agent: &Agent,
     keys: &[String],
     run: &str,
     id: usize,
@@ -207,117 +173,83 @@ async fn session(
             written += 1;
             let value = format!("{run}-s{id}-{written}");
             let json = Value::from_serialize(&value).expect("strings serialise");
-            let answer: Call<VClock> = match workload.api {
+            let answer = match workload.api {
                 Api::Compat => {
                     let body = WriteRequest {
                         key: key.clone(),
                         value: json,
                         context: Some(context.clone()),
                     };
-                    call::<_, WriteResponse>(
-                        http,
-                        awc::http::Method::POST,
-                        &format!("{node}/write"),
-                        Some(&body),
-                    )
-                    .await
-                    .map(|r| r.timestamp)
+                    agent
+                        .call::<_, WriteResponse>(
+                            Method::POST,
+                            &format!("{node}/write"),
+                            Some(&body),
+                        )
+                        .await
+                        .map(|r| r.timestamp)
                 }
                 Api::Native => {
                     let body = PutRequest {
                         value: json,
                         context: Some(context.clone()),
                     };
-                    let url = format!("{node}/v1/kv/{}", encode(&key));
-                    call::<_, PutResponse>(http, awc::http::Method::PUT, &url, Some(&body))
+                    let url = format!("{node}{}", kv_path(&key, ""));
+                    agent
+                        .call::<_, PutResponse>(Method::PUT, &url, Some(&body))
                         .await
                         .map(|r| r.timestamp)
                 }
             };
             match answer {
-                Call::Ok(ts) => {
+                Ok(ts) => {
                     context.merge(&ts);
+                    let timestamp = Some(ts);
+                    (OpKind::Write { value, timestamp }, Outcome::Ok, None)
+                }
+                Err(e) => {
+                    let timestamp = None;
+                    let outcome = outcome_of(&e);
                     (
-                        OpKind::Write {
-                            value,
-                            timestamp: Some(ts),
-                        },
-                        Outcome::Ok,
-                        None,
+                        OpKind::Write { value, timestamp },
+                        outcome,
+                        Some(e.to_string()),
                     )
                 }
-                Call::Failed(e) => (
-                    OpKind::Write {
-                        value,
-                        timestamp: None,
-                    },
-                    Outcome::Failed,
-                    Some(e),
-                ),
-                Call::Unknown(e) => (
-                    OpKind::Write {
-                        value,
-                        timestamp: None,
-                    },
-                    Outcome::Unknown,
-                    Some(e),
-                ),
             }
         } else {
-            let answer: Call<(Vec<Option<String>>, VClock)> = match workload.api {
+            let answer = match workload.api {
                 Api::Compat => {
                     let url = format!("{node}/read?key={}", encode(&key));
-                    call::<(), ReadResponse>(http, awc::http::Method::GET, &url, None)
+                    agent
+                        .get::<ReadResponse>(&url)
                         .await
                         .map(|r| (vec![as_text(&r.value)], r.timestamp))
                 }
                 Api::Native => {
-                    let url = format!(
-                        "{node}/v1/kv/{}?context={}",
-                        encode(&key),
-                        encode(&serde_json::to_string(&context).expect("clocks serialise"))
-                    );
-                    call::<(), GetResponse>(http, awc::http::Method::GET, &url, None)
-                        .await
-                        .map(|r| {
-                            let values = r
-                                .siblings
-                                .iter()
-                                .filter(|s| !s.deleted)
-                                .map(|s| as_text(&s.value))
-                                .collect();
-                            (values, r.context)
-                        })
+                    let url = format!("{node}{}", kv_path(&key, &context_query(Some(&context))));
+                    agent.get::<GetResponse>(&url).await.map(|r| {
+                        let values = r
+                            .siblings
+                            .iter()
+                            .filter(|s| !s.deleted)
+                            .map(|s| as_text(&s.value))
+                            .collect();
+                        (values, r.context)
+                    })
                 }
             };
             match answer {
-                Call::Ok((values, clock)) => {
+                Ok((values, clock)) => {
                     context.merge(&clock);
-                    (
-                        OpKind::Read {
-                            values,
-                            clock: Some(clock),
-                        },
-                        Outcome::Ok,
-                        None,
-                    )
+                    let clock = Some(clock);
+                    (OpKind::Read { values, clock }, Outcome::Ok, None)
                 }
-                Call::Failed(e) => (
-                    OpKind::Read {
-                        values: vec![],
-                        clock: None,
-                    },
-                    Outcome::Failed,
-                    Some(e),
-                ),
-                Call::Unknown(e) => (
-                    OpKind::Read {
-                        values: vec![],
-                        clock: None,
-                    },
-                    Outcome::Unknown,
-                    Some(e),
-                ),
+                Err(e) => {
+                    let (values, clock) = (Vec::new(), None);
+                    let outcome = outcome_of(&e);
+                    (OpKind::Read { values, clock }, outcome, Some(e.to_string()))
+                }
             }
         };
         let mut r = recorder.borrow_mut();
@@ -338,21 +270,17 @@ async fn session(
 }
 
 /// The node's applied clock, from `GET /health`; `None` when it does not answer.
-async fn applied_clock(http: &awc::Client, node: &str) -> Option<VClock> {
-    let url = format!("{node}/health");
-    match call::<(), HealthResponse>(http, awc::http::Method::GET, &url, None).await {
-        Call::Ok(h) => Some(h.timestamp),
-        _ => None,
-    }
+async fn applied_clock(agent: &Agent, node: &str) -> Option<VClock> {
+    agent.health(node).await.ok().map(|h| h.timestamp)
 }
 
-async fn wait_for_quiescence(workload: &Workload, http: &awc::Client) -> bool {
+async fn wait_for_quiescence(workload: &Workload, agent: &Agent) -> bool {
     let deadline = Instant::now() + workload.quiesce_timeout;
     let mut previous: Option<VClock> = None;
     while Instant::now() < deadline {
         let mut clocks = Vec::new();
         for node in &workload.nodes {
-            if let Some(clock) = applied_clock(http, node).await {
+            if let Some(clock) = applied_clock(agent, node).await {
                 clocks.push(clock);
             }
         }
@@ -371,7 +299,7 @@ async fn wait_for_quiescence(workload: &Workload, http: &awc::Client) -> bool {
     false
 }
 
-async fn final_states(workload: &Workload, http: &awc::Client, keys: &[String]) -> Vec<FinalState> {
+async fn final_states(workload: &Workload, agent: &Agent, keys: &[String]) -> Vec<FinalState> {
     let mut states = Vec::new();
     for node in &workload.nodes {
         let mut state = FinalState {
@@ -379,14 +307,12 @@ async fn final_states(workload: &Workload, http: &awc::Client, keys: &[String]) 
             applied: VClock::new(),
             keys: Default::default(),
         };
-        if let Some(clock) = applied_clock(http, node).await {
+        if let Some(clock) = applied_clock(agent, node).await {
             state.applied = clock;
         }
         for key in keys {
-            let url = format!("{node}/v1/kv/{}", encode(key));
-            if let Call::Ok(r) =
-                call::<(), GetResponse>(http, awc::http::Method::GET, &url, None).await
-            {
+            let url = format!("{node}{}", kv_path(key, ""));
+            if let Ok(r) = agent.get::<GetResponse>(&url).await {
                 let siblings = r
                     .siblings
                     .iter()
