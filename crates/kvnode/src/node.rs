@@ -10,7 +10,6 @@
 //! take the lock briefly; they show other nodes' writes at once (their origin
 //! already has them on disk) and this node's own once they are published.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,12 +17,14 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use vclock_proto::{
-    BufferedEvent, Event, Missing, NodeId, Op, PeerStatus, StatusResponse, TraceKind, TraceRef,
-    VClock,
+    BufferedEvent, Event, NodeId, Op, PeerStatus, StatusResponse, TraceKind, TraceRef, VClock,
 };
 
 use crate::config::{Config, Member};
-use crate::core::{self, ContextCheck, Core, Limits, ReadResult, Receipt};
+use crate::core::replication::{Mutations, Settings};
+use crate::core::{
+    self, ContextCheck, ContextError, ContextWait, Core, Limits, ReadResult, Receipt, WaitStep,
+};
 use crate::error::{Error, Result};
 use crate::metrics::{LinkMetrics, Metrics};
 use crate::store::Store;
@@ -116,6 +117,8 @@ struct Shared {
     peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// True once the node is shutting down: senders finish their batch and stop.
     stopping: watch::Sender<bool>,
+    /// The start of the node's clock: the core counts time from here.
+    started: tokio::time::Instant,
 }
 
 impl Shared {
@@ -186,6 +189,7 @@ impl Node {
             tracer,
             peer_tls,
             stopping: watch::channel(false).0,
+            started: tokio::time::Instant::now(),
         });
         let (writer, commands) = mpsc::channel(QUEUE);
         let writer_shared = shared.clone();
@@ -218,6 +222,30 @@ impl Node {
     /// The node's trace.
     pub fn tracer(&self) -> &Tracer {
         &self.shared.tracer
+    }
+
+    /// The time on the node's clock, as the core counts it: since the start.
+    pub fn now(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// The instant of `time` on the node's clock (see [`Self::now`]).
+    pub fn instant(&self, time: Duration) -> tokio::time::Instant {
+        self.shared.started + time
+    }
+
+    /// How the replication links pace themselves, from the configuration.
+    pub fn replication_settings(&self) -> Settings {
+        let config = self.config();
+        Settings {
+            retransmit_after: config.retransmit_after,
+            repair_after: config.repair_after,
+            sync_interval: config.sync_interval,
+            request_timeout: config.peer_timeout,
+            max_batch_events: config.max_batch_events,
+            max_batch_bytes: config.max_batch_bytes,
+            mutations: Mutations::default(),
+        }
     }
 
     /// The TLS configuration of requests to peers (`tls_ca`), if any.
@@ -293,60 +321,77 @@ impl Node {
     /// Waits until this node has applied everything `context` counts (rule 1 and
     /// rule 5), at most `causal_wait`. While waiting it asks the origin of each
     /// missing entry whether it made those writes at all, so that a context
-    /// claiming writes that never happened gets a 409 rather than a timeout.
+    /// claiming writes that never happened gets a 409 rather than a timeout
+    /// (the decisions are [`ContextWait`]'s).
     pub async fn wait_for(&self, context: &VClock) -> Result<()> {
-        let wait = self.config().causal_wait;
-        let deadline = tokio::time::Instant::now() + wait;
+        let bound = self.config().causal_wait;
+        let mut wait = ContextWait::new(context.clone(), self.now(), bound);
         let mut applied = self.subscribe();
-        let mut asked = BTreeSet::new();
-        let (verdicts_tx, mut verdicts) = mpsc::unbounded_channel::<Vec<Missing>>();
+        let (answers_tx, mut answers) = mpsc::unbounded_channel::<(NodeId, VClock)>();
         loop {
-            let missing = match self.check_context(context) {
-                ContextCheck::Satisfied => return Ok(()),
-                ContextCheck::UnknownNode(node) => {
-                    return Err(Error::UnknownNode(node, self.node_ids.join(", ")))
-                }
-                ContextCheck::Impossible(missing) => return Err(Error::UnknownHistory(missing)),
-                ContextCheck::Behind(missing) => missing,
-            };
-            for m in &missing {
-                if asked.insert(m.node.clone()) {
-                    if let Some(link) = self.links().iter().find(|l| l.member.id == m.node) {
-                        let url = link.member.url.clone();
-                        let (origin, want) = (m.node.clone(), m.want);
-                        let tx = verdicts_tx.clone();
-                        let me = self.id().clone();
-                        let client = self.peer_client(self.config().peer_timeout.min(wait));
-                        actix_web::rt::spawn(async move {
-                            let answer =
-                                crate::replication::exchange_clock(&client, &url, &me, None).await;
-                            if let Ok(clock) = answer {
-                                let have = clock.get(&origin);
-                                if have < want {
-                                    let _ = tx.send(vec![Missing {
-                                        node: origin,
-                                        have,
-                                        want,
-                                    }]);
-                                }
-                            }
-                        });
+            let step = wait.step(
+                self.now(),
+                self.id(),
+                &self.node_ids,
+                &applied.borrow_and_update(),
+            );
+            let deadline = match step {
+                WaitStep::Satisfied => return Ok(()),
+                WaitStep::Failed(error) => return Err(self.context_error(error, bound)),
+                WaitStep::Ask(origins) => {
+                    for origin in origins {
+                        self.ask_origin(origin, bound, answers_tx.clone());
                     }
+                    continue;
                 }
-            }
+                WaitStep::Wait { deadline } => deadline,
+            };
             tokio::select! {
                 changed = applied.changed() => {
                     if changed.is_err() {
-                        return Err(Error::Unavailable("the node is stopping".into()));
+                        return Err(stopping());
                     }
                 }
-                Some(never_made) = verdicts.recv() => {
-                    return Err(Error::UnknownHistory(never_made));
+                Some((origin, clock)) = answers.recv() => {
+                    if let Some(error) = wait.origin_answered(&origin, &clock) {
+                        return Err(self.context_error(error, bound));
+                    }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::CausalTimeout { missing, waited_ms: wait.as_millis() });
-                }
+                _ = tokio::time::sleep_until(self.instant(deadline)) => {}
             }
+        }
+    }
+
+    /// Asks `origin` for its clock, in the background; its answer (if any)
+    /// goes to `answers`.
+    fn ask_origin(
+        &self,
+        origin: NodeId,
+        bound: Duration,
+        answers: mpsc::UnboundedSender<(NodeId, VClock)>,
+    ) {
+        let Some(link) = self.links().iter().find(|l| l.member.id == origin) else {
+            return;
+        };
+        let url = link.member.url.clone();
+        let me = self.id().clone();
+        let client = self.peer_client(self.config().peer_timeout.min(bound));
+        actix_web::rt::spawn(async move {
+            let answer = crate::replication::exchange_clock(&client, &url, &me, None).await;
+            if let Ok(clock) = answer {
+                let _ = answers.send((origin, clock));
+            }
+        });
+    }
+
+    fn context_error(&self, error: ContextError, bound: Duration) -> Error {
+        match error {
+            ContextError::UnknownNode(node) => Error::UnknownNode(node, self.node_ids.join(", ")),
+            ContextError::UnknownHistory(missing) => Error::UnknownHistory(missing),
+            ContextError::Timeout(missing) => Error::CausalTimeout {
+                missing,
+                waited_ms: bound.as_millis(),
+            },
         }
     }
 
@@ -629,11 +674,6 @@ fn log_receipt(receipt: &Receipt) {
         receipt.delivered.len(),
         receipt.duplicates
     );
-}
-
-/// How long a retry loop waits after `attempt` failures: 50 ms doubling to 5 s.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(5))
 }
 
 /// A node over a [`crate::store::MemStore`] in a cluster `n1`, `n2`, `n3`

@@ -1,20 +1,35 @@
-//! Deterministic simulation of the causal core, with crashes and restarts.
+//! Deterministic simulation of the causal core and its replication protocol,
+//! with crashes, restarts, cut links and time.
 //!
 //! Three to five replicas of [`Core`] exchange their writes through a simulated
-//! network that reorders, duplicates, delays and drops messages (events and
-//! acknowledgements alike), while client sessions write and read at random
-//! replicas, carrying their causal context as `kvctl` does. One seeded generator
-//! drives everything, so a seed replays exactly.
+//! network that reorders, duplicates, delays and drops messages (requests and
+//! answers alike), cuts links between replicas while both stay up, and now and
+//! then inflates an answer to claim more of the receiver's writes than it made;
+//! client sessions write and read at random replicas, carrying their causal
+//! context as `kvctl` does. Time is simulated. One seeded generator drives
+//! everything, so a seed replays exactly.
+//!
+//! Each replica runs the node's own replication protocol: one
+//! [`kvnode::core::replication::Link`] per peer, polled at random moments (as
+//! the node's replication task wakes) and fed the answers to its requests, so
+//! retransmission after `retransmit_after` or a failure, repair through any
+//! replica after `repair_after`, idle clock exchanges and the checks on
+//! acknowledgements are the very code a node runs; only the sockets are
+//! simulated. A client whose context is ahead of a replica starts the node's
+//! [`ContextWait`], which asks the origins of the missing entries: the
+//! sessions' contexts must never be denied, and forged contexts (counting
+//! writes an origin never made) must be refused whenever the origin answers.
 //!
 //! Each replica works like the node's writer path: the commands it takes (client
 //! writes, received batches, peers' acknowledgements) form groups of random size,
 //! each ended by one [`Core::commit`]. Only a commit makes a group visible: a
-//! client's write is acknowledged, and a batch's sender gets its ack, once the
-//! group is committed; senders push only committed events and reads see only
-//! committed state (as in the node, where both take the core between groups).
-//! At random moments a replica crashes: its core, buffer and open group are
-//! dropped without a commit, and a new [`Core`] is built over its store's
-//! committed state. The same simulation runs over two stores:
+//! client's write is acknowledged, and a batch is answered, once the group is
+//! committed; links push only committed events and reads see only committed
+//! state (as in the node, where both take the core between groups). At random
+//! moments a replica crashes: its core, buffer, links and open group are
+//! dropped without a commit; it stays down for a while or restarts at once,
+//! with a new [`Core`] built over its store's committed state and new links.
+//! The same simulation runs over two stores:
 //!
 //! - [`MemStore`], wrapped to keep a copy of its state at each commit, which a
 //!   crash goes back to (1000 seeds by default);
@@ -56,20 +71,31 @@
 //! its `applied` clock, the seqs it assigns, and that log collection never drops
 //! an event a peer has not acknowledged.
 //!
+//! Each seed ends in three phases on a reliable network. First every replica
+//! restarts, every link heals and time passes until the replicas agree. Then
+//! one fault is held while they settle again, so that only repair through a
+//! third replica can carry some writes: a cut link whose one end makes writes,
+//! or an origin that pushes writes to one peer (through a lost batch and a
+//! lying answer) and goes down; the live replicas must converge on everything
+//! any of them holds. Last, everything heals and the final checks run.
+//!
 //! Mutation checks run the same machinery broken on purpose and require the
 //! oracle to notice: a network that strips the dependencies off every event
 //! (caught as a causal-delivery violation), a store whose commit does not
-//! persist the `applied` clock, senders that push uncommitted events (both
-//! caught by the recovery check), and replicas that acknowledge writes and
-//! batches before their commit (caught by the recovery or session checks).
+//! persist the `applied` clock, links that push uncommitted events (both
+//! caught by the recovery check), replicas that acknowledge writes and
+//! batches before their commit (caught by the recovery or session checks),
+//! and the protocol's own switches ([`kvnode::core::replication::Mutations`]):
+//! links that never retransmit, links that never repair other origins'
+//! writes, and links that trust acknowledgements beyond what their node made.
 //!
 //! Seeds: 1000 in memory and 50 on disk by default; `SIM_SEEDS=N` and
 //! `SIM_DURABLE_SEEDS=N` change that, `SIM_SEED=S` replays one seed in both
 //! (`SIM_SEED=S cargo test -p kvnode --test simulation`).
 //!
-//! Left out: repair through third replicas (senders push only their own writes
-//! here), and the per-peer acknowledged clocks surviving a restart (the core
-//! starts them from zero, which the simulation accepts).
+//! Left out: the per-peer acknowledged clocks surviving a restart (the core
+//! starts them from zero, which the simulation accepts), a replica that loses
+//! its data directory, and pipelined requests (a link has one in flight).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -78,8 +104,14 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
-use kvnode::core::{check_context, ContextCheck, Core, CoreError, Limits, ReadResult, Receipt};
+use kvnode::core::replication::{
+    Action, Answer, Link, Mutations, Notice, RequestBody, RequestId, Settings,
+};
+use kvnode::core::{
+    ContextError, ContextWait, Core, CoreError, Limits, ReadResult, Receipt, WaitStep,
+};
 use kvnode::durable::{Durability, DurableStore, DEFAULT_LOG_MEMORY_EVENTS};
 use kvnode::store::{MemStore, Siblings, Store, StoreResult};
 use rand::rngs::StdRng;
@@ -94,23 +126,41 @@ const DEFAULT_DURABLE_SEEDS: u64 = 50;
 const MUTATION_SEEDS: u64 = 20;
 /// How many of the last steps a failure report shows.
 const TRACE_TAIL: usize = 25;
-/// A reliable flush settles in a few rounds; needing this many means it never will.
-const MAX_FLUSH_ROUNDS: usize = 50;
 /// The command that replays a seed, after `SIM_SEED=<seed>`.
 const REPLAY: &str = "cargo test -p kvnode --test simulation";
 
 #[test]
 fn random_schedules_keep_causal_consistency() {
     let seeds = seeds_to_run("SIM_SEEDS", DEFAULT_SEEDS);
-    run_seeds(&seeds, "random_schedules_keep_causal_consistency", |seed| {
+    let total = run_seeds(&seeds, "random_schedules_keep_causal_consistency", |seed| {
         run_seed(seed, Mutation::None, MemBackend::default())
     });
+    // Every path of the protocol was taken, or the checks above prove less
+    // than they seem to.
+    if seeds.len() >= 100 {
+        let paths = [
+            ("retransmissions", total.retransmissions),
+            ("repaired events", total.repaired_events),
+            ("overclaims refused", total.overclaims_refused),
+            ("failed requests", total.failed_requests),
+            ("origins asked about a context", total.origins_asked),
+            ("forged contexts refused", total.forged_contexts_refused),
+            (
+                "events delivered from the buffer",
+                total.delivered_from_buffer,
+            ),
+            ("crashes", total.crashes),
+        ];
+        for (path, count) in paths {
+            assert!(count > 0, "no seed exercised {path}: {total:?}");
+        }
+    }
 }
 
 #[test]
 fn random_schedules_keep_causal_consistency_on_durable_store() {
     let seeds = seeds_to_run("SIM_DURABLE_SEEDS", DEFAULT_DURABLE_SEEDS);
-    run_seeds(
+    let _ = run_seeds(
         &seeds,
         "random_schedules_keep_causal_consistency_on_durable_store",
         |seed| {
@@ -190,8 +240,58 @@ fn mutation_check_catches_senders_that_push_uncommitted_events() {
     );
 }
 
+#[test]
+fn mutation_check_catches_a_sender_that_never_retransmits() {
+    let caught = mutation_caught(
+        &[Check::Convergence, Check::NoLostWrites, Check::Sessions],
+        |seed| run_seed(seed, Mutation::NeverRetransmits, MemBackend::default()),
+    );
+    assert!(
+        !caught.is_empty(),
+        "links that never go back to the acknowledged cursor went unnoticed in seeds \
+         0..{MUTATION_SEEDS}"
+    );
+    println!(
+        "links that never retransmit caught in {} of {MUTATION_SEEDS} seeds: {caught:?}",
+        caught.len()
+    );
+}
+
+#[test]
+fn mutation_check_catches_a_repair_that_skips_other_origins() {
+    let caught = mutation_caught(&[Check::Convergence, Check::NoLostWrites], |seed| {
+        run_seed(seed, Mutation::NeverRepairs, MemBackend::default())
+    });
+    assert!(
+        !caught.is_empty(),
+        "links that never repair other origins' writes went unnoticed in seeds \
+         0..{MUTATION_SEEDS}"
+    );
+    println!(
+        "links that never repair caught in {} of {MUTATION_SEEDS} seeds: {caught:?}",
+        caught.len()
+    );
+}
+
+#[test]
+fn mutation_check_catches_acknowledgements_trusted_beyond_what_was_made() {
+    let caught = mutation_caught(
+        &[Check::Core, Check::Convergence, Check::NoLostWrites],
+        |seed| run_seed(seed, Mutation::TrustsAcks, MemBackend::default()),
+    );
+    assert!(
+        !caught.is_empty(),
+        "links that trust acknowledgements beyond what their node made went unnoticed in \
+         seeds 0..{MUTATION_SEEDS}"
+    );
+    println!(
+        "trusted overclaims caught in {} of {MUTATION_SEEDS} seeds: {caught:?}",
+        caught.len()
+    );
+}
+
 /// Runs `seeds`, panicking at the first failure with the command that replays it.
-fn run_seeds(seeds: &[u64], test: &str, run: impl Fn(u64) -> Result<Stats, Failure>) {
+fn run_seeds(seeds: &[u64], test: &str, run: impl Fn(u64) -> Result<Stats, Failure>) -> Stats {
     let mut total = Stats::default();
     for &seed in seeds {
         match run(seed) {
@@ -203,6 +303,7 @@ fn run_seeds(seeds: &[u64], test: &str, run: impl Fn(u64) -> Result<Stats, Failu
         }
     }
     println!("{} seeds passed; totals: {total:?}", seeds.len());
+    total
 }
 
 /// The seeds among `0..MUTATION_SEEDS` where `run` fails with one of `checks`.
@@ -512,6 +613,24 @@ struct Stats {
     writes_lost: u64,
     /// Events lost in a crash while buffered.
     buffered_lost: u64,
+    /// Client operations at a replica that was down.
+    unavailable: u64,
+    /// Origins asked whether a context's writes exist.
+    origins_asked: u64,
+    /// Contexts counting writes never made, refused (409).
+    forged_contexts_refused: u64,
+    /// Links going back to the acknowledged cursor.
+    retransmissions: u64,
+    /// Events sent by repair through a replica other than their origin.
+    repaired_events: u64,
+    /// Acknowledgements inflated beyond what their receiver made, sent...
+    overclaims_sent: u64,
+    /// ...and refused by the link.
+    overclaims_refused: u64,
+    /// Requests that failed (lost, timed out, refused, busy).
+    failed_requests: u64,
+    /// Rounds of simulated time that settling took.
+    settle_rounds: u64,
 }
 
 impl Stats {
@@ -534,6 +653,15 @@ impl Stats {
         self.crashes_losing_a_group += other.crashes_losing_a_group;
         self.writes_lost += other.writes_lost;
         self.buffered_lost += other.buffered_lost;
+        self.unavailable += other.unavailable;
+        self.origins_asked += other.origins_asked;
+        self.forged_contexts_refused += other.forged_contexts_refused;
+        self.retransmissions += other.retransmissions;
+        self.repaired_events += other.repaired_events;
+        self.overclaims_sent += other.overclaims_sent;
+        self.overclaims_refused += other.overclaims_refused;
+        self.failed_requests += other.failed_requests;
+        self.settle_rounds += other.settle_rounds;
     }
 }
 
@@ -655,11 +783,43 @@ enum Mutation {
     /// Every event arrives with its `deps` cut down to its origin's entry, so
     /// receivers deliver it before its dependencies.
     StripsDependencies,
-    /// Senders push events of the open group, before its commit.
+    /// Links push events of the open group, before its commit.
     SendsUncommitted,
     /// Replicas answer each command at once: a client's write, and a batch
     /// with an ack, are acknowledged before the commit of their group.
     AcksBeforeCommit,
+    /// Links never go back to the acknowledged cursor (the protocol's own
+    /// mutation switch).
+    NeverRetransmits,
+    /// Links never repair other origins' writes (the protocol's own switch).
+    NeverRepairs,
+    /// Links take acknowledgements beyond what their node made (the
+    /// protocol's own switch).
+    TrustsAcks,
+}
+
+impl Mutation {
+    /// The protocol's own deliberate bugs for this mutation.
+    fn protocol(self) -> Mutations {
+        Mutations {
+            never_retransmit: self == Mutation::NeverRetransmits,
+            never_repair: self == Mutation::NeverRepairs,
+            trust_acks: self == Mutation::TrustsAcks,
+        }
+    }
+}
+
+/// The fault the last phase of a seed holds while the network is reliable,
+/// so that only repair through a third replica can bring some writes across.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FinalFault {
+    None,
+    /// The link between the two replicas is cut while both stay up; the first
+    /// makes writes that the second can only get from a third.
+    Cut(usize, usize),
+    /// The first replica makes writes, pushes them to the second only, and
+    /// goes down.
+    OriginDown(usize, usize),
 }
 
 /// The random shape of one seed's world.
@@ -670,14 +830,21 @@ struct Params {
     keys: usize,
     steps: usize,
     max_buffered: usize,
+    max_batch_events: usize,
     /// Weight of "drop a message" against [`STEP_WEIGHTS`] for all other steps.
     drop_weight: u32,
     /// Chance that a delivered message stays in flight to arrive again.
     duplicate_chance: f64,
+    /// Chance that an acknowledgement arrives claiming more of the receiver's
+    /// writes than it made (a confused or lying peer).
+    overclaim_chance: f64,
+    /// Chance that a crashed replica restarts at once.
+    instant_restart: f64,
     /// Chance that a group ends after one command.
     single_command_groups: f64,
     /// Most commands in a group.
     max_group: usize,
+    final_fault: FinalFault,
 }
 
 /// What the ground truth says one replica has applied and knows.
@@ -700,8 +867,14 @@ struct Knowledge {
 enum Reply {
     /// Acknowledge write `id` to `session`.
     Write { session: usize, id: WriteId },
-    /// Acknowledge a batch to `peer`, with the `applied` clock after the commit.
-    Ack { peer: usize },
+    /// Answer request `request` of `peer`'s link (of its `incarnation`) with
+    /// the `applied` clock after the commit, or with "busy".
+    Batch {
+        peer: usize,
+        incarnation: u32,
+        request: RequestId,
+        busy: bool,
+    },
 }
 
 /// The commands a replica has taken since its last commit.
@@ -715,27 +888,34 @@ struct Group {
 
 #[derive(Debug)]
 struct Replica<S> {
-    /// `None` only while the replica restarts.
+    /// `None` while the replica is down.
     core: Option<Core<S>>,
+    /// Its links to every peer (`None` at its own index), as the node's
+    /// replication tasks hold them; rebuilt at each restart.
+    links: Vec<Option<Link>>,
+    /// Counts restarts: answers to requests of an earlier run never arrive.
+    incarnation: u32,
     /// Ground truth, including the open group.
     now: Knowledge,
     /// Ground truth as of the last commit: what a crash goes back to.
     committed: Knowledge,
     /// The core's `applied` clock as of the last commit: what clients and
-    /// senders see (the node publishes it after each commit).
+    /// links see (the node publishes it after each commit).
     committed_clock: VClock,
     group: Group,
-    /// Per peer, the highest own seq sent to it: a pipelining sender's cursor.
-    sent_through: Vec<Seq>,
 }
 
 impl<S: Store> Replica<S> {
     fn core(&self) -> &Core<S> {
-        self.core.as_ref().expect("a replica is up between steps")
+        self.core.as_ref().expect("the replica is up")
     }
 
     fn core_mut(&mut self) -> &mut Core<S> {
-        self.core.as_mut().expect("a replica is up between steps")
+        self.core.as_mut().expect("the replica is up")
+    }
+
+    fn is_up(&self) -> bool {
+        self.core.is_some()
     }
 }
 
@@ -754,35 +934,64 @@ struct Session {
 
 #[derive(Clone, Debug)]
 enum Message {
-    Events {
+    /// A request of `from`'s link to `to`, sent by `from`'s `incarnation`.
+    /// For a clock exchange, `writes` are those the sent clock counts.
+    Request {
         from: usize,
         to: usize,
-        events: Vec<Event>,
+        incarnation: u32,
+        id: RequestId,
+        body: RequestBody,
+        writes: WriteSet,
     },
-    /// The receiver's `applied` clock, acknowledging a batch. The simulator
-    /// adds the writes that clock counts, for its ground truth.
-    Ack {
+    /// `from`'s answer to request `id` of `to`'s link (of its `incarnation`).
+    /// The simulator adds the writes an answered clock counts, for its
+    /// ground truth.
+    Answer {
         from: usize,
         to: usize,
-        applied: VClock,
-        applied_writes: WriteSet,
+        incarnation: u32,
+        id: RequestId,
+        answer: Answer,
+        writes: WriteSet,
     },
 }
 
 impl Message {
+    fn ends(&self) -> (usize, usize) {
+        match self {
+            Message::Request { from, to, .. } | Message::Answer { from, to, .. } => (*from, *to),
+        }
+    }
+
     fn summary(&self) -> MessageSummary {
         match self {
-            Message::Events { from, to, events } => MessageSummary::Events {
-                from: *from,
-                to: *to,
-                seqs: (
-                    events.first().map_or(0, |e| e.seq),
-                    events.last().map_or(0, |e| e.seq),
-                ),
+            Message::Request { from, to, body, .. } => match body {
+                RequestBody::Events { events, repair } => MessageSummary::Events {
+                    from: *from,
+                    to: *to,
+                    dots: (
+                        events.first().map(|e| e.dot()),
+                        events.last().map_or(0, |e| e.seq),
+                    ),
+                    repair: repair.is_some(),
+                },
+                RequestBody::Exchange { .. } => MessageSummary::Exchange {
+                    from: *from,
+                    to: *to,
+                },
             },
-            Message::Ack { from, to, .. } => MessageSummary::Ack {
+            Message::Answer {
+                from, to, answer, ..
+            } => MessageSummary::Answer {
                 from: *from,
                 to: *to,
+                answer: match answer {
+                    Answer::Clock(clock) => clock.to_string(),
+                    Answer::Busy(_) => "busy".into(),
+                    Answer::Unreachable(_) => "unreachable".into(),
+                    Answer::Refused(_) => "refused".into(),
+                },
             },
         }
     }
@@ -794,11 +1003,17 @@ enum MessageSummary {
     Events {
         from: usize,
         to: usize,
-        seqs: (Seq, Seq),
+        dots: (Option<Dot>, Seq),
+        repair: bool,
     },
-    Ack {
+    Exchange {
         from: usize,
         to: usize,
+    },
+    Answer {
+        from: usize,
+        to: usize,
+        answer: String,
     },
 }
 
@@ -816,17 +1031,20 @@ enum Step {
         at: usize,
         key: usize,
     },
-    Send {
+    Poll {
         from: usize,
         to: usize,
-        after: Seq,
-        limit: usize,
+        sent: Option<MessageSummary>,
     },
     Deliver {
         message: MessageSummary,
         kept_copy: bool,
     },
-    Drop {
+    Lost {
+        message: MessageSummary,
+        why: &'static str,
+    },
+    Overclaim {
         message: MessageSummary,
     },
     Commit {
@@ -838,18 +1056,48 @@ enum Step {
         commands: usize,
         writes: usize,
     },
-    Flush,
+    Restart {
+        at: usize,
+    },
+    Advance {
+        millis: u128,
+    },
+    Cut {
+        a: usize,
+        b: usize,
+        cut: bool,
+    },
+    ForgedContext {
+        at: usize,
+        origin: usize,
+        claims: Seq,
+    },
+    Phase(&'static str),
 }
 
 impl fmt::Display for MessageSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MessageSummary::Events { from, to, seqs } => write!(
-                f,
-                "events {}..={} of node{from} to node{to}",
-                seqs.0, seqs.1
-            ),
-            MessageSummary::Ack { from, to } => write!(f, "ack of node{from} to node{to}"),
+            MessageSummary::Events {
+                from,
+                to,
+                dots,
+                repair,
+            } => {
+                let what = if *repair { "repair" } else { "events" };
+                match &dots.0 {
+                    Some(first) => {
+                        write!(f, "{what} {first}..={} of node{from} to node{to}", dots.1)
+                    }
+                    None => write!(f, "empty {what} of node{from} to node{to}"),
+                }
+            }
+            MessageSummary::Exchange { from, to } => {
+                write!(f, "clock exchange of node{from} to node{to}")
+            }
+            MessageSummary::Answer { from, to, answer } => {
+                write!(f, "answer {answer} of node{from} to node{to}")
+            }
         }
     }
 }
@@ -869,15 +1117,10 @@ impl fmt::Display for Step {
             Step::Read { session, at, key } => {
                 write!(f, "session {session} reads k{key} at node{at}")
             }
-            Step::Send {
-                from,
-                to,
-                after,
-                limit,
-            } => write!(
-                f,
-                "node{from} sends node{to} up to {limit} own events after {after}"
-            ),
+            Step::Poll { from, to, sent } => match sent {
+                Some(message) => write!(f, "node{from}'s link to node{to} sends {message}"),
+                None => write!(f, "node{from}'s link to node{to} waits"),
+            },
             Step::Deliver { message, kept_copy } => {
                 let copy = if *kept_copy {
                     " (a copy stays in flight)"
@@ -886,7 +1129,10 @@ impl fmt::Display for Step {
                 };
                 write!(f, "deliver {message}{copy}")
             }
-            Step::Drop { message } => write!(f, "drop {message}"),
+            Step::Lost { message, why } => write!(f, "lose {message} ({why})"),
+            Step::Overclaim { message } => {
+                write!(f, "deliver {message}, inflated beyond what node made")
+            }
             Step::Commit { at, commands } => {
                 write!(f, "node{at} commits a group of {commands} commands")
             }
@@ -896,17 +1142,48 @@ impl fmt::Display for Step {
                 writes,
             } => write!(
                 f,
-                "node{at} crashes and restarts, losing a group of {commands} commands \
-                 ({writes} client writes)"
+                "node{at} crashes, losing a group of {commands} commands ({writes} client \
+                 writes)"
             ),
-            Step::Flush => f.write_str("reliable flush"),
+            Step::Restart { at } => write!(f, "node{at} restarts"),
+            Step::Advance { millis } => write!(f, "time passes: {millis} ms"),
+            Step::Cut { a, b, cut } => {
+                let what = if *cut { "cut" } else { "healed" };
+                write!(f, "the link between node{a} and node{b} is {what}")
+            }
+            Step::ForgedContext { at, origin, claims } => write!(
+                f,
+                "a client at node{at} sends a context counting {claims} writes of node{origin}"
+            ),
+            Step::Phase(name) => write!(f, "--- {name} ---"),
         }
     }
 }
 
-/// Weights of the random steps: client writes, client reads, sends,
-/// deliveries, commits of an open group, crashes; drops come on top.
-const STEP_WEIGHTS: [u32; 6] = [25, 20, 20, 30, 5, 3];
+/// Weights of the random steps: client writes, client reads, link polls,
+/// deliveries, commits of an open group, crashes, restarts, time passing,
+/// cutting or healing a link, forged contexts; drops come on top.
+const STEP_WEIGHTS: [u32; 10] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2];
+
+/// How the simulated links pace themselves.
+fn link_settings(params: &Params, mutation: Mutation) -> Settings {
+    Settings {
+        retransmit_after: Duration::from_secs(1),
+        repair_after: Duration::from_secs(3),
+        sync_interval: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        max_batch_events: params.max_batch_events,
+        max_batch_bytes: 1 << 20,
+        mutations: mutation.protocol(),
+    }
+}
+
+/// The time a settling round lets pass.
+const ROUND: Duration = Duration::from_millis(100);
+/// Settling takes a few repair periods; needing this many rounds means it never will.
+const MAX_SETTLE_ROUNDS: usize = 1200;
+/// How long a client's context may wait (only the first step of a wait is simulated).
+const CAUSAL_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Sim<B: Backend> {
@@ -915,24 +1192,41 @@ struct Sim<B: Backend> {
     backend: B,
     params: Params,
     limits: Limits,
+    settings: Settings,
     nodes: Vec<String>,
     keys: Vec<String>,
     replicas: Vec<Replica<B::Store>>,
     sessions: Vec<Session>,
     truth: GroundTruth,
     in_flight: Vec<Message>,
+    /// Links cut both ways, as `(lower, higher)` pairs.
+    cut: std::collections::BTreeSet<(usize, usize)>,
+    /// The simulated time.
+    now: Duration,
     trace: Vec<Step>,
     stats: Stats,
     last_value: u64,
-    /// In the reliable flush every command is committed at once.
-    flushing: bool,
+    /// While settling: every command is committed at once, and no message is
+    /// lost, duplicated or inflated.
+    settling: bool,
 }
 
 impl<B: Backend> Sim<B> {
     fn new(seed: u64, mutation: Mutation, mut backend: B) -> SimResult<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
+        let replicas = rng.random_range(3..=5);
+        let mut pair = || {
+            let a = rng.random_range(0..replicas);
+            (a, (a + rng.random_range(1..replicas)) % replicas)
+        };
+        let (a, b) = pair();
+        let final_fault = match rng.random_range(0..3) {
+            0 => FinalFault::None,
+            1 => FinalFault::Cut(a, b),
+            _ => FinalFault::OriginDown(a, b),
+        };
         let params = Params {
-            replicas: rng.random_range(3..=5),
+            replicas,
             sessions: rng.random_range(2..=4),
             keys: rng.random_range(3..=5),
             steps: rng.random_range(150..=300),
@@ -941,16 +1235,25 @@ impl<B: Backend> Sim<B> {
             } else {
                 Limits::default().max_buffered
             },
+            max_batch_events: rng.random_range(1..=6),
             drop_weight: rng.random_range(0..=8),
             duplicate_chance: rng.random_range(0.0..0.2),
+            overclaim_chance: if rng.random_bool(0.5) {
+                rng.random_range(0.0..0.1)
+            } else {
+                0.0
+            },
+            instant_restart: rng.random_range(0.2..0.9),
             single_command_groups: rng.random_range(0.2..0.8),
             max_group: rng.random_range(2..=6),
+            final_fault,
         };
         let nodes: Vec<String> = (0..params.replicas).map(|i| format!("node{i}")).collect();
         let keys = (0..params.keys).map(|k| format!("k{k}")).collect();
         let limits = Limits {
             max_buffered: params.max_buffered,
         };
+        let settings = link_settings(&params, mutation);
         let knowledge = Knowledge {
             applied: WriteSet::default(),
             applied_per_origin: vec![0; params.replicas],
@@ -966,10 +1269,11 @@ impl<B: Backend> Sim<B> {
             replicas.push(Replica {
                 committed_clock: core.applied().clone(),
                 core: Some(core),
+                links: Vec::new(),
+                incarnation: 0,
                 now: knowledge.clone(),
                 committed: knowledge.clone(),
                 group: Group::default(),
-                sent_through: vec![0; params.replicas],
             });
         }
         let sessions = (0..params.sessions)
@@ -980,7 +1284,7 @@ impl<B: Backend> Sim<B> {
                 waiting_for: None,
             })
             .collect();
-        Ok(Self {
+        let mut sim = Self {
             rng,
             mutation,
             backend,
@@ -990,28 +1294,65 @@ impl<B: Backend> Sim<B> {
             },
             params,
             limits,
+            settings,
             nodes,
             keys,
             replicas,
             sessions,
             in_flight: Vec::new(),
+            cut: Default::default(),
+            now: Duration::ZERO,
             trace: Vec::new(),
             stats: Stats::default(),
             last_value: 0,
-            flushing: false,
-        })
+            settling: false,
+        };
+        for at in 0..sim.replicas.len() {
+            sim.replicas[at].links = sim.new_links(at);
+        }
+        Ok(sim)
+    }
+
+    /// Replica `at`'s links to its peers, as a node starts them.
+    fn new_links(&self, at: usize) -> Vec<Option<Link>> {
+        (0..self.replicas.len())
+            .map(|peer| {
+                (peer != at).then(|| {
+                    Link::new(
+                        self.nodes[at].clone(),
+                        self.nodes[peer].clone(),
+                        self.settings.clone(),
+                        self.now,
+                    )
+                })
+            })
+            .collect()
     }
 
     fn core(&self, at: usize) -> &Core<B::Store> {
         self.replicas[at].core()
     }
 
+    fn is_up(&self, at: usize) -> bool {
+        self.replicas[at].is_up()
+    }
+
+    fn is_cut(&self, a: usize, b: usize) -> bool {
+        self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
     fn run(&mut self) -> SimResult {
         for _ in 0..self.params.steps {
             self.random_step()?;
         }
-        self.trace.push(Step::Flush);
-        self.flush()?;
+        self.trace.push(Step::Phase(
+            "every link healed; settle on a reliable network",
+        ));
+        self.cut.clear();
+        self.settle(None)?;
+        self.final_fault()?;
+        self.trace.push(Step::Phase("settle with every link up"));
+        self.settle(None)?;
         self.check_converged()?;
         self.check_no_lost_writes()?;
         self.check_sessions_after_flush()
@@ -1049,7 +1390,7 @@ impl<B: Backend> Sim<B> {
             2 => {
                 let from = self.rng.random_range(0..replicas);
                 let to = (from + self.rng.random_range(1..replicas)) % replicas;
-                self.send(from, to)
+                self.poll(from, to)
             }
             3 => {
                 let kept_copy = self.rng.random_bool(self.params.duplicate_chance);
@@ -1057,7 +1398,7 @@ impl<B: Backend> Sim<B> {
             }
             4 => {
                 let open: Vec<usize> = (0..replicas)
-                    .filter(|&at| self.replicas[at].group.commands > 0)
+                    .filter(|&at| self.is_up(at) && self.replicas[at].group.commands > 0)
                     .collect();
                 if open.is_empty() {
                     return Ok(());
@@ -1067,12 +1408,53 @@ impl<B: Backend> Sim<B> {
             }
             5 => {
                 let at = self.rng.random_range(0..replicas);
-                self.crash(at)
+                if !self.is_up(at) {
+                    return Ok(());
+                }
+                self.crash(at)?;
+                if self.rng.random_bool(self.params.instant_restart) {
+                    self.restart(at)?;
+                }
+                Ok(())
             }
+            6 => {
+                let down: Vec<usize> = (0..replicas).filter(|&at| !self.is_up(at)).collect();
+                if down.is_empty() {
+                    return Ok(());
+                }
+                let at = down[self.rng.random_range(0..down.len())];
+                self.restart(at)
+            }
+            7 => {
+                let millis = self.rng.random_range(1..=1500);
+                self.advance(Duration::from_millis(millis));
+                Ok(())
+            }
+            8 => {
+                let a = self.rng.random_range(0..replicas);
+                let b = (a + self.rng.random_range(1..replicas)) % replicas;
+                let pair = (a.min(b), a.max(b));
+                let cut = self.cut.insert(pair);
+                if !cut {
+                    self.cut.remove(&pair);
+                }
+                self.trace.push(Step::Cut { a, b, cut });
+                Ok(())
+            }
+            9 => self.forged_context(),
             _ => {
                 self.drop_random();
                 Ok(())
             }
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        if !self.settling {
+            self.trace.push(Step::Advance {
+                millis: by.as_millis(),
+            });
         }
     }
 
@@ -1082,7 +1464,7 @@ impl<B: Backend> Sim<B> {
     /// commits the group once it is full.
     fn add_to_group(&mut self, at: usize, reply: Option<Reply>) -> SimResult {
         if self.replicas[at].group.commands == 0 {
-            let target = if self.flushing || self.rng.random_bool(self.params.single_command_groups)
+            let target = if self.settling || self.rng.random_bool(self.params.single_command_groups)
             {
                 1
             } else {
@@ -1104,7 +1486,7 @@ impl<B: Backend> Sim<B> {
     }
 
     /// Commits replica `at`'s open group, then answers its commands: client
-    /// writes are acknowledged, batches' senders get an ack.
+    /// writes are acknowledged, batches' senders get an answer.
     fn commit(&mut self, at: usize) -> SimResult {
         let commands = std::mem::take(&mut self.replicas[at].group.commands);
         let replies = std::mem::take(&mut self.replicas[at].group.replies);
@@ -1127,7 +1509,7 @@ impl<B: Backend> Sim<B> {
     }
 
     /// Replica `at` answers a command: a client's write is acknowledged (the
-    /// session adds it to its context), a batch's sender gets an ack.
+    /// session adds it to its context), a batch's sender gets its answer.
     fn answer(&mut self, at: usize, reply: Reply) {
         match reply {
             Reply::Write { session, id } => {
@@ -1139,16 +1521,33 @@ impl<B: Backend> Sim<B> {
                 session.context.merge(&write.event.timestamp());
                 session.must_see[write.key].insert(id);
             }
-            Reply::Ack { peer } => {
-                let ack = self.ack(at, peer);
-                self.in_flight.push(ack);
+            Reply::Batch {
+                peer,
+                incarnation,
+                request,
+                busy,
+            } => {
+                let replica = &self.replicas[at];
+                let answer = if busy {
+                    Answer::Busy("the buffer is full".into())
+                } else {
+                    Answer::Clock(replica.core().applied().clone())
+                };
+                self.in_flight.push(Message::Answer {
+                    from: at,
+                    to: peer,
+                    incarnation,
+                    id: request,
+                    answer,
+                    writes: replica.now.applied.clone(),
+                });
             }
         }
     }
 
-    /// Replica `at` crashes and restarts: its core (with its buffer and its
-    /// peers' acknowledged clocks) and its open group are dropped without a
-    /// commit, and a new core is built over what its store had committed.
+    /// Replica `at` crashes: its core (with its buffer and its peers'
+    /// acknowledged clocks), its links and its open group are dropped without
+    /// a commit. It stays down until [`Self::restart`].
     fn crash(&mut self, at: usize) -> SimResult {
         let node = self.nodes[at].clone();
         let replies = std::mem::take(&mut self.replicas[at].group.replies);
@@ -1164,7 +1563,7 @@ impl<B: Backend> Sim<B> {
                     }
                     Some(id)
                 }
-                Reply::Ack { .. } => None,
+                Reply::Batch { .. } => None,
             })
             .collect();
         self.trace.push(Step::Crash {
@@ -1180,9 +1579,9 @@ impl<B: Backend> Sim<B> {
         // Drop the old store first: a durable one holds its directory's lock.
         let replica = &mut self.replicas[at];
         replica.core = None;
+        replica.links.clear();
         replica.now = replica.committed.clone();
         replica.group = Group::default();
-        replica.sent_through.fill(0);
 
         // Its writes after the last commit are exactly the lost ones; their
         // seqs go to its next writes.
@@ -1202,7 +1601,14 @@ impl<B: Backend> Sim<B> {
         for &id in &lost {
             self.truth.writes[id].lost = true;
         }
+        self.check_lost_never_left(at, &lost)
+    }
 
+    /// Replica `at` restarts: a new core over what its store had committed,
+    /// and new links that know nothing of their peers yet.
+    fn restart(&mut self, at: usize) -> SimResult {
+        let node = self.nodes[at].clone();
+        self.trace.push(Step::Restart { at });
         let store = self.backend.open(at).map_err(|e| {
             Violation::new(
                 Check::Recovery,
@@ -1217,12 +1623,13 @@ impl<B: Backend> Sim<B> {
                 )
             })?;
         self.replicas[at].core = Some(core);
-        self.check_recovered(at, &lost)
+        self.replicas[at].incarnation += 1;
+        self.replicas[at].links = self.new_links(at);
+        self.check_recovered(at)
     }
 
-    /// After a restart, replica `at` holds exactly what it had committed, and
-    /// the writes `lost` with its open group never reached anyone.
-    fn check_recovered(&self, at: usize, lost: &[WriteId]) -> SimResult {
+    /// After a restart, replica `at` holds exactly what it had committed.
+    fn check_recovered(&self, at: usize) -> SimResult {
         let node = &self.nodes[at];
         let replica = &self.replicas[at];
         let core = replica.core();
@@ -1276,17 +1683,18 @@ impl<B: Backend> Sim<B> {
             self.check_siblings(at, key, &siblings)?;
             self.check_winner(at, key, &read, &siblings)?;
         }
-        // Its log still holds every own write a peer has not acknowledged.
-        for peer in (0..self.replicas.len()).filter(|&peer| peer != at) {
-            let acked = self.acked_own_truth(at, peer);
-            self.outgoing(at, peer, acked, usize::MAX)?;
-        }
-        // What its peers hold as its acknowledgements, and the acks it sent
+        self.check_log_holds_unacknowledged(at)?;
+        // What its peers hold as its acknowledgements, and the answers it sent
         // that are still in flight, count only what it had committed: they
         // stay true across the crash.
         let committed = &replica.committed_clock;
         for (other, peer) in self.replicas.iter().enumerate() {
-            let Some(acked) = peer.core().acked(node).filter(|_| other != at) else {
+            let Some(acked) = peer
+                .core
+                .as_ref()
+                .filter(|_| other != at)
+                .and_then(|core| core.acked(node))
+            else {
                 continue;
             };
             ensure!(
@@ -1298,16 +1706,27 @@ impl<B: Backend> Sim<B> {
             );
         }
         for message in &self.in_flight {
-            if let Message::Ack { from, applied, .. } = message {
+            if let Message::Answer {
+                from,
+                answer: Answer::Clock(applied),
+                ..
+            } = message
+            {
                 ensure!(
                     *from != at || committed.covers(applied),
                     Check::Recovery,
-                    "an ack of {node} in flight counts {applied}, but {node} had committed \
-                     only {committed} when it crashed"
+                    "an answer of {node} in flight counts {applied}, but {node} had \
+                     committed only {committed} when it crashed"
                 );
             }
         }
-        // A lost write had not left: it was never committed, so never sent.
+        Ok(())
+    }
+
+    /// The writes `lost` in replica `at`'s crash had not left: they were never
+    /// committed, so never sent.
+    fn check_lost_never_left(&self, at: usize, lost: &[WriteId]) -> SimResult {
+        let node = &self.nodes[at];
         for &id in lost {
             let dot = self.truth.dot(id);
             for (other, replica) in self.replicas.iter().enumerate() {
@@ -1317,11 +1736,11 @@ impl<B: Backend> Sim<B> {
                     "{node} lost {dot} in a crash before committing it, but {} has applied it",
                     self.nodes[other]
                 );
-                let buffered = replica
-                    .core()
-                    .buffered_events(usize::MAX)
-                    .iter()
-                    .any(|(e, _)| e.dot() == dot);
+                let buffered = replica.core.as_ref().is_some_and(|core| {
+                    core.buffered_events(usize::MAX)
+                        .iter()
+                        .any(|(e, _)| e.dot() == dot)
+                });
                 ensure!(
                     !buffered,
                     Check::Recovery,
@@ -1330,8 +1749,13 @@ impl<B: Backend> Sim<B> {
                 );
             }
             let in_flight = self.in_flight.iter().any(|m| match m {
-                Message::Events { events, .. } => events.iter().any(|e| e.dot() == dot),
-                Message::Ack { applied_writes, .. } => applied_writes.contains(id),
+                Message::Request {
+                    body: RequestBody::Events { events, .. },
+                    ..
+                } => events.iter().any(|e| e.dot() == dot),
+                Message::Request { writes, .. } | Message::Answer { writes, .. } => {
+                    writes.contains(id)
+                }
             });
             ensure!(
                 !in_flight,
@@ -1357,18 +1781,86 @@ impl<B: Backend> Sim<B> {
 
     /// Whether the replica has committed everything the session's context
     /// counts; when not, the client's operation fails and it retries later.
-    fn context_satisfied(&self, session: usize, at: usize) -> SimResult<bool> {
-        let context = &self.sessions[session].context;
+    /// A context ahead of the replica starts the node's wait, which asks the
+    /// origins of the missing entries (those that answer, over links that are
+    /// not cut): the session's context counts only acknowledged writes, so no
+    /// origin may deny them.
+    fn context_satisfied(&mut self, session: usize, at: usize) -> SimResult<bool> {
+        let context = self.sessions[session].context.clone();
+        match self.wait_step(at, &context)? {
+            None => Ok(true),
+            Some(denied) => {
+                ensure!(
+                    denied.is_none(),
+                    Check::Sessions,
+                    "session {session}'s context {context} at {} was refused: {denied:?}",
+                    self.nodes[at]
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Runs the first step of a client's wait for `context` at replica `at`:
+    /// `None` when satisfied, else the verdict of the origins asked (`None`
+    /// when none denies the writes: the client waits or times out).
+    fn wait_step(
+        &mut self,
+        at: usize,
+        context: &VClock,
+    ) -> SimResult<Option<Option<ContextError>>> {
         let replica = &self.replicas[at];
         let core = replica.core();
-        match check_context(core.id(), core.nodes(), &replica.committed_clock, context) {
-            ContextCheck::Satisfied => Ok(true),
-            ContextCheck::Behind(_) => Ok(false),
+        let mut wait = ContextWait::new(context.clone(), self.now, CAUSAL_WAIT);
+        match wait.step(self.now, core.id(), core.nodes(), &replica.committed_clock) {
+            WaitStep::Satisfied => Ok(None),
+            WaitStep::Failed(error) => Ok(Some(Some(error))),
+            WaitStep::Wait { .. } => Ok(Some(None)),
+            WaitStep::Ask(origins) => {
+                for origin in origins {
+                    let o = self.index_of(&origin)?;
+                    if !self.is_up(o) || self.is_cut(at, o) {
+                        continue;
+                    }
+                    self.stats.origins_asked += 1;
+                    let clock = &self.replicas[o].committed_clock;
+                    if let Some(error) = wait.origin_answered(&origin, clock) {
+                        return Ok(Some(Some(error)));
+                    }
+                }
+                Ok(Some(None))
+            }
+        }
+    }
+
+    /// A client at a random replica sends a context that counts writes some
+    /// origin never made: the wait must refuse it (409) whenever the origin
+    /// answers, and never take it as satisfied.
+    fn forged_context(&mut self) -> SimResult {
+        let replicas = self.replicas.len();
+        let at = self.rng.random_range(0..replicas);
+        let origin = self.rng.random_range(0..replicas);
+        if !self.is_up(at) || self.replicas[origin].group.commands > 0 {
+            return Ok(());
+        }
+        let made = self.truth.by_origin[origin].len() as Seq;
+        let claims = made + self.rng.random_range(1..=3);
+        self.trace.push(Step::ForgedContext { at, origin, claims });
+        let context: VClock = [(self.nodes[origin].clone(), claims)].into_iter().collect();
+        let verdict = self.wait_step(at, &context)?;
+        let answers = origin == at || (self.is_up(origin) && !self.is_cut(at, origin));
+        match verdict {
+            Some(Some(ContextError::UnknownHistory(_))) => {
+                self.stats.forged_contexts_refused += 1;
+                Ok(())
+            }
+            Some(None) if !answers => Ok(()),
             other => Err(Violation::new(
                 Check::Sessions,
                 format!(
-                    "session {session}'s context {context} is {other:?} at {}",
-                    self.nodes[at]
+                    "a context counting {claims} writes of {} (which made {made}) got {other:?} \
+                     at {}",
+                    self.nodes[origin], self.nodes[at]
                 ),
             )),
         }
@@ -1392,10 +1884,26 @@ impl<B: Backend> Sim<B> {
         if self.waiting(session) {
             return Ok(());
         }
+        if !self.is_up(at) {
+            self.stats.unavailable += 1;
+            return Ok(());
+        }
         if !self.context_satisfied(session, at)? {
             self.stats.stale_contexts += 1;
             return Ok(());
         }
+        self.write_at(Some(session), at, key, delete).map(|_| ())
+    }
+
+    /// Replica `at` makes a write of `key` (for `session`, if any: it waits
+    /// for the acknowledgement).
+    fn write_at(
+        &mut self,
+        session: Option<usize>,
+        at: usize,
+        key: usize,
+        delete: bool,
+    ) -> SimResult<WriteId> {
         let op = if delete {
             self.stats.deletes += 1;
             Op::Delete
@@ -1423,15 +1931,23 @@ impl<B: Backend> Sim<B> {
         let id = self.truth.record(at, key, event, past);
         self.observe_apply(at, id)?;
         self.check_clock(at, self.core(at).applied(), "applied clock")?;
-        self.sessions[session].waiting_for = Some(id);
-        self.add_to_group(at, Some(Reply::Write { session, id }))
+        let reply = session.map(|session| {
+            self.sessions[session].waiting_for = Some(id);
+            Reply::Write { session, id }
+        });
+        self.add_to_group(at, reply)?;
+        Ok(id)
     }
 
     /// Reads `key` for `session` at replica `at`, checking what comes back;
-    /// false when the replica lags the session's context. The read is served
-    /// after the replica's open group: it sees committed state only.
+    /// false when the replica is down or lags the session's context. The read
+    /// is served after the replica's open group: it sees committed state only.
     fn client_read(&mut self, session: usize, at: usize, key: usize) -> SimResult<bool> {
         if self.waiting(session) {
+            return Ok(false);
+        }
+        if !self.is_up(at) {
+            self.stats.unavailable += 1;
             return Ok(false);
         }
         if self.replicas[at].group.commands > 0 {
@@ -1475,100 +1991,180 @@ impl<B: Backend> Sim<B> {
         Ok(true)
     }
 
-    // ---- Replication ----
+    // ---- Replication: the node's own protocol, on simulated time ----
 
-    /// Replica `from` pushes a prefix of its own committed log to `to`, from a
-    /// cursor that is sometimes where it left off, sometimes the peer's last
-    /// acknowledgement, and sometimes confused (behind or ahead).
-    fn send(&mut self, from: usize, to: usize) -> SimResult {
-        let acked = self.acked_own(from, to);
-        let replica = &self.replicas[from];
-        let after = match self.rng.random_range(0..10) {
-            0..5 => acked.max(replica.sent_through[to]),
-            5..8 => acked,
-            _ => self
-                .rng
-                .random_range(0..=replica.committed.applied_per_origin[from]),
+    /// What replica `at`'s links may send: its committed clock (the node's
+    /// published one), or with the mutation everything it applied.
+    fn durable(&self, at: usize) -> (VClock, WriteSet) {
+        let replica = &self.replicas[at];
+        if self.mutation == Mutation::SendsUncommitted {
+            (
+                replica.core().applied().clone(),
+                replica.now.applied.clone(),
+            )
+        } else {
+            (
+                replica.committed_clock.clone(),
+                replica.committed.applied.clone(),
+            )
+        }
+    }
+
+    /// Replica `from`'s link to `to` is polled, as its replication task does
+    /// when it wakes; a request it asks for goes on the wire (and is lost if
+    /// the link is cut).
+    fn poll(&mut self, from: usize, to: usize) -> SimResult {
+        if !self.is_up(from) {
+            return Ok(());
+        }
+        let (durable, writes) = self.durable(from);
+        let replica = &mut self.replicas[from];
+        let core = replica.core.as_ref().expect("the replica is up");
+        let link = replica.links[to].as_mut().expect("a link to every peer");
+        let action = link.poll(self.now, &durable, core);
+        let notices = link.take_notices();
+        self.observe_notices(from, to, notices, &WriteSet::default())?;
+        let Action::Send(request) = action else {
+            if !self.settling {
+                self.trace.push(Step::Poll {
+                    from,
+                    to,
+                    sent: None,
+                });
+            }
+            return Ok(());
         };
-        let limit = self.rng.random_range(1..=6);
-        self.trace.push(Step::Send {
+        if let RequestBody::Events { events, repair } = &request.body {
+            self.check_outgoing(from, to, events, repair.as_deref(), &durable)?;
+        }
+        let message = Message::Request {
             from,
             to,
-            after,
-            limit,
+            incarnation: self.replicas[from].incarnation,
+            id: request.id,
+            body: request.body,
+            writes,
+        };
+        self.trace.push(Step::Poll {
+            from,
+            to,
+            sent: Some(message.summary()),
         });
-        let events = self.outgoing(from, to, after, limit)?;
-        if let Some(last) = events.last() {
-            let cursor = &mut self.replicas[from].sent_through[to];
-            *cursor = (*cursor).max(last.seq);
-            self.in_flight.push(Message::Events { from, to, events });
+        if self.is_cut(from, to) {
+            self.lose(message, "the link is cut");
+        } else {
+            self.in_flight.push(message);
         }
         Ok(())
     }
 
-    /// How many of `from`'s own writes `to` has acknowledged, as `from`'s core
-    /// knows it.
-    fn acked_own(&self, from: usize, to: usize) -> Seq {
-        self.core(from)
-            .acked(&self.nodes[to])
-            .map_or(0, |clock| clock.get(&self.nodes[from]))
-    }
-
-    /// How many of `from`'s own writes the ground truth says `from` has seen
-    /// `to` acknowledge (since its last commit before a crash, at least).
-    fn acked_own_truth(&self, from: usize, to: usize) -> Seq {
-        let acked = &self.replicas[from].now.acked_by_peer[to];
-        self.truth.by_origin[from]
-            .iter()
-            .take_while(|&&id| acked.contains(id))
-            .count() as Seq
-    }
-
-    /// How many writes of each origin `set` holds.
-    fn per_origin(&self, set: &WriteSet) -> Vec<Seq> {
-        let mut counts = vec![0; self.replicas.len()];
-        for id in set.iter() {
-            counts[self.truth.writes[id].origin] += 1;
-        }
-        counts
-    }
-
-    /// Up to `limit` of `from`'s own committed events after seq `after`, for
-    /// `to`, checked: in order, without gaps, and with nothing collected from
-    /// the log that `to` has not acknowledged.
-    fn outgoing(&self, from: usize, to: usize, after: Seq, limit: usize) -> SimResult<Vec<Event>> {
-        let mut events = self.core(from).own_events_after(after, limit)?;
+    /// A batch of `from`'s link to `to` holds what the protocol promises: its
+    /// own committed writes in order from where the peer stands, or another
+    /// origin's writes `from` holds, in order.
+    fn check_outgoing(
+        &self,
+        from: usize,
+        to: usize,
+        events: &[Arc<Event>],
+        repair: Option<&str>,
+        durable: &VClock,
+    ) -> SimResult {
         let node = &self.nodes[from];
-        let own = if self.mutation == Mutation::SendsUncommitted {
-            self.replicas[from].now.applied_per_origin[from]
-        } else {
-            self.replicas[from].committed.applied_per_origin[from]
-        };
-        // The sender sees the core between groups: the open group's events
-        // are not there yet.
-        events.retain(|e| e.seq <= own);
-        let acked = self.acked_own_truth(from, to);
-        let first = events.first().map_or(own + 1, |e| e.seq);
-        ensure!(
-            first > after && first <= after.max(acked) + 1,
-            Check::Core,
-            "{node}'s log answers events after {after} from seq {first}, but {} acknowledged \
-             only {acked} of them",
-            self.nodes[to]
-        );
-        let expected_len = limit.min((own + 1).saturating_sub(first) as usize);
-        let in_order = events
+        let origin = repair.unwrap_or(node);
+        let in_order = events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        let bounded = events.len() <= self.params.max_batch_events;
+        let held = events
             .iter()
-            .zip(first..)
-            .all(|(e, seq)| e.origin == *node && e.seq == seq);
+            .all(|e| e.origin == origin && e.seq <= durable.get(origin));
         ensure!(
-            in_order && events.len() == expected_len,
+            !events.is_empty() && in_order && bounded && held && origin != self.nodes[to],
             Check::Core,
-            "{node}'s log answers {} for up to {limit} of its committed events after {after} \
-             (it has committed {own})",
-            dot_list(events.iter().map(|e| e.dot()))
+            "{node}'s link to {} sends {} as {}",
+            self.nodes[to],
+            dot_list(events.iter().map(|e| e.dot())),
+            if repair.is_some() {
+                "repair"
+            } else {
+                "its own writes"
+            }
         );
-        Ok(events.iter().map(|e| (**e).clone()).collect())
+        Ok(())
+    }
+
+    /// Replica `at`'s log still holds every own write that some peer has not
+    /// acknowledged: log collection waits for everyone.
+    fn check_log_holds_unacknowledged(&self, at: usize) -> SimResult {
+        let node = &self.nodes[at];
+        let own = self.replicas[at].committed.applied_per_origin[at];
+        for peer in (0..self.replicas.len()).filter(|&peer| peer != at) {
+            let acked = &self.replicas[at].now.acked_by_peer[peer];
+            let acked = self.truth.by_origin[at]
+                .iter()
+                .take_while(|&&id| acked.contains(id))
+                .count() as Seq;
+            if acked >= own {
+                continue;
+            }
+            let events = self.core(at).own_events_after(acked, usize::MAX)?;
+            let holds = events.first().map(|e| e.seq) == Some(acked + 1);
+            ensure!(
+                holds,
+                Check::Core,
+                "{node}'s log starts its own writes at {:?}, but {} acknowledged only {acked} \
+                 of them",
+                events.first().map(|e| e.seq),
+                self.nodes[peer]
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes what replica `at`'s link to `peer` noticed. An acknowledgement is
+    /// recorded by the core (for log collection), through the writer path,
+    /// and `writes` (what the answer's clock really counts) join the ground
+    /// truth.
+    fn observe_notices(
+        &mut self,
+        at: usize,
+        peer: usize,
+        notices: Vec<Notice>,
+        writes: &WriteSet,
+    ) -> SimResult {
+        for notice in notices {
+            match notice {
+                Notice::Acknowledged { clock, .. } => {
+                    let replica = &mut self.replicas[at];
+                    replica.core_mut().record_ack(&self.nodes[peer], &clock)?;
+                    replica.now.acked_by_peer[peer].union_with(writes);
+                    self.check_log_holds_unacknowledged(at)?;
+                    self.add_to_group(at, None)?;
+                }
+                Notice::Collected { from, through } => {
+                    return Err(Violation::new(
+                        Check::NoLostWrites,
+                        format!(
+                            "{} needs writes {from}..={through} of {}, which collected them \
+                             from its log",
+                            self.nodes[peer], self.nodes[at]
+                        ),
+                    ))
+                }
+                Notice::LogUnreadable(e) => {
+                    return Err(Violation::new(
+                        Check::Core,
+                        format!("{} cannot read its log: {e}", self.nodes[at]),
+                    ))
+                }
+                Notice::Resending { .. } | Notice::WentBack { .. } => {
+                    self.stats.retransmissions += 1
+                }
+                Notice::Repairing { events, .. } => self.stats.repaired_events += events as u64,
+                Notice::Overclaimed { .. } => self.stats.overclaims_refused += 1,
+                Notice::Failed { .. } => self.stats.failed_requests += 1,
+                Notice::Reachable => {}
+            }
+        }
+        Ok(())
     }
 
     fn deliver_random(&mut self, kept_copy: bool) -> SimResult {
@@ -1582,11 +2178,7 @@ impl<B: Backend> Sim<B> {
         } else {
             self.in_flight.swap_remove(index)
         };
-        self.trace.push(Step::Deliver {
-            message: message.summary(),
-            kept_copy,
-        });
-        self.handle(message)
+        self.handle(message, kept_copy)
     }
 
     fn drop_random(&mut self) {
@@ -1596,42 +2188,164 @@ impl<B: Backend> Sim<B> {
         let index = self.rng.random_range(0..self.in_flight.len());
         let message = self.in_flight.swap_remove(index);
         self.stats.messages_dropped += 1;
-        self.trace.push(Step::Drop {
+        self.lose(message, "dropped");
+    }
+
+    fn lose(&mut self, message: Message, why: &'static str) {
+        self.trace.push(Step::Lost {
             message: message.summary(),
+            why,
         });
     }
 
-    /// Delivers a message: a command for the receiver's writer path. A batch
-    /// of events is acknowledged once the receiver commits it.
-    fn handle(&mut self, message: Message) -> SimResult {
+    /// Delivers a message: a request for the receiver's writer path (a batch
+    /// is answered once the receiver commits it), or an answer for the link
+    /// that asked.
+    fn handle(&mut self, message: Message, kept_copy: bool) -> SimResult {
+        let (from, to) = message.ends();
+        if self.is_cut(from, to) {
+            self.lose(message, "the link is cut");
+            return Ok(());
+        }
         match message {
-            Message::Events { from, to, events } => self.receive(from, to, events),
-            Message::Ack {
+            Message::Request {
                 from,
                 to,
-                applied,
-                applied_writes,
+                incarnation,
+                id,
+                body,
+                writes,
             } => {
-                let replica = &mut self.replicas[to];
-                replica.core_mut().record_ack(&self.nodes[from], &applied)?;
-                replica.now.acked_by_peer[from].union_with(&applied_writes);
-                self.add_to_group(to, None)
+                let summary = Message::Request {
+                    from,
+                    to,
+                    incarnation,
+                    id,
+                    body: body.clone(),
+                    writes: WriteSet::default(),
+                }
+                .summary();
+                if !self.is_up(to) {
+                    // Refused at once, or no answer at all: the link times out.
+                    if self.settling || self.rng.random_bool(0.5) {
+                        self.trace.push(Step::Lost {
+                            message: summary,
+                            why: "the receiver is down: connection refused",
+                        });
+                        self.in_flight.push(Message::Answer {
+                            from: to,
+                            to: from,
+                            incarnation,
+                            id,
+                            answer: Answer::Unreachable("connection refused".into()),
+                            writes: WriteSet::default(),
+                        });
+                    } else {
+                        self.lose_summary(summary, "the receiver is down");
+                    }
+                    return Ok(());
+                }
+                self.trace.push(Step::Deliver {
+                    message: summary,
+                    kept_copy,
+                });
+                match body {
+                    RequestBody::Events { events, .. } => {
+                        let events = events.iter().map(|e| (**e).clone()).collect();
+                        self.receive(from, to, incarnation, id, events)
+                    }
+                    RequestBody::Exchange { applied } => {
+                        // The node records the peer's clock through the
+                        // writer and answers with its published clock.
+                        let replica = &mut self.replicas[to];
+                        replica.core_mut().record_ack(&self.nodes[from], &applied)?;
+                        replica.now.acked_by_peer[from].union_with(&writes);
+                        self.check_log_holds_unacknowledged(to)?;
+                        let replica = &self.replicas[to];
+                        self.in_flight.push(Message::Answer {
+                            from: to,
+                            to: from,
+                            incarnation,
+                            id,
+                            answer: Answer::Clock(replica.committed_clock.clone()),
+                            writes: replica.committed.applied.clone(),
+                        });
+                        self.add_to_group(to, None)
+                    }
+                }
+            }
+            Message::Answer {
+                from,
+                to,
+                incarnation,
+                id,
+                mut answer,
+                writes,
+            } => {
+                let mut summary = Message::Answer {
+                    from,
+                    to,
+                    incarnation,
+                    id,
+                    answer: answer.clone(),
+                    writes: WriteSet::default(),
+                }
+                .summary();
+                if !self.is_up(to) || self.replicas[to].incarnation != incarnation {
+                    self.lose_summary(summary, "the link that asked is gone");
+                    return Ok(());
+                }
+                let made = self.replicas[to].committed_clock.get(&self.nodes[to]);
+                if let Answer::Clock(clock) = &mut answer {
+                    if !self.settling && self.rng.random_bool(self.params.overclaim_chance) {
+                        let claims = if self.rng.random_bool(0.5) {
+                            Seq::MAX
+                        } else {
+                            made + self.rng.random_range(1..=50)
+                        };
+                        clock.set(&self.nodes[to], claims);
+                        self.stats.overclaims_sent += 1;
+                        if let MessageSummary::Answer { answer, .. } = &mut summary {
+                            *answer = clock.to_string();
+                        }
+                        self.trace.push(Step::Overclaim { message: summary });
+                    } else {
+                        self.trace.push(Step::Deliver {
+                            message: summary,
+                            kept_copy,
+                        });
+                    }
+                } else {
+                    self.trace.push(Step::Deliver {
+                        message: summary,
+                        kept_copy,
+                    });
+                }
+                let (durable, _) = self.durable(to);
+                let link = self.replicas[to].links[from]
+                    .as_mut()
+                    .expect("a link to every peer");
+                link.answered(self.now, id, answer, &durable);
+                let notices = link.take_notices();
+                self.observe_notices(to, from, notices, &writes)
             }
         }
     }
 
-    /// Replica `from`'s acknowledgement to `to`: its `applied` clock now.
-    fn ack(&self, from: usize, to: usize) -> Message {
-        let replica = &self.replicas[from];
-        Message::Ack {
-            from,
-            to,
-            applied: replica.core().applied().clone(),
-            applied_writes: replica.now.applied.clone(),
-        }
+    fn lose_summary(&mut self, message: MessageSummary, why: &'static str) {
+        self.trace.push(Step::Lost { message, why });
     }
 
-    fn receive(&mut self, from: usize, to: usize, mut events: Vec<Event>) -> SimResult {
+    /// Replica `to` takes a batch from `from`'s link (request `id`), answered
+    /// after the commit of its group.
+    fn receive(
+        &mut self,
+        from: usize,
+        to: usize,
+        incarnation: u32,
+        id: RequestId,
+        mut events: Vec<Event>,
+    ) -> SimResult {
         if self.mutation == Mutation::StripsDependencies {
             for e in &mut events {
                 e.deps = [(e.origin.clone(), e.seq - 1)].into_iter().collect();
@@ -1647,7 +2361,13 @@ impl<B: Backend> Sim<B> {
             self.observe_apply(to, id)?;
         }
         self.check_clock(to, self.core(to).applied(), "applied clock")?;
-        self.add_to_group(to, Some(Reply::Ack { peer: from }))
+        let reply = Reply::Batch {
+            peer: from,
+            incarnation,
+            request: id,
+            busy: receipt.refused > 0,
+        };
+        self.add_to_group(to, Some(reply))
     }
 
     /// Delivers everything in flight, in random order, with what that brings.
@@ -1655,64 +2375,240 @@ impl<B: Backend> Sim<B> {
         while !self.in_flight.is_empty() {
             let index = self.rng.random_range(0..self.in_flight.len());
             let message = self.in_flight.swap_remove(index);
-            self.handle(message)?;
+            self.handle(message, false)?;
         }
         Ok(())
     }
 
-    /// After the random phase, a reliable network and no more crashes: every
-    /// open group is committed and each command from now on commits at once;
-    /// everything in flight arrives, then every replica pushes to every peer
-    /// all it has not acknowledged until no replica applies anything more;
-    /// then a clock exchange, so that every replica learns what everyone has
-    /// applied and can collect its log.
-    fn flush(&mut self) -> SimResult {
-        let replicas = self.replicas.len();
-        for at in 0..replicas {
-            if self.replicas[at].group.commands > 0 {
+    /// A reliable network and no more crashes: every down replica but
+    /// `keep_down` restarts, every open group is committed and each command
+    /// from now on commits at once; then time passes in rounds, every link is
+    /// polled and every message arrives, until the live replicas agree on
+    /// their clocks and every link between them knows it (links that are cut
+    /// stay cut).
+    fn settle(&mut self, keep_down: Option<usize>) -> SimResult {
+        self.settling = true;
+        for at in 0..self.replicas.len() {
+            if !self.is_up(at) && Some(at) != keep_down {
+                self.restart(at)?;
+            }
+            if self.is_up(at) && self.replicas[at].group.commands > 0 {
                 self.commit(at)?;
             }
         }
-        self.flushing = true;
-        self.drain_in_flight()?;
         let mut rounds = 0;
         loop {
+            self.drain_in_flight()?;
+            if self.settled() {
+                self.stats.settle_rounds += rounds as u64;
+                // One more idle clock exchange on every link, as a node makes
+                // every sync_interval: it lets each replica collect its log.
+                let until = self.now + self.settings.sync_interval + ROUND;
+                while self.now < until {
+                    self.poll_all()?;
+                }
+                self.drain_in_flight()?;
+                return Ok(());
+            }
             ensure!(
-                rounds < MAX_FLUSH_ROUNDS,
+                rounds < MAX_SETTLE_ROUNDS,
                 Check::Convergence,
-                "the reliable flush still delivers after {MAX_FLUSH_ROUNDS} rounds"
+                "the replicas still disagree after {MAX_SETTLE_ROUNDS} rounds of {ROUND:?} \
+                 on a reliable network: {}",
+                self.clocks()
             );
             rounds += 1;
-            let applied_before = self.applied_total();
-            for from in 0..replicas {
-                for to in (0..replicas).filter(|&to| to != from) {
-                    let acked = self.acked_own(from, to);
-                    let events = self.outgoing(from, to, acked, usize::MAX)?;
-                    if !events.is_empty() {
-                        self.receive(from, to, events)?;
-                        self.drain_in_flight()?;
-                    }
-                }
-            }
-            if self.applied_total() == applied_before {
-                break;
+            self.poll_all()?;
+        }
+    }
+
+    /// One round of settling: time passes, every link is polled, and every
+    /// message arrives.
+    fn poll_all(&mut self) -> SimResult {
+        self.advance(ROUND);
+        for from in 0..self.replicas.len() {
+            for to in (0..self.replicas.len()).filter(|&to| to != from) {
+                self.poll(from, to)?;
             }
         }
-        for from in 0..replicas {
-            for to in (0..replicas).filter(|&to| to != from) {
-                self.handle(self.ack(from, to))?;
+        self.drain_in_flight()
+    }
+
+    /// Whether the live replicas hold the same clock and every link between
+    /// two of them that is not cut has had it acknowledged.
+    fn settled(&self) -> bool {
+        let live: Vec<usize> = (0..self.replicas.len())
+            .filter(|&at| self.is_up(at))
+            .collect();
+        let reference = &self.replicas[live[0]].committed_clock;
+        live.iter().all(|&at| {
+            let replica = &self.replicas[at];
+            replica.committed_clock == *reference
+                && replica.group.commands == 0
+                && live
+                    .iter()
+                    .filter(|&&peer| peer != at && !self.is_cut(at, peer))
+                    .all(|&peer| {
+                        let link = replica.links[peer].as_ref().expect("a link to every peer");
+                        link.acked() == Some(reference) && !link.is_waiting()
+                    })
+        })
+    }
+
+    /// Every replica's committed clock, for reports.
+    fn clocks(&self) -> String {
+        let clocks: Vec<String> = (0..self.replicas.len())
+            .map(|at| {
+                if self.is_up(at) {
+                    format!("{}: {}", self.nodes[at], self.replicas[at].committed_clock)
+                } else {
+                    format!("{}: down", self.nodes[at])
+                }
+            })
+            .collect();
+        clocks.join(", ")
+    }
+
+    /// The seed's last fault (see [`FinalFault`]), held while the replicas
+    /// settle: writes that only repair through a third replica can carry must
+    /// reach every live replica. Then everything heals.
+    fn final_fault(&mut self) -> SimResult {
+        match self.params.final_fault {
+            FinalFault::None => Ok(()),
+            FinalFault::Cut(a, b) => {
+                self.trace
+                    .push(Step::Phase("a cut link; repair through a third replica"));
+                self.cut.insert((a.min(b), a.max(b)));
+                self.trace.push(Step::Cut { a, b, cut: true });
+                for key in 0..self.keys.len() {
+                    self.write_at(None, a, key, false)?;
+                }
+                self.settle(None)?;
+                self.check_live_converged()?;
+                self.cut.clear();
+                Ok(())
             }
+            FinalFault::OriginDown(origin, via) => {
+                self.trace
+                    .push(Step::Phase("an origin down after reaching one peer"));
+                let writes: Vec<WriteId> = (0..self.keys.len())
+                    .map(|key| self.write_at(None, origin, key, false))
+                    .collect::<SimResult<_>>()?;
+                // Push them to `via` alone, then take the origin down. The
+                // first batch is lost and the first answer overclaims: only
+                // retransmission and a link that checks acknowledgements get
+                // the writes across.
+                let last = self
+                    .truth
+                    .dot(*writes.last().expect("at least one key"))
+                    .seq;
+                let (mut lost, mut overclaimed) = (false, false);
+                for _ in 0..MAX_SETTLE_ROUNDS {
+                    if self.replicas[via].now.applied_per_origin[origin] >= last {
+                        break;
+                    }
+                    self.advance(ROUND);
+                    self.poll(origin, via)?;
+                    while let Some(mut message) = self.in_flight.pop() {
+                        match &mut message {
+                            Message::Request {
+                                body: RequestBody::Events { .. },
+                                ..
+                            } if !lost => {
+                                lost = true;
+                                self.lose(message, "lost on purpose");
+                                continue;
+                            }
+                            Message::Answer {
+                                answer: Answer::Clock(clock),
+                                ..
+                            } if lost && !overclaimed => {
+                                overclaimed = true;
+                                clock.set(&self.nodes[origin], Seq::MAX);
+                                self.trace.push(Step::Overclaim {
+                                    message: message.summary(),
+                                });
+                            }
+                            _ => {}
+                        }
+                        self.handle(message, false)?;
+                    }
+                }
+                ensure!(
+                    self.replicas[via].now.applied_per_origin[origin] >= last,
+                    Check::Convergence,
+                    "{} never got {}'s writes on a reliable link",
+                    self.nodes[via],
+                    self.nodes[origin]
+                );
+                self.crash(origin)?;
+                self.settle(Some(origin))?;
+                self.check_live_converged()?;
+                let holder = &self.replicas[via].now.applied;
+                for at in (0..self.replicas.len()).filter(|&at| self.is_up(at)) {
+                    let missing = holder.first_not_in(&self.replicas[at].now.applied);
+                    ensure!(
+                        missing.is_none(),
+                        Check::NoLostWrites,
+                        "{} lacks {}, which {} holds, while {} is down",
+                        self.nodes[at],
+                        self.truth.dots(&missing.into_iter().collect::<Vec<_>>()),
+                        self.nodes[via],
+                        self.nodes[origin]
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The live replicas have applied the same writes and hold the same
+    /// siblings for every key.
+    fn check_live_converged(&self) -> SimResult {
+        let live: Vec<usize> = (0..self.replicas.len())
+            .filter(|&at| self.is_up(at))
+            .collect();
+        let reference = live[0];
+        let reference_dump = self.dump(reference)?;
+        for &at in &live {
+            let replica = &self.replicas[at];
+            ensure!(
+                replica.now.applied_per_origin == self.replicas[reference].now.applied_per_origin
+                    && replica.core().buffered() == 0,
+                Check::Convergence,
+                "with a fault held, {} applied {:?} writes per origin ({} buffered) and {} \
+                 applied {:?}",
+                self.nodes[at],
+                replica.now.applied_per_origin,
+                replica.core().buffered(),
+                self.nodes[reference],
+                self.replicas[reference].now.applied_per_origin
+            );
+            ensure!(
+                self.dump(at)? == reference_dump,
+                Check::Convergence,
+                "with a fault held, {} and {} hold different siblings",
+                self.nodes[at],
+                self.nodes[reference]
+            );
         }
         Ok(())
     }
 
-    fn applied_total(&self) -> Seq {
-        self.replicas
-            .iter()
-            .flat_map(|r| &r.now.applied_per_origin)
-            .sum()
+    fn index_of(&self, node: &str) -> SimResult<usize> {
+        self.nodes.iter().position(|n| n == node).ok_or_else(|| {
+            Violation::new(Check::Core, format!("the core names {node}, not a replica"))
+        })
     }
 
+    /// How many writes of each origin `set` holds.
+    fn per_origin(&self, set: &WriteSet) -> Vec<Seq> {
+        let mut counts = vec![0; self.replicas.len()];
+        for id in set.iter() {
+            counts[self.truth.writes[id].origin] += 1;
+        }
+        counts
+    }
     // ---- The oracle ----
 
     fn write_id(&self, dot: &Dot) -> SimResult<WriteId> {
@@ -1921,8 +2817,15 @@ impl<B: Backend> Sim<B> {
             ensure!(
                 core.store().log_len() == 0,
                 Check::Core,
-                "{node} keeps {} log entries although every node acknowledged everything",
-                core.store().log_len()
+                "{node} keeps {} log entries although every node acknowledged everything \
+                 (stable {}, applied {}, acked {:?})",
+                core.store().log_len(),
+                core.stable(),
+                core.applied(),
+                self.nodes
+                    .iter()
+                    .map(|n| core.acked(n).map(ToString::to_string))
+                    .collect::<Vec<_>>()
             );
             let dump = self.dump(at)?;
             let differing: Vec<&String> = self

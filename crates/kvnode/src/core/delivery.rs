@@ -1,9 +1,7 @@
-//! The causal core: the rules of the store, with no IO.
+//! Delivery: the rules of the store applied to one replica's state.
 //!
 //! [`Core`] takes commands (a local write, a batch of received events, a read,
-//! an acknowledgement from a peer) and answers with what happened. It never
-//! touches a socket, a clock or a runtime; the node's shells (HTTP, the writer
-//! thread, replication) call it, and the simulation tests drive it directly.
+//! an acknowledgement from a peer) and answers with what happened.
 //!
 //! The rules, from the design:
 //!
@@ -27,6 +25,7 @@ use std::sync::Arc;
 
 use vclock_proto::{Dot, Event, Missing, NodeId, Op, Seq, VClock};
 
+use super::context::{check_context, ContextCheck};
 use crate::store::{PendingSync, Siblings, Store, StoreError};
 
 /// Why the core refused a command.
@@ -119,43 +118,6 @@ impl ReadResult {
     /// `None` when the key is absent or every sibling is a delete.
     pub fn winner(&self) -> Option<&vclock_proto::Value> {
         self.siblings.iter().rev().find_map(|e| e.op.value())
-    }
-}
-
-/// How a client's context relates to this node's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContextCheck {
-    /// Everything the context counts is applied here.
-    Satisfied,
-    /// Some entries are ahead of this node; they may still arrive.
-    Behind(Vec<Missing>),
-    /// The context counts writes of this node that it never made.
-    Impossible(Vec<Missing>),
-    /// The context names a node outside the cluster.
-    UnknownNode(String),
-}
-
-/// Relates a client's `context` to the clock `applied` of node `id` in a cluster
-/// of `nodes` (sorted).
-pub fn check_context(
-    id: &str,
-    nodes: &[NodeId],
-    applied: &VClock,
-    context: &VClock,
-) -> ContextCheck {
-    let is_member = |n: &str| nodes.binary_search_by(|m| m.as_str().cmp(n)).is_ok();
-    if let Some(unknown) = context.nodes().find(|n| !is_member(n)) {
-        return ContextCheck::UnknownNode(unknown.clone());
-    }
-    let missing: Vec<Missing> = applied.missing(context).collect();
-    if missing.is_empty() {
-        return ContextCheck::Satisfied;
-    }
-    let impossible: Vec<Missing> = missing.iter().filter(|m| m.node == id).cloned().collect();
-    if impossible.is_empty() {
-        ContextCheck::Behind(missing)
-    } else {
-        ContextCheck::Impossible(impossible)
     }
 }
 
@@ -537,6 +499,21 @@ impl<S: Store> Core<S> {
             siblings_before,
             siblings_after,
         })
+    }
+}
+
+impl<S: Store> super::replication::NodeView for Core<S> {
+    fn acked(&self, peer: &str) -> Option<&VClock> {
+        Core::acked(self, peer)
+    }
+
+    fn log_after(
+        &self,
+        origin: &str,
+        after: Seq,
+        limit: usize,
+    ) -> crate::store::StoreResult<Vec<Arc<Event>>> {
+        self.store.log_after(origin, after, limit)
     }
 }
 
