@@ -318,8 +318,8 @@ impl Node {
         )
     }
 
-    /// Waits until this node has applied everything `context` counts (rule 1 and
-    /// rule 5), at most `causal_wait`. While waiting it asks the origin of each
+    /// Waits until this node has applied everything `context` counts (rules 1
+    /// and 5 of `docs/design.md`), at most `causal_wait`. While waiting it asks the origin of each
     /// missing entry whether it made those writes at all, so that a context
     /// claiming writes that never happened gets a 409 rather than a timeout
     /// (the decisions are [`ContextWait`]'s).

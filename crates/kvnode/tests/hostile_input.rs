@@ -4,10 +4,10 @@
 //!
 //! Every answer must be a 2xx, or a 4xx with a JSON error that changed nothing
 //! (the applied clock, the buffer and the log are as before). The only 5xx
-//! allowed are the two 503s the design asks for: `causal_timeout` (a context
-//! the node cannot satisfy within `causal_wait`) and `buffer_full` (the buffer
-//! of undeliverable events is at `max_buffered`; the sender retries). A panic
-//! fails the test.
+//! allowed are the two designed 503s (`docs/design.md`, "Interfaces"):
+//! `causal_timeout` (a context the node cannot satisfy within `causal_wait`)
+//! and `buffer_full` (the buffer of undeliverable events is at `max_buffered`;
+//! the sender retries). A panic fails the test.
 //!
 //! Bodies start from valid messages (write, put, event batch, clock exchange)
 //! with random keys, values, clocks and events, then get up to four mutations:

@@ -3,7 +3,7 @@
 //! [`Core`] takes commands (a local write, a batch of received events, a read,
 //! an acknowledgement from a peer) and answers with what happened.
 //!
-//! The rules, from the design:
+//! The rules, numbered as in `docs/design.md` ("The rules"):
 //!
 //! 1. A local write gets `seq = applied[self] + 1` and `deps = applied`.
 //! 2. A received event from origin `j` is delivered iff `seq == applied[j] + 1`
