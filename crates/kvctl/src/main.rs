@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kvctl::session_file::SessionFile;
-use kvctl::{Client, Error};
+use kvctl::{Client, Error, Transport};
 use vclock_proto::{GetResponse, PutResponse, Value};
 
 const DEFAULT_NODES: &str = "http://127.0.0.1:5001,http://127.0.0.1:5002,http://127.0.0.1:5003";
@@ -41,6 +41,17 @@ struct Cli {
     /// Timeout of each request, e.g. 10s or 500ms.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", global = true)]
     timeout: Duration,
+
+    /// Bearer token of the client API (the nodes' client_token), sent with
+    /// every request.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "KVCTL_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -173,9 +184,6 @@ struct CheckArgs {
     /// Check a saved history instead of running a workload (no cluster needed).
     #[arg(long, value_name = "FILE", conflicts_with = "history")]
     replay: Option<PathBuf>,
-    /// Bearer token for the client API (the nodes' client_token).
-    #[arg(long, env = "KVCTL_TOKEN")]
-    token: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -201,9 +209,6 @@ struct TraceArgs {
     /// (from another node's stream) before it is written without it.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s", value_name = "DURATION")]
     wait: Duration,
-    /// Bearer token for the client API (the nodes' client_token).
-    #[arg(long, env = "KVCTL_TOKEN")]
-    token: Option<String>,
 }
 
 /// Exit codes.
@@ -242,9 +247,15 @@ impl From<Error> for Failure {
             Error::Refused { .. } => exit::REFUSED,
             Error::InvalidValue(_) => 2,
         };
+        let hint = match e {
+            Error::Refused { status: 401, .. } => {
+                " (give the nodes' client_token with --token or KVCTL_TOKEN)"
+            }
+            _ => "",
+        };
         Failure {
             code,
-            message: e.to_string(),
+            message: format!("{e}{hint}"),
         }
     }
 }
@@ -256,9 +267,16 @@ fn local(message: impl std::fmt::Display) -> Failure {
     }
 }
 
+/// How every command reaches the nodes: the timeout and the token.
+fn transport(cli: &Cli) -> Transport {
+    Transport::new()
+        .with_timeout(cli.timeout)
+        .with_optional_token(cli.token.clone())
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let client = Client::new(cli.nodes.iter().map(|n| n.trim()).filter(|n| !n.is_empty()))
-        .with_timeout(cli.timeout);
+        .with_transport(transport(&cli));
     if client.nodes().is_empty() {
         return Err(Failure {
             code: 2,
@@ -292,8 +310,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             (code, Some(answer.context))
         }
         Command::Status => (status(&client, cli.output).await?, None),
-        Command::Check(args) => (check(&client, args, cli.output, cli.timeout).await?, None),
-        Command::Trace(args) => (trace(&client, args, cli.output, cli.timeout).await?, None),
+        Command::Check(args) => (check(&client, args, cli.output).await?, None),
+        Command::Trace(args) => (trace(&client, args, cli.output).await?, None),
         Command::Bench(_) => unreachable!("main runs the benchmark outside the runtime"),
     };
     if let (Some(session), Some(seen)) = (&session, seen) {
@@ -382,12 +400,7 @@ fn print_get(output: Output, answer: &GetResponse) {
     }
 }
 
-async fn check(
-    client: &Client,
-    args: &CheckArgs,
-    output: Output,
-    timeout: Duration,
-) -> Result<u8, Failure> {
+async fn check(client: &Client, args: &CheckArgs, output: Output) -> Result<u8, Failure> {
     use kvctl::check::{self, Api, Outcome};
 
     let history = match &args.replay {
@@ -414,10 +427,10 @@ async fn check(
                 ops_per_session: args.ops,
                 keys: args.keys,
                 write_ratio: args.write_ratio,
-                timeout,
+                timeout: client.transport().timeout(),
                 quiesce_timeout: args.quiesce_timeout,
                 seed: args.seed,
-                token: args.token.clone(),
+                token: client.transport().token().map(str::to_owned),
             };
             let history = check::run(&workload).await;
             if history.ops.iter().all(|o| o.outcome != Outcome::Ok) {
@@ -483,7 +496,7 @@ fn bench(cli: &Cli, args: &kvctl::bench::BenchArgs) -> Result<u8, Failure> {
         BenchError::Failed(message) => local(message),
     };
     let config = args
-        .to_config(cli.nodes.clone(), cli.timeout)
+        .to_config(cli.nodes.clone(), &transport(cli))
         .map_err(to_failure)?;
     let report = kvctl::bench::run(&config).map_err(to_failure)?;
     match cli.output {
@@ -497,18 +510,13 @@ fn bench(cli: &Cli, args: &kvctl::bench::BenchArgs) -> Result<u8, Failure> {
 }
 
 /// `kvctl trace`: every node's trace as one ShiViz log (or JSON lines).
-async fn trace(
-    client: &Client,
-    args: &TraceArgs,
-    output: Output,
-    timeout: Duration,
-) -> Result<u8, Failure> {
+async fn trace(client: &Client, args: &TraceArgs, output: Output) -> Result<u8, Failure> {
     use kvctl::trace::{self, Format, TraceError, TraceOptions};
 
     let options = TraceOptions {
         nodes: client.nodes().to_vec(),
-        token: args.token.clone(),
-        timeout,
+        token: client.transport().token().map(str::to_owned),
+        timeout: client.transport().timeout(),
         format: match output {
             Output::Json => Format::Json,
             Output::Plain | Output::Table => Format::Shiviz,
@@ -593,16 +601,30 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
                             lag.join(" ")
                         );
                     }
-                    Err(e) => println!("{url:<26} unreachable: {e}"),
+                    Err(Error::Unreachable(tried)) => {
+                        let why: Vec<&str> = tried.iter().map(|(_, why)| why.as_str()).collect();
+                        println!("{url:<26} unreachable: {}", why.join("; "));
+                    }
+                    Err(Error::Refused {
+                        status, message, ..
+                    }) => println!("{url:<26} refused ({status}): {message}"),
+                    Err(e) => println!("{url:<26} {e}"),
                 }
             }
         }
     }
     if reached == 0 {
-        let tried = rows
-            .into_iter()
-            .map(|(url, r)| (url, r.err().map(|e| e.to_string()).unwrap_or_default()))
-            .collect();
+        // No node answered: a refusal says more than the nodes that could not
+        // be reached.
+        let mut tried = Vec::new();
+        for (url, result) in rows {
+            match result {
+                Err(refused @ Error::Refused { .. }) => return Err(refused.into()),
+                Err(Error::Unreachable(why)) => tried.extend(why),
+                Err(e) => tried.push((url, e.to_string())),
+                Ok(_) => {}
+            }
+        }
         return Err(Error::Unreachable(tried).into());
     }
     Ok(0)

@@ -33,12 +33,19 @@ struct Run {
 
 /// Runs kvctl with `args`, sessions kept under `state`, and `stdin` as input.
 fn kvctl_with_input(state: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    kvctl_with(state, args, stdin, &[])
+}
+
+/// Runs kvctl with `args`, sessions kept under `state`, `stdin` as input and
+/// `env` set (no other `KVCTL_` variable).
+fn kvctl_with(state: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvctl"))
         .args(args)
         .env("XDG_STATE_HOME", state)
         .env_remove("KVCTL_NODES")
         .env_remove("KVCTL_SESSION")
         .env_remove("KVCTL_TOKEN")
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -276,6 +283,138 @@ fn exit_codes_output_formats_and_value_sources() {
     let run = expect(state, &["--node", n1, "-o", "plain", "get", "gone"], 1);
     assert_eq!(run.stdout, "");
     assert_eq!(get_json(state, n1, "gone")["found"], false);
+}
+
+/// Nodes with a client_token: every command sends it, from --token (before or
+/// after the command) or KVCTL_TOKEN; without it, or with a wrong one, the
+/// node's 401 is shown with how to give the token, and kvctl exits 4.
+#[test]
+fn every_command_sends_the_token_and_a_missing_one_is_a_clear_401() {
+    const TOKEN: &str = "kvctl-client-token-0123456789";
+    let cluster = start(
+        kvnode(),
+        &[
+            ("KVNODE_CLIENT_TOKEN", TOKEN),
+            ("KVNODE_TRACE_BUFFER", "1000"),
+        ],
+    );
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let n1 = cluster.url(1);
+    let with_token = |args: &[&'static str]| -> Vec<&str> {
+        let mut all = vec!["--node", n1, "--token", TOKEN];
+        all.extend(args);
+        all
+    };
+
+    // Without the token, or with a wrong one: refused, and the message says why.
+    for token in [None, Some("wrong-token-0123456789")] {
+        for args in [
+            &["put", "k", "1"][..],
+            &["get", "k"],
+            &["del", "k"],
+            &["status"],
+            &["trace"],
+        ] {
+            let mut all = vec!["--node", n1];
+            if let Some(token) = token {
+                all.extend(["--token", token]);
+            }
+            all.extend(args);
+            let run = expect(state, &all, 4);
+            assert!(
+                run.stderr.contains("401")
+                    && run.stderr.contains("token")
+                    && run.stderr.contains("--token or KVCTL_TOKEN"),
+                "{all:?}: {run:#?}"
+            );
+        }
+    }
+    let run = expect(state, &["--node", n1, "get", "k"], 4);
+    assert!(
+        run.stderr.contains("requires the client token"),
+        "the node's own message: {run:#?}"
+    );
+
+    // With --token: put, get, del and status work.
+    expect(state, &with_token(&["put", "k", "1"]), 0);
+    let run = expect(state, &with_token(&["-o", "plain", "get", "k"]), 0);
+    assert_eq!(run.stdout, "1\n");
+    expect(state, &with_token(&["del", "k"]), 0);
+    let run = expect(state, &with_token(&["-o", "plain", "get", "k"]), 1);
+    assert_eq!(run.stdout, "");
+    let run = expect(state, &with_token(&["status"]), 0);
+    let row = run.stdout.lines().find(|l| l.starts_with(n1));
+    assert!(row.is_some_and(|r| r.contains("node1")), "{run:#?}");
+    // A global option: after the command too.
+    expect(state, &["--node", n1, "put", "k", "2", "--token", TOKEN], 0);
+
+    // KVCTL_TOKEN.
+    let env = [("KVCTL_TOKEN", TOKEN)];
+    let run = kvctl_with(state, &["--node", n1, "put", "k", "3"], None, &env);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let run = kvctl_with(
+        state,
+        &["--node", n1, "-o", "plain", "get", "k"],
+        None,
+        &env,
+    );
+    assert_eq!((run.code, run.stdout.as_str()), (0, "3\n"), "{run:#?}");
+    let run = kvctl_with(state, &["--node", n1, "status"], None, &env);
+    assert_eq!(run.code, 0, "{run:#?}");
+
+    // check, trace and bench take the same option.
+    let mut all_nodes = vec!["--token", TOKEN];
+    for url in &cluster.urls {
+        all_nodes.extend(["--node", url.as_str()]);
+    }
+    let run = expect(
+        state,
+        &[&all_nodes[..], &["check", "--sessions", "2", "--ops", "20"]].concat(),
+        0,
+    );
+    assert!(run.stdout.contains("violations=0"), "{run:#?}");
+    let run = expect(state, &[&all_nodes[..], &["trace"]].concat(), 0);
+    assert!(run.stdout.contains(" \"write "), "{run:#?}");
+    let bench = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["--node", n1, "-o", "json", "bench"];
+        all.extend(["write", "-r", "20", "-c", "2", "-q"]);
+        all.splice(0..0, args.iter().copied());
+        let run = kvctl_with(state, &all, None, env);
+        let report: Json = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("bench -o json ({e}): {run:#?}"));
+        (run.code, report)
+    };
+    let (code, report) = bench(&["--token", TOKEN], &[]);
+    assert_eq!(
+        (code, &report["load"]["ok"]),
+        (0, &Json::from(20)),
+        "{report}"
+    );
+    let (code, report) = bench(&[], &env);
+    assert_eq!(
+        (code, &report["load"]["ok"]),
+        (0, &Json::from(20)),
+        "{report}"
+    );
+    let (code, report) = bench(&[], &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["load"]["errors_by_kind"]["http_401"], 20, "{report}");
+
+    // The library: Client::with_token.
+    use kvctl::{Client, Error, Session};
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let mut session = Session::new(Client::new([n1]).with_token(TOKEN));
+        session.put("lib", kvctl::parse_value("4")).await.unwrap();
+        assert_eq!(session.get("lib").await.unwrap().value.json(), "4");
+        match Client::new([n1]).get("lib", None).await {
+            Err(Error::Refused { status, code, .. }) => {
+                assert_eq!((status, code.as_str()), (401, "unauthorized"));
+            }
+            other => panic!("expected a 401, got {other:?}"),
+        }
+    });
 }
 
 /// Concurrent writes at node1 and node2 (their link cut both ways) become two

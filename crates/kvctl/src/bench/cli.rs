@@ -6,6 +6,7 @@ use clap::ValueEnum;
 
 use super::{BenchConfig, BenchError, Stop, Workload};
 use crate::check::Api;
+use crate::Transport;
 
 /// Client threads by default. One: on a 2-core machine shared with three local
 /// nodes, a second thread measured no higher rate (its CPU is taken from the
@@ -109,19 +110,15 @@ pub struct BenchArgs {
     /// Seed of the random key choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-
-    /// Bearer token for the client API (the nodes' client_token).
-    #[arg(long, env = "KVCTL_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
 }
 
 impl BenchArgs {
-    /// The run these arguments ask for, against `nodes`, each request timing
-    /// out after `timeout`.
+    /// The run these arguments ask for, against `nodes`, with the timeout and
+    /// token of `transport`.
     pub fn to_config(
         &self,
         nodes: Vec<String>,
-        timeout: Duration,
+        transport: &Transport,
     ) -> Result<BenchConfig, BenchError> {
         let workload = match (self.workload, self.lag) {
             (None, true) => None,
@@ -162,8 +159,8 @@ impl BenchArgs {
             populate: !self.no_populate,
             lag_samples: if self.lag { self.lag_samples } else { 0 },
             lag_timeout: self.lag_timeout,
-            timeout,
-            token: self.token.clone(),
+            timeout: transport.timeout(),
+            token: transport.token().map(str::to_owned),
             seed: self.seed,
             progress: !self.quiet,
         };
@@ -195,7 +192,9 @@ mod tests {
         cli.args
             .to_config(
                 vec!["http://a:1/".into(), " http://b:2".into(), "".into()],
-                Duration::from_secs(3),
+                &Transport::new()
+                    .with_timeout(Duration::from_secs(3))
+                    .with_token("t0123456789abcdef"),
             )
             .map_err(|e| e.to_string())
     }
@@ -210,6 +209,7 @@ mod tests {
         assert_eq!(c.api, Api::Compat);
         assert_eq!(c.nodes, vec!["http://a:1", "http://b:2"]);
         assert_eq!(c.timeout, Duration::from_secs(3));
+        assert_eq!(c.token.as_deref(), Some("t0123456789abcdef"));
         assert_eq!(c.lag_samples, 0);
         assert!(c.populate && c.progress && !c.sessions);
     }
