@@ -66,31 +66,5 @@ pub mod tls;
 pub mod trace;
 pub mod ui;
 
-/// Sends `GET /health` to the node at `address` (`host:port`) over plain HTTP
-/// and succeeds when it answers 200. Needs no runtime, for health checks.
-pub fn probe_health(address: &str, timeout: std::time::Duration) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-
-    let target = address
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head)?;
-    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "unexpected answer {:?}",
-            String::from_utf8_lossy(&head)
-        )))
-    }
-}
+mod probe;
+pub use probe::probe_health;

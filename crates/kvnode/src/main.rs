@@ -73,7 +73,7 @@ fn healthcheck(address: Option<String>) -> ExitCode {
         format!("127.0.0.1:{port}")
     });
     match kvnode::probe_health(&address, Duration::from_secs(3)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvnode healthcheck: {address}: {e}");
             ExitCode::FAILURE

@@ -345,14 +345,13 @@ mod shutdown {
 
 mod tls {
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
     use std::time::Duration;
 
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     use serde_json::json;
 
-    use super::common::{free_ports, try_request, wait_for, EVENTUALLY};
+    use super::common::{nodes, try_request, wait_for, EVENTUALLY};
     use super::send;
 
     const SECRET: &str = "cluster-secret-for-tests-0123456789";
@@ -414,86 +413,21 @@ mod tls {
         }
     }
 
-    /// `kvnode` processes started by this test; killed when dropped, their logs
-    /// printed if the test failed.
-    struct Nodes {
-        children: Vec<Child>,
-        logs: Vec<PathBuf>,
-    }
-
-    impl Nodes {
-        fn spawn(&mut self, dir: &Path, vars: &[(&str, String)]) -> &mut Child {
-            let log = dir.join(format!("node{}.log", self.children.len() + 1));
-            let out = std::fs::File::create(&log).unwrap();
-            let mut command = Command::new(env!("CARGO_BIN_EXE_kvnode"));
-            for (var, _) in std::env::vars() {
-                if var.starts_with("KVNODE_")
-                    || matches!(var.as_str(), "NODE_ID" | "NODES" | "PORT")
-                {
-                    command.env_remove(var);
-                }
-            }
-            command
-                .envs(vars.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out);
-            self.children.push(command.spawn().expect("kvnode starts"));
-            self.logs.push(log);
-            self.children.last_mut().unwrap()
-        }
-    }
-
-    impl Drop for Nodes {
-        fn drop(&mut self) {
-            for child in &mut self.children {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            if std::thread::panicking() {
-                for log in &self.logs {
-                    eprintln!(
-                        "---- {}:\n{}",
-                        log.display(),
-                        std::fs::read_to_string(log).unwrap_or_default()
-                    );
-                }
-            }
-        }
-    }
-
     #[test]
     fn peers_replicate_over_https_verified_with_the_cluster_ca() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("kvnode test CA");
         let [ca_pem, cert, key] = ca.issue(dir.path());
-        let ports = free_ports(2);
-        let urls: Vec<String> = ports
-            .iter()
-            .map(|p| format!("https://127.0.0.1:{p}"))
-            .collect();
-        let nodes_var = format!("node1={},node2={}", urls[0], urls[1]);
-        let mut nodes = Nodes {
-            children: Vec::new(),
-            logs: Vec::new(),
-        };
-        for (i, port) in ports.iter().enumerate() {
-            nodes.spawn(
-                dir.path(),
-                &[
-                    ("KVNODE_NODE_ID", format!("node{}", i + 1)),
-                    ("KVNODE_NODES", nodes_var.clone()),
-                    ("KVNODE_LISTEN", "127.0.0.1".into()),
-                    ("KVNODE_PORT", port.to_string()),
-                    ("KVNODE_MEMORY", "true".into()),
-                    ("KVNODE_TLS_CERT", cert.display().to_string()),
-                    ("KVNODE_TLS_KEY", key.display().to_string()),
-                    ("KVNODE_TLS_CA", ca_pem.display().to_string()),
-                    ("KVNODE_CLUSTER_SECRET", SECRET.into()),
-                    ("RUST_LOG", "info".into()),
-                ],
-            );
-        }
+        let cluster = nodes(2)
+            .https()
+            .env("KVNODE_MEMORY", "true")
+            .env("KVNODE_CLUSTER_SECRET", SECRET)
+            .env("KVNODE_TLS_CERT", cert.display().to_string())
+            .env("KVNODE_TLS_KEY", key.display().to_string())
+            .env("KVNODE_TLS_CA", ca_pem.display().to_string())
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let urls = cluster.urls();
         let agent = ca.agent();
         for url in &urls {
             wait_for(
@@ -543,7 +477,7 @@ mod tls {
         );
         let plain = try_request(
             "GET",
-            &format!("http://127.0.0.1:{}/health", ports[0]),
+            &format!("http://{}/health", cluster.address(1)),
             None,
         );
         assert!(
@@ -596,24 +530,18 @@ mod tls {
             ),
         ];
         for (vars, setting) in cases {
-            let mut nodes = Nodes {
-                children: Vec::new(),
-                logs: Vec::new(),
-            };
-            let mut all = vec![
-                ("KVNODE_NODE_ID", "node1".to_owned()),
-                ("KVNODE_MEMORY", "true".to_owned()),
-                ("KVNODE_PORT", free_ports(1)[0].to_string()),
-            ];
-            all.extend(vars.iter().cloned());
-            let child = nodes.spawn(dir.path(), &all);
+            let mut node = nodes(1)
+                .no_wait()
+                .env("KVNODE_MEMORY", "true")
+                .envs(vars.iter().cloned())
+                .start()
+                .unwrap_or_else(|e| panic!("{e}"));
             let status = wait_for(EVENTUALLY, "kvnode to exit", || {
-                child
-                    .try_wait()
+                node.exit_status(1)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| "still running".to_owned())
             });
-            let log = std::fs::read_to_string(&nodes.logs[0]).unwrap();
+            let log = node.log(1);
             assert_eq!(status.code(), Some(2), "{vars:?}: {log}");
             assert!(
                 log.contains(setting),
