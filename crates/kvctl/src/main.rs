@@ -474,7 +474,7 @@ async fn check(client: &Client, args: &CheckArgs, output: Output) -> Result<u8, 
         ),
         Output::Plain | Output::Table => {
             for v in report.violations.iter().take(50) {
-                println!("VIOLATION {}: {}", v.kind, v.message);
+                println!("VIOLATION {v}");
             }
             if report.violations.len() > 50 {
                 println!("... and {} more", report.violations.len() - 50);

@@ -5,8 +5,8 @@
 //! once with the test-only `broken-causality` feature), starts three nodes of
 //! each, cuts the link node1 -> node3 with the fault hook so that node3 receives
 //! node2's writes before the node1 writes they depend on, and runs the checker's
-//! sessions through the prototype API. Then it resumes the link and lets the
-//! nodes converge.
+//! sessions through the prototype API (and, against the correct build, through
+//! the native API too). Then it resumes the link and lets the nodes converge.
 
 mod common;
 
@@ -17,10 +17,10 @@ use kvctl::check::{self, Api, Workload};
 
 /// Runs the checker's sessions with node1 -> node3 cut, then resumes the link
 /// and checks the whole history.
-fn check_with_cut_link(cluster: &Cluster) -> check::Report {
+fn check_with_cut_link(cluster: &Cluster, api: Api) -> check::Report {
     let workload = Workload {
         nodes: cluster.urls.clone(),
-        api: Api::Compat,
+        api,
         sessions: 6,
         ops_per_session: 80,
         keys: 3,
@@ -44,15 +44,22 @@ fn the_checker_passes_a_correct_build_and_catches_a_broken_one() {
     let correct = build_kvnode(&[], "correct");
     let broken = build_kvnode(&["broken-causality"], "broken");
 
-    let report = check_with_cut_link(&start(&correct, &[]));
-    assert!(
-        report.violations.is_empty(),
-        "a correct build must pass: {:#?}",
-        &report.violations[..report.violations.len().min(5)]
-    );
-    assert_eq!(report.converged, Some(true));
+    let cluster = start(&correct, &[]);
+    for api in [Api::Compat, Api::Native] {
+        let report = check_with_cut_link(&cluster, api);
+        assert!(
+            report.violations.is_empty(),
+            "a correct build must pass ({api:?}): {:#?}",
+            &report.violations[..report.violations.len().min(5)]
+        );
+        assert_eq!(report.converged, Some(true));
+        assert!(report.reads_checked > 0, "{api:?}: {report:?}");
+    }
 
-    let report = check_with_cut_link(&start(&broken, &[("BROKEN_CAUSALITY", "skip-deps")]));
+    let report = check_with_cut_link(
+        &start(&broken, &[("BROKEN_CAUSALITY", "skip-deps")]),
+        Api::Compat,
+    );
     let kinds: std::collections::BTreeSet<&str> =
         report.violations.iter().map(|v| v.kind.as_str()).collect();
     assert!(

@@ -26,10 +26,17 @@
 //!   depends on through others): every returned value is strictly older than it,
 //!   or the key reads as absent (WriteCOInitRead).
 //! - `write_ignores_context` (monotonic writes, writes-follow-reads): an
-//!   acknowledged write's timestamp does not cover the context it was sent with.
+//!   acknowledged write's timestamp does not cover the context it was sent with;
+//!   `read_ignores_context`: a read that was sent a context (native API)
+//!   answered with a clock that does not cover it.
 //! - `clock_without_value`, `value_without_clock`: a read's clock counts a write
-//!   that overwrote the value shown, or shows a value its clock does not count.
-//! - `overwritten_sibling`: two siblings of one read where one saw the other.
+//!   that overwrote the value shown (with the native API, any sibling shown),
+//!   or, with the native API, an acknowledged write that the read neither shows
+//!   nor shows a write that overwrote; or the read shows a value its clock does
+//!   not count.
+//! - `overwritten_sibling`: two siblings of one read where one saw the other,
+//!   or a node that keeps, after quiescence, a value an acknowledged write
+//!   overwrote.
 //! - After quiescence: `lost_write` (an acknowledged write neither present nor
 //!   overwritten on some node), `divergence` (nodes disagree on clocks or
 //!   siblings).
@@ -37,7 +44,8 @@
 //! With the compatibility API reads carry no context, so a node may lag behind
 //! a session without breaking any promise. The read checks then apply only to
 //! reads whose clock covers the session's context: the node claimed to have
-//! applied everything the session had seen.
+//! applied everything the session had seen. A history may mix the APIs: each
+//! operation is checked by the API it went through ([`Op::api_in`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -55,6 +63,12 @@ pub struct Violation {
     pub message: String,
     /// The operations involved (ids in the history).
     pub ops: Vec<usize>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
 }
 
 /// What the checker found.
@@ -232,8 +246,9 @@ pub fn check(history: &History) -> Report {
             continue;
         }
         let sources = &reads_from[op.id];
-        check_read_clock(&index, op, sources, clock.as_ref(), v);
-        let promised = match history.api {
+        let api = op.api_in(history);
+        check_read_clock(&index, op, api, sources, clock.as_ref(), v);
+        let promised = match api {
             Api::Native => true,
             Api::Compat => clock.as_ref().is_some_and(|c| c.covers(&op.context)),
         };
@@ -322,7 +337,7 @@ pub fn check(history: &History) -> Report {
             }
         }
         // Siblings of one read must be concurrent.
-        if history.api == Api::Native {
+        if api == Api::Native {
             for &a in sources {
                 for &b in sources {
                     if a != b && index.ts_before(a, b) {
@@ -347,10 +362,11 @@ pub fn check(history: &History) -> Report {
     report
 }
 
-/// A read's clock against the values it shows.
+/// A read's clock against its context and the values it shows.
 fn check_read_clock(
     index: &Index<'_>,
     op: &Op,
+    api: Api,
     sources: &[usize],
     clock: Option<&VClock>,
     v: &mut Vec<Violation>,
@@ -358,6 +374,21 @@ fn check_read_clock(
     let Some(clock) = clock else {
         return;
     };
+    // A node waits until it has applied the context it is sent.
+    if api == Api::Native && !clock.covers(&op.context) {
+        let missing: Vec<String> = clock.missing(&op.context).map(|m| m.to_string()).collect();
+        v.push(Violation {
+            kind: "read_ignores_context".into(),
+            message: format!(
+                "read #{} of {} at {} answered with clock {clock}, which lacks {} of its context",
+                op.id,
+                op.key,
+                op.node,
+                missing.join(", ")
+            ),
+            ops: vec![op.id],
+        });
+    }
     for &s in sources {
         if let Some(ts) = index.timestamp(s) {
             if !clock.covers(ts) {
@@ -380,6 +411,13 @@ fn check_read_clock(
         OpKind::Read { values, .. } => values.iter().all(Option::is_none),
         OpKind::Write { .. } => false,
     };
+    // Every value shown is a write of the key with a known timestamp: what
+    // the read shows can be compared with every write its clock counts.
+    let shown = match &op.kind {
+        OpKind::Read { values, .. } => values.iter().flatten().count(),
+        OpKind::Write { .. } => 0,
+    };
+    let all_known = sources.len() == shown && sources.iter().all(|&s| index.timestamp(s).is_some());
     for &w in index
         .acked_writes
         .get(op.key.as_str())
@@ -392,21 +430,36 @@ fn check_read_clock(
         if !clock.covers(ts_w) || sources.contains(&w) {
             continue;
         }
-        let overwritten = !sources.is_empty() && sources.iter().all(|&s| index.ts_before(s, w));
-        if shows_absent || overwritten {
+        // The node has applied w: a value shown is w or a write that
+        // overwrote it. The compatibility API shows one of the siblings, so
+        // there a shown value only must not be one that w overwrote; the
+        // native API shows them all, so none may be, and w must be covered.
+        let covered = sources.iter().any(|&s| index.ts_before(w, s));
+        let older = sources.iter().any(|&s| index.ts_before(s, w));
+        let hidden = api == Api::Native && all_known;
+        if !covered && (shows_absent || older || hidden) {
+            let shown = if shows_absent {
+                "nothing".to_owned()
+            } else {
+                let shown = sources
+                    .iter()
+                    .map(|s| format!("#{s}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if older {
+                    format!("values it overwrote ({shown})")
+                } else {
+                    format!("neither it nor a write that overwrote it ({shown})")
+                }
+            };
             v.push(Violation {
                 kind: "clock_without_value".into(),
                 message: format!(
-                    "read #{} of {} at {} has clock {clock}, which counts write #{w} ({:?}, {ts_w}), yet showed {}",
+                    "read #{} of {} at {} has clock {clock}, which counts write #{w} ({:?}, {ts_w}), yet showed {shown}",
                     op.id,
                     op.key,
                     op.node,
                     index.value(w),
-                    if shows_absent {
-                        "nothing".to_owned()
-                    } else {
-                        format!("only older values ({})", sources.iter().map(|s| format!("#{s}")).collect::<Vec<_>>().join(", "))
-                    }
                 ),
                 ops: vec![w, op.id],
             });
@@ -556,6 +609,32 @@ fn check_final(index: &Index<'_>, v: &mut Vec<Violation>) -> bool {
                         message: format!(
                             "acknowledged write #{w} of {value:?} to {key} ({ts_w}) is neither present nor overwritten at {}",
                             state.node
+                        ),
+                        ops: vec![w],
+                    });
+                }
+            }
+        }
+        // A value a node keeps must not be one that an acknowledged write,
+        // which every node has applied by now, overwrote.
+        for (key, writes) in &index.acked_writes {
+            let siblings = state.keys.get(*key).map(Vec::as_slice).unwrap_or_default();
+            for sibling in siblings {
+                let Some(value) = sibling.value.as_deref() else {
+                    continue;
+                };
+                if let Some(&w) = writes.iter().find(|&&w| {
+                    index
+                        .timestamp(w)
+                        .is_some_and(|ts_w| sibling.timestamp.compare(ts_w) == Causality::Before)
+                }) {
+                    v.push(Violation {
+                        kind: "overwritten_sibling".into(),
+                        message: format!(
+                            "after quiescence {} keeps {value:?} ({}) for {key}, which write #{w} ({:?}) overwrote",
+                            state.node,
+                            sibling.timestamp,
+                            index.value(w)
                         ),
                         ops: vec![w],
                     });
@@ -717,6 +796,7 @@ mod tests {
                 key: key.to_owned(),
                 kind,
                 context: sent,
+                api: None,
                 outcome,
                 invoked_ms: 2.0 * id as f64,
                 completed_ms: 2.0 * id as f64 + 1.0,
@@ -834,6 +914,28 @@ mod tests {
         let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
         assert_eq!(kinds, vec![kind; count], "{report:#?}");
         report.violations.iter().collect()
+    }
+
+    /// As [`only`], for native reads at a node that lagged behind the
+    /// session: each read of the `kind` violations also answered without
+    /// the context it was sent, which is reported on its own.
+    #[track_caller]
+    fn only_lagging<'r>(report: &'r Report, kind: &str, count: usize) -> Vec<&'r Violation> {
+        let (ignored, rest): (Vec<&Violation>, Vec<&Violation>) = report
+            .violations
+            .iter()
+            .partition(|v| v.kind == "read_ignores_context");
+        let kinds: Vec<&str> = rest.iter().map(|v| v.kind.as_str()).collect();
+        assert_eq!(kinds, vec![kind; count], "{report:#?}");
+        let lagging: Vec<usize> = ignored.iter().map(|v| v.ops[0]).collect();
+        assert!(!lagging.is_empty(), "{report:#?}");
+        for read in &lagging {
+            assert!(rest.iter().any(|v| v.ops.contains(read)), "{report:#?}");
+        }
+        for v in &rest {
+            assert!(v.ops.iter().any(|o| lagging.contains(o)), "{report:#?}");
+        }
+        rest
     }
 
     #[track_caller]
@@ -963,7 +1065,7 @@ mod tests {
             .write(1, "n2", "k", "c", &[("n2", 1)])
             .read(0, "n2", "k", &["a", "c"], &[("n1", 1), ("n2", 1)])
             .check();
-        let v = only(&report, "stale_read", 1);
+        let v = only_lagging(&report, "stale_read", 1);
         assert_eq!(v[0].ops, vec![0, 1, 3]);
     }
 
@@ -975,7 +1077,7 @@ mod tests {
             .write(0, "n1", "k", "a", &[("n1", 1)])
             .read(0, "n2", "k", &[], &[])
             .check();
-        let v = only(&report, "read_your_writes", 1);
+        let v = only_lagging(&report, "read_your_writes", 1);
         assert_eq!(v[0].ops, vec![0, 1]);
         assert_eq!(report.reads_checked, 1);
     }
@@ -989,7 +1091,7 @@ mod tests {
             .write(0, "n1", "k", "b", &[("n1", 2)])
             .read(0, "n2", "k", &["a"], &[("n1", 1)])
             .check();
-        let v = only(&report, "read_your_writes", 1);
+        let v = only_lagging(&report, "read_your_writes", 1);
         assert_eq!(v[0].ops, vec![1, 2, 0]);
     }
 
@@ -1000,7 +1102,7 @@ mod tests {
             .read(1, "n1", "k", &["a"], &[("n1", 1)])
             .read(1, "n2", "k", &[], &[])
             .check();
-        let v = only(&report, "monotonic_reads", 1);
+        let v = only_lagging(&report, "monotonic_reads", 1);
         assert_eq!(v[0].ops, vec![0, 2]);
     }
 
@@ -1012,7 +1114,7 @@ mod tests {
             .read(1, "n1", "k", &["b"], &[("n1", 2)])
             .read(1, "n2", "k", &["a"], &[("n1", 1)])
             .check();
-        let v = only(&report, "monotonic_reads", 1);
+        let v = only_lagging(&report, "monotonic_reads", 1);
         assert_eq!(v[0].ops, vec![1, 3, 0]);
     }
 
@@ -1026,7 +1128,7 @@ mod tests {
             .read(1, "n2", "y", &["b"], &[("n1", 2)])
             .read(1, "n3", "x", &[], &[])
             .check();
-        let v = only(&report, "causal_read", 1);
+        let v = only_lagging(&report, "causal_read", 1);
         assert_eq!(v[0].ops, vec![0, 3]);
     }
 
@@ -1144,7 +1246,8 @@ mod tests {
 
     #[test]
     fn divergence_of_siblings() {
-        // Same clocks, but n2 still holds "a" next to "b", which overwrote it.
+        // Same clocks, but n2 still holds "a" next to "b", which overwrote it:
+        // the nodes disagree, and n2 keeps an overwritten value.
         let report = HistoryBuilder::native(&["n1", "n2"])
             .write(0, "n1", "k", "a", &[("n1", 1)])
             .write(0, "n1", "k", "b", &[("n1", 2)])
@@ -1154,9 +1257,102 @@ mod tests {
             .holds("n2", "k", "a", &[("n1", 1)])
             .holds("n2", "k", "b", &[("n1", 2)])
             .check();
-        let v = only(&report, "divergence", 1);
+        let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
+        assert_eq!(kinds, ["divergence", "overwritten_sibling"], "{report:#?}");
+        let v = &report.violations;
         assert!(v[0].message.contains("k has siblings"), "{}", v[0].message);
+        assert!(v[1].message.contains("n2 keeps \"a\""), "{}", v[1].message);
+        assert_eq!(v[1].ops, vec![1]);
         assert_eq!(report.converged, Some(false));
+    }
+
+    #[test]
+    fn read_ignores_context() {
+        // Session 0 read "a" at n1, so n1:1 is in its context; n2 answers
+        // its next read (of another key, with nothing to show) without it.
+        let history = || {
+            HistoryBuilder::native(&["n1", "n2"])
+                .write(1, "n1", "x", "a", &[("n1", 1)])
+                .read(0, "n1", "x", &["a"], &[("n1", 1)])
+                .read(0, "n2", "k", &[], &[])
+        };
+        let report = history().check();
+        let v = only(&report, "read_ignores_context", 1);
+        assert_eq!(v[0].ops, vec![2]);
+        assert!(
+            v[0].message.contains("n1 (have 0, need 1)"),
+            "{}",
+            v[0].message
+        );
+
+        // Through the compatibility API the read carries no context.
+        let mut compat = history().build();
+        compat.ops[2].api = Some(Api::Compat);
+        let report = check(&compat);
+        assert_valid(&report);
+        assert_eq!(report.reads_checked, 1);
+    }
+
+    #[test]
+    fn clock_without_value_hidden_sibling() {
+        // n3 has applied both concurrent writes but shows only one: with the
+        // native API every sibling must show. The compatibility API shows
+        // one, so there the same answer is valid.
+        let both = [("n1", 1), ("n2", 1)];
+        let history = |api| {
+            HistoryBuilder::new(api, &["n1", "n2", "n3"])
+                .write(0, "n1", "k", "a", &[("n1", 1)])
+                .write(1, "n2", "k", "b", &[("n2", 1)])
+                .read(2, "n3", "k", &["a"], &both)
+                .check()
+        };
+        let report = history(Api::Native);
+        let v = only(&report, "clock_without_value", 1);
+        assert_eq!(v[0].ops, vec![1, 2]);
+        assert!(
+            v[0].message
+                .contains("neither it nor a write that overwrote it"),
+            "{}",
+            v[0].message
+        );
+        assert_valid(&history(Api::Compat));
+    }
+
+    #[test]
+    fn clock_without_value_overwritten_next_to_a_concurrent_value() {
+        // n3 has applied "b", which overwrote "a", yet shows "a" next to the
+        // concurrent "c".
+        let report = HistoryBuilder::native(&["n1", "n2", "n3"])
+            .write(0, "n1", "k", "a", &[("n1", 1)])
+            .write(0, "n1", "k", "b", &[("n1", 2)])
+            .write(1, "n2", "k", "c", &[("n2", 1)])
+            .read(2, "n3", "k", &["a", "c"], &[("n1", 2), ("n2", 1)])
+            .check();
+        let v = only(&report, "clock_without_value", 1);
+        assert_eq!(v[0].ops, vec![1, 3]);
+        assert!(
+            v[0].message.contains("values it overwrote"),
+            "{}",
+            v[0].message
+        );
+    }
+
+    #[test]
+    fn overwritten_sibling_kept_after_quiescence() {
+        // Both nodes agree, but both keep "a", which "b" overwrote.
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .write(0, "n1", "k", "a", &[("n1", 1)])
+            .write(0, "n1", "k", "b", &[("n1", 2)])
+            .final_state("n1", &[("n1", 2)])
+            .holds("n1", "k", "a", &[("n1", 1)])
+            .holds("n1", "k", "b", &[("n1", 2)])
+            .final_state("n2", &[("n1", 2)])
+            .holds("n2", "k", "a", &[("n1", 1)])
+            .holds("n2", "k", "b", &[("n1", 2)])
+            .check();
+        let v = only(&report, "overwritten_sibling", 2);
+        assert!(v.iter().all(|v| v.ops == [1]), "{report:#?}");
+        assert_eq!(report.converged, Some(true));
     }
 
     // ---- Valid histories -----------------------------------------------------
@@ -1216,7 +1412,7 @@ mod tests {
             .read(0, "n2", "k", &[], &[])
             .read(0, "n2", "k", &["a"], &[("n1", 1)])
             .check();
-        let v = only(&native, "read_your_writes", 1);
+        let v = only_lagging(&native, "read_your_writes", 1);
         assert_eq!(v[0].ops, vec![0, 1]);
     }
 
@@ -1283,8 +1479,7 @@ mod tests {
             .unknown_write(0, "n2", "x", "x")
             .read(0, "n2", "k", &[], &[])
             .check();
-        let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
-        assert_eq!(kinds, ["read_your_writes"], "{report:#?}");
+        only_lagging(&report, "read_your_writes", 1);
     }
 
     #[test]
@@ -1327,7 +1522,12 @@ mod tests {
         let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
         assert_eq!(
             kinds,
-            ["read_your_writes", "divergence", "lost_write"],
+            [
+                "read_ignores_context",
+                "read_your_writes",
+                "divergence",
+                "lost_write"
+            ],
             "{report:#?}"
         );
         let report_text = serde_json::to_string(&report).unwrap();
@@ -1358,7 +1558,7 @@ mod tests {
         let history: History = serde_json::from_str(text).unwrap();
         assert!(history.final_states.is_empty() && !history.quiescent);
         let report = check(&history);
-        let v = only(&report, "read_your_writes", 1);
+        let v = only_lagging(&report, "read_your_writes", 1);
         assert_eq!(v[0].ops, vec![0, 1]);
         assert_eq!(report.converged, None);
     }

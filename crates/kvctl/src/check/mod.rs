@@ -3,12 +3,15 @@
 //! A [`workload`] runs concurrent sessions against a cluster and records a
 //! [`History`]; the [`checker`] finds in it everything a causally consistent
 //! store must never show, naming the operations involved. A history can be
-//! saved and checked again later (`kvctl check --replay FILE`).
+//! saved and checked again later (`kvctl check --replay FILE`). Any program
+//! can record its own sessions with a [`Recorder`] and check them the same way.
 
 pub mod checker;
 pub mod history;
 pub mod workload;
 
 pub use checker::{check, Report, Violation};
-pub use history::{Api, FinalSibling, FinalState, History, Op, OpKind, Outcome};
+pub use history::{
+    value_text, Api, FinalSibling, FinalState, History, Invocation, Op, OpKind, Outcome, Recorder,
+};
 pub use workload::{finish, run, run_sessions, Workload};

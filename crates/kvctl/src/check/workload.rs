@@ -1,7 +1,5 @@
 //! The checking workload: concurrent sessions of unique writes and reads.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use awc::http::Method;
@@ -11,7 +9,7 @@ use vclock_proto::{
     GetResponse, PutRequest, PutResponse, ReadResponse, VClock, Value, WriteRequest, WriteResponse,
 };
 
-use super::history::{Api, FinalSibling, FinalState, History, Op, OpKind, Outcome};
+use super::history::{Api, FinalState, History, Invocation, Outcome, Recorder};
 use crate::percent_encode as encode;
 use crate::transport::{Agent, CallError, Transport};
 use crate::{context_query, kv_path};
@@ -39,35 +37,6 @@ pub struct Workload {
     pub seed: u64,
     /// A bearer token to send (the nodes' `client_token`), if any.
     pub token: Option<String>,
-}
-
-struct Recorder {
-    ops: Vec<Op>,
-    started: Instant,
-}
-
-impl Recorder {
-    fn now_ms(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * 1000.0
-    }
-}
-
-/// How an operation that got no usable answer ended: refused or never sent,
-/// it did not happen; otherwise it may have.
-fn outcome_of(error: &CallError) -> Outcome {
-    if error.may_have_happened() {
-        Outcome::Unknown
-    } else {
-        Outcome::Failed
-    }
-}
-
-fn as_text(value: &Value) -> Option<String> {
-    match value.to_json_value() {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s),
-        other => Some(other.to_string()),
-    }
 }
 
 impl Workload {
@@ -100,36 +69,44 @@ pub async fn run_sessions(workload: &Workload) -> History {
     let keys: Vec<String> = (0..workload.keys.max(1))
         .map(|k| format!("check-{run_id}-{k}"))
         .collect();
-    let recorder = Rc::new(RefCell::new(Recorder {
-        ops: Vec::new(),
-        started: Instant::now(),
-    }));
+    let recorder = Recorder::new(workload.api, workload.nodes.iter().cloned());
     let sessions = (0..workload.sessions).map(|s| {
         let rng =
             StdRng::seed_from_u64(workload.seed.wrapping_mul(1_000_003).wrapping_add(s as u64));
-        session(workload, &agent, &keys, &run_id, s, rng, recorder.clone())
+        session(workload, &agent, &keys, &run_id, s, rng, &recorder)
     });
     futures_util::future::join_all(sessions).await;
-    let mut ops = std::mem::take(&mut recorder.borrow_mut().ops);
-    ops.sort_by_key(|o| o.id);
-    History {
-        api: workload.api,
-        nodes: workload.nodes.clone(),
-        keys,
-        ops,
-        final_states: Vec::new(),
-        quiescent: false,
-    }
+    let mut history = recorder.into_history();
+    // Every key, those no session happened to use too.
+    history.keys = keys;
+    history
 }
 
 /// Waits until every node has the same clock, then reads every key at every
 /// node into the history's final state.
 pub async fn finish(workload: &Workload, history: &mut History) {
     let agent = workload.transport().agent();
-    history.quiescent = wait_for_quiescence(workload, &agent).await;
-    if history.quiescent {
-        history.final_states = final_states(workload, &agent, &history.keys).await;
+    if wait_for_quiescence(workload, &agent).await {
+        let states = final_states(workload, &agent, &history.keys).await;
+        history.finish(states);
     }
+}
+
+/// Records how a call that got no usable answer ended: refused or never sent,
+/// it did not happen; otherwise it may have.
+fn record_failure(recorder: &Recorder, call: Invocation, error: &CallError) {
+    let outcome = if error.may_have_happened() {
+        Outcome::Unknown
+    } else {
+        Outcome::Failed
+    };
+    recorder.failed(call, outcome, error.to_string());
+}
+
+/// A read's answer, by API.
+enum Read {
+    Value(ReadResponse),
+    Siblings(GetResponse),
 }
 
 async fn session(
@@ -139,62 +116,37 @@ async fn session(
     run: &str,
     id: usize,
     mut rng: StdRng,
-    recorder: Rc<RefCell<Recorder>>,
+    recorder: &Recorder,
 ) {
     let mut context = VClock::new();
     let mut written = 0usize;
     for _ in 0..workload.ops_per_session {
-        let node = workload.nodes[rng.random_range(0..workload.nodes.len())].clone();
-        let key = keys[rng.random_range(0..keys.len())].clone();
-        let write = rng.random_bool(workload.write_ratio.clamp(0.0, 1.0));
-        let (op_id, invoked_ms) = {
-            let mut r = recorder.borrow_mut();
-            let id = r.ops.len();
-            // Reserve the id now, so ids follow invocation order.
-            r.ops.push(Op {
-                id,
-                session: 0,
-                node: String::new(),
-                key: String::new(),
-                kind: OpKind::Read {
-                    values: vec![],
-                    clock: None,
-                },
-                context: VClock::new(),
-                outcome: Outcome::Unknown,
-                invoked_ms: 0.0,
-                completed_ms: 0.0,
-                error: None,
-            });
-            (id, r.now_ms())
-        };
-        let sent_context = context.clone();
-        let (kind, outcome, error) = if write {
+        let node = &workload.nodes[rng.random_range(0..workload.nodes.len())];
+        let key = &keys[rng.random_range(0..keys.len())];
+        if rng.random_bool(workload.write_ratio.clamp(0.0, 1.0)) {
             written += 1;
             let value = format!("{run}-s{id}-{written}");
-            let json = Value::from_serialize(&value).expect("strings serialise");
+            let call = recorder.invoke_write(id, node, key, &value, &context);
+            let value = Value::from_serialize(&value).expect("strings serialise");
             let answer = match workload.api {
                 Api::Compat => {
                     let body = WriteRequest {
                         key: key.clone(),
-                        value: json,
+                        value,
                         context: Some(context.clone()),
                     };
+                    let url = format!("{node}/write");
                     agent
-                        .call::<_, WriteResponse>(
-                            Method::POST,
-                            &format!("{node}/write"),
-                            Some(&body),
-                        )
+                        .call::<_, WriteResponse>(Method::POST, &url, Some(&body))
                         .await
                         .map(|r| r.timestamp)
                 }
                 Api::Native => {
                     let body = PutRequest {
-                        value: json,
+                        value,
                         context: Some(context.clone()),
                     };
-                    let url = format!("{node}{}", kv_path(&key, ""));
+                    let url = format!("{node}{}", kv_path(key, ""));
                     agent
                         .call::<_, PutResponse>(Method::PUT, &url, Some(&body))
                         .await
@@ -202,70 +154,36 @@ async fn session(
                 }
             };
             match answer {
-                Ok(ts) => {
-                    context.merge(&ts);
-                    let timestamp = Some(ts);
-                    (OpKind::Write { value, timestamp }, Outcome::Ok, None)
+                Ok(timestamp) => {
+                    context.merge(&timestamp);
+                    recorder.written(call, timestamp);
                 }
-                Err(e) => {
-                    let timestamp = None;
-                    let outcome = outcome_of(&e);
-                    (
-                        OpKind::Write { value, timestamp },
-                        outcome,
-                        Some(e.to_string()),
-                    )
-                }
+                Err(e) => record_failure(recorder, call, &e),
             }
         } else {
+            let call = recorder.invoke_read(id, node, key, &context);
             let answer = match workload.api {
                 Api::Compat => {
-                    let url = format!("{node}/read?key={}", encode(&key));
-                    agent
-                        .get::<ReadResponse>(&url)
-                        .await
-                        .map(|r| (vec![as_text(&r.value)], r.timestamp))
+                    let url = format!("{node}/read?key={}", encode(key));
+                    agent.get(&url).await.map(Read::Value)
                 }
                 Api::Native => {
-                    let url = format!("{node}{}", kv_path(&key, &context_query(Some(&context))));
-                    agent.get::<GetResponse>(&url).await.map(|r| {
-                        let values = r
-                            .siblings
-                            .iter()
-                            .filter(|s| !s.deleted)
-                            .map(|s| as_text(&s.value))
-                            .collect();
-                        (values, r.context)
-                    })
+                    let url = format!("{node}{}", kv_path(key, &context_query(Some(&context))));
+                    agent.get(&url).await.map(Read::Siblings)
                 }
             };
             match answer {
-                Ok((values, clock)) => {
-                    context.merge(&clock);
-                    let clock = Some(clock);
-                    (OpKind::Read { values, clock }, Outcome::Ok, None)
+                Ok(Read::Value(answer)) => {
+                    context.merge(&answer.timestamp);
+                    recorder.read_value(call, &answer);
                 }
-                Err(e) => {
-                    let (values, clock) = (Vec::new(), None);
-                    let outcome = outcome_of(&e);
-                    (OpKind::Read { values, clock }, outcome, Some(e.to_string()))
+                Ok(Read::Siblings(answer)) => {
+                    context.merge(&answer.context);
+                    recorder.read_siblings(call, &answer);
                 }
+                Err(e) => record_failure(recorder, call, &e),
             }
-        };
-        let mut r = recorder.borrow_mut();
-        let completed_ms = r.now_ms();
-        r.ops[op_id] = Op {
-            id: op_id,
-            session: id,
-            node,
-            key,
-            kind,
-            context: sent_context,
-            outcome,
-            invoked_ms,
-            completed_ms,
-            error,
-        };
+        }
     }
 }
 
@@ -302,26 +220,12 @@ async fn wait_for_quiescence(workload: &Workload, agent: &Agent) -> bool {
 async fn final_states(workload: &Workload, agent: &Agent, keys: &[String]) -> Vec<FinalState> {
     let mut states = Vec::new();
     for node in &workload.nodes {
-        let mut state = FinalState {
-            node: node.clone(),
-            applied: VClock::new(),
-            keys: Default::default(),
-        };
-        if let Some(clock) = applied_clock(agent, node).await {
-            state.applied = clock;
-        }
+        let applied = applied_clock(agent, node).await.unwrap_or_default();
+        let mut state = FinalState::new(node.clone(), applied);
         for key in keys {
             let url = format!("{node}{}", kv_path(key, ""));
-            if let Ok(r) = agent.get::<GetResponse>(&url).await {
-                let siblings = r
-                    .siblings
-                    .iter()
-                    .map(|s| FinalSibling {
-                        value: if s.deleted { None } else { as_text(&s.value) },
-                        timestamp: s.timestamp.clone(),
-                    })
-                    .collect();
-                state.keys.insert(key.clone(), siblings);
+            if let Ok(answer) = agent.get::<GetResponse>(&url).await {
+                state.insert(key.clone(), &answer);
             }
         }
         states.push(state);
