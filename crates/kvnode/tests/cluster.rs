@@ -911,127 +911,95 @@ mod bad_input {
 
 /// Concurrent client sessions through the compatibility API. Each session sends
 /// the merge of every timestamp it has received as the context of its writes.
-/// Every read is checked against the recorded writes; afterwards the cluster
-/// must converge to the same values and siblings everywhere.
+/// Every operation is recorded and the history, with every node's final state
+/// once the cluster has converged, is checked by kvctl's causal checker; the
+/// winner each read shows is checked here.
 mod sessions {
-    use std::collections::BTreeMap;
     use std::time::{SystemTime, UNIX_EPOCH};
 
+    use kvctl::check::{self, Api, FinalState, OpKind, Recorder};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use serde_json::{json, Value};
-    use vclock_proto::{Causality, VClock};
+    use vclock_proto::{GetResponse, ReadResponse, VClock};
 
-    use super::common::{clock, encode, get, post, TestCluster};
+    use super::common::{encode, get, post, TestCluster};
 
     const SESSIONS: usize = 6;
     const OPS: usize = 150;
     const KEYS: [&str; 3] = ["a", "b", "c"];
 
-    #[derive(Debug, Clone)]
-    enum Op {
-        Write {
-            session: usize,
-            node: usize,
-            key: &'static str,
-            value: String,
-            context: VClock,
-            ts: VClock,
-        },
-        /// A compatibility read (`GET /read`, no context), or a native read
-        /// (`GET /v1/kv/{key}` with the session's context) which also shows the
-        /// siblings.
-        Read {
-            session: usize,
-            node: usize,
-            key: &'static str,
-            value: Value,
-            clock: VClock,
-            native: Option<NativeRead>,
-        },
+    /// An answer's JSON as the message it must be.
+    fn parse<T: serde::de::DeserializeOwned>(what: &str, answer: Value) -> T {
+        serde_json::from_value(answer.clone())
+            .unwrap_or_else(|e| panic!("{what}: unexpected answer {answer}: {e}"))
     }
 
-    #[derive(Debug, Clone)]
-    struct NativeRead {
-        context: VClock,
-        siblings: Vec<Value>,
+    /// The value a read shows is the winner of its siblings, listed last: the
+    /// live sibling with the largest (sum of its timestamp, origin).
+    fn assert_winner(what: &str, answer: &GetResponse) {
+        let winner = answer
+            .siblings
+            .iter()
+            .filter(|s| !s.deleted)
+            .max_by_key(|s| (s.timestamp.sum(), s.dot.origin.clone()));
+        let shown = answer.value.to_json_value();
+        match winner {
+            None => assert_eq!(shown, Value::Null, "{what}: a value without a sibling"),
+            Some(w) => {
+                assert_eq!(shown, w.value.to_json_value(), "{what}: the winner");
+                assert_eq!(
+                    answer.siblings.last(),
+                    Some(w),
+                    "{what}: the winner is listed last"
+                );
+            }
+        }
     }
 
-    fn run_session(urls: &[String], session: usize, seed: u64) -> Vec<Op> {
+    /// One session of `OPS` random operations at random nodes: compatibility
+    /// writes with the session's context, and reads through either API (the
+    /// native one with the context). Each is recorded with `recorder`.
+    fn run_session(urls: &[String], session: usize, seed: u64, recorder: &Recorder) {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_add(session as u64));
         let mut context = VClock::new();
-        let mut ops = Vec::with_capacity(OPS);
         for i in 0..OPS {
-            let node = rng.random_range(0..urls.len());
+            let node = &urls[rng.random_range(0..urls.len())];
             let key = KEYS[rng.random_range(0..KEYS.len())];
             if rng.random_bool(0.5) {
                 let value = format!("s{session}-{i}");
+                let call = recorder.invoke_write(session, node, key, &value, &context);
                 let body = json!({"key": key, "value": value, "context": context});
-                let (status, answer) = post(&format!("{}/write", urls[node]), &body);
-                assert_eq!(
-                    status,
-                    200,
-                    "session {session}: write {body} at node{}: {answer}",
-                    node + 1
-                );
-                let ts = clock(&answer["timestamp"]);
-                ops.push(Op::Write {
-                    session,
-                    node: node + 1,
-                    key,
-                    value,
-                    context: context.clone(),
-                    ts: ts.clone(),
-                });
+                let (status, answer) = post(&format!("{node}/write"), &body);
+                let what = format!("session {session}: write {body} at {node}");
+                assert_eq!(status, 200, "{what}: {answer}");
+                let ts: VClock = parse(&what, answer["timestamp"].clone());
                 context.merge(&ts);
+                recorder.written(call, ts);
             } else if rng.random_bool(0.5) {
-                let (status, answer) = get(&format!("{}/read?key={}", urls[node], encode(key)));
-                assert_eq!(
-                    status,
-                    200,
-                    "session {session}: read {key} at node{}: {answer}",
-                    node + 1
-                );
-                let read_clock = clock(&answer["timestamp"]);
-                context.merge(&read_clock);
-                ops.push(Op::Read {
-                    session,
-                    node: node + 1,
-                    key,
-                    value: answer["value"].clone(),
-                    clock: read_clock,
-                    native: None,
-                });
+                let call = recorder.invoke_read(session, node, key, &context);
+                let url = format!("{node}/read?key={}", encode(key));
+                let (status, answer) = get(&url);
+                assert_eq!(status, 200, "session {session}: GET {url}: {answer}");
+                let answer: ReadResponse = parse(&url, answer);
+                context.merge(&answer.timestamp);
+                recorder.read_value(call, &answer);
             } else {
+                let call = recorder
+                    .invoke_read(session, node, key, &context)
+                    .via(Api::Native);
                 let url = format!(
-                    "{}/v1/kv/{key}?context={}",
-                    urls[node],
+                    "{node}/v1/kv/{key}?context={}",
                     encode(&json!(context).to_string())
                 );
                 let (status, answer) = get(&url);
                 assert_eq!(status, 200, "session {session}: GET {url}: {answer}");
-                let read_clock = clock(&answer["context"]);
-                let siblings = answer["siblings"]
-                    .as_array()
-                    .unwrap_or_else(|| panic!("GET {url}: no siblings in {answer}"))
-                    .iter()
-                    .map(|s| s["value"].clone())
-                    .collect();
-                ops.push(Op::Read {
-                    session,
-                    node: node + 1,
-                    key,
-                    value: answer["value"].clone(),
-                    clock: read_clock.clone(),
-                    native: Some(NativeRead {
-                        context: context.clone(),
-                        siblings,
-                    }),
-                });
-                context.merge(&read_clock);
+                let answer: GetResponse = parse(&url, answer);
+                assert_winner(&format!("session {session}: GET {url}"), &answer);
+                context.merge(&answer.context);
+                recorder.read_siblings(call, &answer);
             }
         }
-        ops
     }
 
     #[test]
@@ -1047,197 +1015,64 @@ mod sessions {
         println!("seed {seed} (set KVNODE_TEST_SEED={seed} to repeat the same choices)");
         let cluster = TestCluster::start_with(3, &[("KVNODE_CAUSAL_WAIT", "5s")]);
         let urls = cluster.urls();
-        let ops: Vec<Op> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..SESSIONS)
-                .map(|s| {
-                    let urls = &urls;
-                    scope.spawn(move || run_session(urls, s, seed))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("a session panicked"))
-                .collect()
+        let recorder = Recorder::new(Api::Compat, urls.iter().cloned());
+        std::thread::scope(|scope| {
+            for s in 0..SESSIONS {
+                let (urls, recorder) = (&urls, &recorder);
+                scope.spawn(move || run_session(urls, s, seed, recorder));
+            }
         });
+        let mut history = recorder.into_history();
 
-        // Every write, by value; timestamps are unique (one dot each).
-        let mut writes: BTreeMap<&str, (&'static str, &VClock, String)> = BTreeMap::new();
+        // Every write has its own dot, and the nodes apply exactly those.
         let mut all = VClock::new();
-        let mut last_of_session: BTreeMap<usize, &VClock> = BTreeMap::new();
-        for op in &ops {
-            if let Op::Write {
-                session,
-                node,
-                key,
-                value,
-                context,
-                ts,
-            } = op
+        let mut writes = 0;
+        for op in &history.ops {
+            if let OpKind::Write {
+                timestamp: Some(ts),
+                ..
+            } = &op.kind
             {
-                assert!(
-                    ts.covers(context),
-                    "{op:?}: the timestamp must cover the context"
-                );
-                if let Some(previous) = last_of_session.insert(*session, ts) {
-                    assert_eq!(
-                        ts.compare(previous),
-                        Causality::After,
-                        "{op:?}: monotonic writes"
-                    );
-                }
-                writes.insert(value, (key, ts, format!("node{node}")));
                 all.merge(ts);
+                writes += 1;
             }
         }
-        let write_count = writes.len();
-        assert_eq!(all.sum(), write_count as u64, "every write has its own dot");
-
-        let mut reads = 0;
-        for op in &ops {
-            let Op::Read {
-                session,
-                node,
-                key,
-                value,
-                clock,
-                native,
-            } = op
-            else {
-                continue;
-            };
-            reads += 1;
-            let op = format!("session {session}: read {key} = {value} at {clock} from node{node}");
-            let applied: Vec<&VClock> = writes
-                .values()
-                .filter(|(k, ts, _)| k == key && clock.covers(ts))
-                .map(|(_, ts, _)| *ts)
-                .collect();
-            if value.is_null() {
-                assert!(
-                    applied.is_empty(),
-                    "{op}: null although {applied:?} were applied"
-                );
-                if let Some(NativeRead { context, siblings }) = native {
-                    assert!(clock.covers(context), "{op}: does not cover {context}");
-                    assert!(siblings.is_empty(), "{op}: siblings {siblings:?}");
-                }
-                continue;
-            }
-            let text = value
-                .as_str()
-                .unwrap_or_else(|| panic!("{op}: not a written value"));
-            let Some((written_key, ts, _)) = writes.get(text) else {
-                panic!("{op}: a value nobody wrote");
-            };
-            assert_eq!(written_key, key, "{op}: a value written to another key");
-            assert!(
-                clock.covers(ts),
-                "{op}: the clock does not count the value's write"
-            );
-            if let Some(newer) = applied.iter().find(|w| ts.compare(w) == Causality::Before) {
-                panic!("{op}: shows {ts}, overwritten by the applied write {newer}");
-            }
-            let Some(NativeRead { context, siblings }) = native else {
-                continue;
-            };
-            // The node waited for the session's context, and shows exactly the
-            // applied writes that no other applied write saw.
-            assert!(
-                clock.covers(context),
-                "{op}: does not cover its context {context}"
-            );
-            let mut shown: Vec<&str> = siblings.iter().filter_map(Value::as_str).collect();
-            shown.sort();
-            let mut maximal: Vec<&str> = writes
-                .iter()
-                .filter(|(_, (k, ts, _))| {
-                    k == key
-                        && clock.covers(ts)
-                        && !applied.iter().any(|w| ts.compare(w) == Causality::Before)
-                })
-                .map(|(v, _)| *v)
-                .collect();
-            maximal.sort();
-            assert_eq!(shown, maximal, "{op}: siblings {siblings:?}");
-            let winner = maximal.iter().max_by_key(|v| {
-                let (_, ts, origin) = &writes[**v];
-                (ts.sum(), origin.clone())
-            });
-            assert_eq!(value.as_str(), winner.copied(), "{op}: the winner");
-            assert_eq!(
-                siblings.last(),
-                Some(value),
-                "{op}: the winner is listed last"
-            );
-        }
-        println!("{write_count} writes, {reads} reads checked");
-
-        // Convergence: every node applies exactly the writes made.
+        assert_eq!(all.sum(), writes, "every write has its own dot");
         let converged = cluster.wait_converged(&all);
         assert_eq!(converged, all, "no node applied a write that was not made");
-        for key in KEYS {
-            // The siblings are the writes to the key that no other write to it saw.
-            let of_key: Vec<&VClock> = writes
-                .values()
-                .filter(|(k, _, _)| *k == key)
-                .map(|(_, ts, _)| *ts)
-                .collect();
-            let mut expected: Vec<&str> = writes
-                .iter()
-                .filter(|(_, (k, ts, _))| {
-                    *k == key && !of_key.iter().any(|w| ts.compare(w) == Causality::Before)
-                })
-                .map(|(v, _)| *v)
-                .collect();
-            expected.sort();
-            let answers: Vec<Value> = cluster
-                .numbers()
-                .map(|n| {
-                    let (status, body) = cluster.get(n, &format!("/v1/kv/{key}"));
-                    assert_eq!(status, 200, "{body}");
-                    body
-                })
-                .collect();
-            for (i, answer) in answers.iter().enumerate() {
-                assert_eq!(
-                    answer["siblings"],
-                    answers[0]["siblings"],
-                    "{key} on node{}",
-                    i + 1
-                );
-                assert_eq!(
-                    answer["value"],
-                    answers[0]["value"],
-                    "{key} on node{}",
-                    i + 1
-                );
-                assert_eq!(cluster.read(i + 1, key).0, answers[0]["value"], "{key}");
+
+        // Every node's final state; each shows the winner of its siblings, as
+        // the prototype's read does.
+        let mut states = Vec::new();
+        for (n, url) in cluster.numbers().zip(&urls) {
+            let mut state = FinalState::new(url.clone(), cluster.clock(n));
+            for key in KEYS {
+                let (status, body) = cluster.get(n, &format!("/v1/kv/{key}"));
+                assert_eq!(status, 200, "{body}");
+                let answer: GetResponse = parse(key, body);
+                assert_winner(&format!("{key} on node{n}"), &answer);
+                let (value, _) = cluster.read(n, key);
+                assert_eq!(value, answer.value.to_json_value(), "{key} on node{n}");
+                state.insert(key, &answer);
             }
-            let mut siblings: Vec<&str> = answers[0]["siblings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["value"].as_str().unwrap())
-                .collect();
-            siblings.sort();
-            assert_eq!(
-                siblings, expected,
-                "{key}: the siblings are the maximal writes"
-            );
-            // The winner is the largest (sum of timestamp, origin), listed last.
-            let winner = expected
-                .iter()
-                .max_by_key(|v| {
-                    let (_, ts, origin) = &writes[**v];
-                    (ts.sum(), origin.clone())
-                })
-                .map(|v| json!(v))
-                .unwrap_or(Value::Null);
-            assert_eq!(answers[0]["value"], winner, "{key}: the winner");
-            if let Some(last) = answers[0]["siblings"].as_array().unwrap().last() {
-                assert_eq!(last["value"], winner, "{key}: the winner is listed last");
-            }
+            states.push(state);
         }
+        history.finish(states);
+
+        let report = check::check(&history);
+        let reads = history.ops.len() - writes as usize;
+        println!(
+            "{writes} writes, {reads} reads, {} checked",
+            report.reads_checked
+        );
+        assert!(
+            report.violations.is_empty(),
+            "{} causal anomalies (seed {seed}), first: {:#?}",
+            report.violations.len(),
+            &report.violations[..report.violations.len().min(5)]
+        );
+        assert_eq!(report.converged, Some(true), "the nodes agree");
+        assert!(report.reads_checked > 0, "{report:?}");
     }
 
     /// The prototype client's pattern, read at a node then write there with the
