@@ -749,14 +749,15 @@ struct SessionCount {
 }
 
 fn sessions(cluster: &Cluster) -> anyhow::Result<String> {
+    use kvctl::check::{self, Api, FinalState, OpKind, Recorder};
+
     cluster.converge(&VClock::new())?;
-    let log = Mutex::new(Vec::<Acked>::new());
-    let anomalies = Mutex::new(Vec::<String>::new());
+    let recorder = Recorder::new(Api::Native, cluster.nodes.iter().map(|n| n.url.clone()));
     let counts = thread::scope(|scope| {
         let handles: Vec<_> = (0..SESSIONS)
             .map(|id| {
-                let (log, anomalies) = (&log, &anomalies);
-                scope.spawn(move || session(cluster, id, log, anomalies))
+                let recorder = &recorder;
+                scope.spawn(move || session(cluster, id, recorder))
             })
             .collect();
         handles
@@ -764,28 +765,48 @@ fn sessions(cluster: &Cluster) -> anyhow::Result<String> {
             .map(|h| h.join().unwrap_or_else(|_| bail!("a session panicked")))
             .collect::<anyhow::Result<Vec<SessionCount>>>()
     })?;
-    let anomalies = anomalies.into_inner().unwrap();
-    if !anomalies.is_empty() {
-        bail!(
-            "{} causal anomalies (seed {}), first: {}",
-            anomalies.len(),
-            cluster.seed,
-            anomalies
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
-    let log = log.into_inner().unwrap();
-    cluster.converge(&merged(log.iter().map(|w| &w.timestamp)))?;
+    let mut history = recorder.into_history();
+    let acked = merged(history.ops.iter().filter_map(|op| match &op.kind {
+        OpKind::Write {
+            timestamp: Some(ts),
+            ..
+        } => Some(ts),
+        OpKind::Write { .. } | OpKind::Read { .. } => None,
+    }));
+    cluster.converge(&acked)?;
     let keys: Vec<String> = (0..SESSION_KEYS).map(session_key).collect();
     cluster.agree(keys.iter().map(String::as_str))?;
+    // Every node's final state, for the checker: nothing acknowledged lost,
+    // nothing overwritten kept.
+    let mut states = Vec::new();
+    for node in &cluster.nodes {
+        let mut state = FinalState::new(node.url.clone(), node.health()?.timestamp);
+        for key in &keys {
+            state.insert(key.clone(), &node.get(key, None)?);
+        }
+        states.push(state);
+    }
+    history.finish(states);
+    let report = check::check(&history);
+    if !report.violations.is_empty() {
+        let first: Vec<String> = report
+            .violations
+            .iter()
+            .take(5)
+            .map(ToString::to_string)
+            .collect();
+        bail!(
+            "{} causal anomalies (seed {}), first: {}",
+            report.violations.len(),
+            cluster.seed,
+            first.join("; ")
+        );
+    }
     let reads: usize = counts.iter().map(|c| c.reads).sum();
     let writes: usize = counts.iter().map(|c| c.writes).sum();
     Ok(format!(
-        "{SESSIONS} sessions: {reads} reads, {writes} writes at random nodes, no anomaly; the nodes agree on {SESSION_KEYS} keys"
+        "{SESSIONS} sessions: {reads} reads ({} checked), {writes} writes at random nodes, no anomaly; the nodes agree on {SESSION_KEYS} keys",
+        report.reads_checked
     ))
 }
 
@@ -794,108 +815,37 @@ fn session_key(index: usize) -> String {
 }
 
 /// One session: random operations at random nodes, each with the merge of every
-/// clock the session received as its context, each answer checked.
+/// clock the session received as its context, each recorded for the checker.
 fn session(
     cluster: &Cluster,
     id: usize,
-    log: &Mutex<Vec<Acked>>,
-    anomalies: &Mutex<Vec<String>>,
+    recorder: &kvctl::check::Recorder,
 ) -> anyhow::Result<SessionCount> {
     let mut rng = StdRng::seed_from_u64(cluster.seed.wrapping_add(id as u64));
     let mut context = VClock::new();
-    // Per key: the writes this session made or read (dot, timestamp, whether its own).
-    let mut known: HashMap<String, Vec<(Dot, VClock, bool)>> = HashMap::new();
     let mut count = SessionCount::default();
-    let anomaly = |text: String| {
-        anomalies
-            .lock()
-            .unwrap()
-            .push(format!("session {id}: {text}"))
-    };
-
     for op in 0..OPS_PER_SESSION {
         let node = &cluster.nodes[rng.random_range(0..cluster.nodes.len())];
         let key = session_key(rng.random_range(0..SESSION_KEYS));
         if rng.random_bool(0.5) {
             let value = json!({ "session": id, "op": op });
+            // As the checker reads it back from the node.
+            let text = kvctl::check::value_text(&vclock_proto::Value::from_serialize(&value)?)
+                .context("a session's value is not null")?;
+            let call = recorder.invoke_write(id, &node.url, &key, text, &context);
             let answer = node
                 .put(&key, &value, Some(&context))
                 .with_context(|| format!("session {id}, op {op}: put {key}"))?;
-            if !answer.timestamp.covers(&context) {
-                anomaly(format!(
-                    "its write {} at {} has timestamp {}, which does not follow the session's context {context} (monotonic writes, writes follow reads)",
-                    answer.dot, node.id, answer.timestamp
-                ));
-            }
             context.merge(&answer.timestamp);
-            known.entry(key.clone()).or_default().push((
-                answer.dot.clone(),
-                answer.timestamp.clone(),
-                true,
-            ));
-            log.lock().unwrap().push(Acked {
-                key,
-                value,
-                dot: answer.dot,
-                timestamp: answer.timestamp,
-            });
+            recorder.written(call, answer.timestamp);
             count.writes += 1;
         } else {
+            let call = recorder.invoke_read(id, &node.url, &key, &context);
             let answer = node
                 .get(&key, Some(&context))
                 .with_context(|| format!("session {id}, op {op}: get {key}"))?;
-            let here = format!("reading {key} at {} (clock {})", node.id, answer.context);
-            if !answer.context.covers(&context) {
-                anomaly(format!(
-                    "{here}: the clock is older than the session's context {context}"
-                ));
-            }
-            for sibling in &answer.siblings {
-                if !answer.context.covers(&sibling.timestamp) {
-                    anomaly(format!(
-                        "{here}: {} is visible before writes it depends on ({})",
-                        sibling.dot, sibling.timestamp
-                    ));
-                }
-            }
-            // The session's own writes and what it read before.
-            for (dot, timestamp, own) in known.get(&key).into_iter().flatten() {
-                if !answer
-                    .siblings
-                    .iter()
-                    .any(|s| s.timestamp.covers(timestamp))
-                {
-                    let what = if *own {
-                        "did not read its own write"
-                    } else {
-                        "read older than it read before: lost"
-                    };
-                    anomaly(format!("{here}: {what} {dot}; got {}", Siblings(&answer)));
-                }
-            }
-            // Every acknowledged write the node's clock counts, whoever made it:
-            // the node shows a state that includes it.
-            let counted: Vec<Acked> = log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|w| w.key == key && answer.context.contains(&w.dot.origin, w.dot.seq))
-                .cloned()
-                .collect();
-            for write in counted {
-                if !shows(&answer, &write) {
-                    anomaly(format!(
-                        "{here}: the clock counts {} but the answer {} shows neither it nor a newer write (a write visible before one it depends on)",
-                        write.dot,
-                        Siblings(&answer)
-                    ));
-                }
-            }
-            let seen = known.entry(key).or_default();
-            for sibling in &answer.siblings {
-                seen.push((sibling.dot.clone(), sibling.timestamp.clone(), false));
-            }
             context.merge(&answer.context);
+            recorder.read_siblings(call, &answer);
             count.reads += 1;
         }
     }
