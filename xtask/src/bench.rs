@@ -42,7 +42,6 @@ mod chart;
 mod report;
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,10 +50,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use kv_testkit::Cluster;
 use kvctl::bench::BenchReport;
 
 use self::report::{StepResult, SuiteReport};
-use crate::cluster::{self, Node, NodeOutput, NodeSpec};
+use crate::cluster;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -205,35 +205,27 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         eprintln!("warning: cannot install the Ctrl-C handler ({err}); the nodes still stop when xtask exits");
     }
 
-    let ports = free_ports(NODES)?;
-    let members: Vec<(String, u16)> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| (format!("node{}", i + 1), *port))
-        .collect();
+    let (storage_var, storage_value) = args.storage.env();
     let mut running = Running {
-        nodes: Vec::new(),
+        cluster: None,
         sampler: None,
     };
-    for (id, port) in &members {
-        let spec = NodeSpec {
-            id,
-            port: *port,
-            members: &members,
-            data_dir: data.join(id),
-            faults: false,
-            env: [args.storage.env()]
-                .into_iter()
-                .chain(args.trace.map(|n| ("KVNODE_TRACE_BUFFER", n.to_string())))
-                .collect(),
-            output: NodeOutput::File(out.join(format!("{id}.log"))),
-        };
-        running
-            .nodes
-            .push(cluster::spawn_node(root, &bin.join("kvnode"), &spec)?);
-    }
-    let urls: Vec<String> = ports.iter().map(|p| cluster::url(*p)).collect();
-    wait_ready(&mut running.nodes, &ports, &interrupted)?;
+    let cluster = running.cluster.insert(
+        cluster::local_nodes(&bin.join("kvnode"), NODES)
+            .dir(&out)
+            .data_root(&data)
+            .env("KVNODE_FAULTS", "false")
+            .env(storage_var, storage_value)
+            .envs(args.trace.map(|n| ("KVNODE_TRACE_BUFFER", n.to_string())))
+            .no_wait()
+            .start()?,
+    );
+    wait_ready(cluster, &interrupted)?;
+    let urls = cluster.urls();
+    let members: Vec<(String, u16)> = cluster
+        .numbers()
+        .map(|n| (cluster.id(n).to_owned(), cluster.port(n)))
+        .collect();
     println!(
         "==> bench: {NODES} nodes ({}) at {}, logs in {}",
         args.storage.name(),
@@ -241,7 +233,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         out.display()
     );
 
-    let pids: Vec<u32> = running.nodes.iter().map(|n| n.child.id()).collect();
+    let pids: Vec<u32> = cluster.numbers().filter_map(|n| cluster.pid(n)).collect();
     let ticks_per_second = rustix::param::clock_ticks_per_second() as f64;
     let samples = Arc::new(Mutex::new(Vec::new()));
     running.sampler = Some(Sampler::start(pids.clone(), samples.clone()));
@@ -259,7 +251,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         let started = Instant::now();
         sample_now(&pids, &samples);
         let cpu_before = cpu_ticks(&pids);
-        let report = suite.run_step(step, reads && populated, &mut running.nodes, &interrupted)?;
+        let report = suite.run_step(step, reads && populated, cluster, &interrupted)?;
         let cpu_after = cpu_ticks(&pids);
         sample_now(&pids, &samples);
         let ended = Instant::now();
@@ -336,22 +328,9 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// `count` distinct free loopback ports (the listeners are held until all are chosen).
-fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("no free loopback port")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect::<Result<_, std::io::Error>>()
-        .context("no free loopback port")
-}
-
 /// The nodes and the sampler: stopped when dropped, whatever the way out.
 struct Running {
-    nodes: Vec<Node>,
+    cluster: Option<Cluster>,
     sampler: Option<Sampler>,
 }
 
@@ -360,9 +339,8 @@ impl Running {
         if let Some(sampler) = self.sampler.take() {
             sampler.stop();
         }
-        if !self.nodes.is_empty() {
-            cluster::stop(&mut self.nodes);
-            self.nodes.clear();
+        if let Some(mut cluster) = self.cluster.take() {
+            cluster::stop(&mut cluster);
         }
     }
 }
@@ -373,35 +351,25 @@ impl Drop for Running {
     }
 }
 
-/// Fails when a node has exited.
-fn check_alive(nodes: &mut [Node]) -> anyhow::Result<()> {
-    for node in nodes.iter_mut() {
-        if let Some(status) = node.child.try_wait()? {
-            bail!(
-                "{} exited with {status} (see its log in target/bench)",
-                node.id
-            );
-        }
-    }
-    Ok(())
-}
-
-fn wait_ready(nodes: &mut [Node], ports: &[u16], interrupted: &AtomicBool) -> anyhow::Result<()> {
+/// Waits until every node answers `/health`; fails when one exits, on Ctrl-C,
+/// or after [`READY_DEADLINE`].
+fn wait_ready(cluster: &mut Cluster, interrupted: &AtomicBool) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_DEADLINE;
-    for (node, port) in nodes.iter().zip(ports) {
-        while !cluster::healthy(*port) {
-            if interrupted.load(Ordering::SeqCst) {
-                bail!("interrupted");
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} did not answer GET /health within {READY_DEADLINE:?}",
-                node.id
-            );
-            thread::sleep(Duration::from_millis(50));
+    loop {
+        let pending = cluster.not_ready()?;
+        if pending.is_empty() {
+            return Ok(());
         }
+        if interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not answer GET /health within {READY_DEADLINE:?}",
+            pending.join(", ")
+        );
+        thread::sleep(Duration::from_millis(50));
     }
-    check_alive(nodes)
 }
 
 /// What every step needs to run kvctl.
@@ -463,7 +431,7 @@ impl Suite<'_> {
         &self,
         step: &Step,
         populated: bool,
-        nodes: &mut [Node],
+        cluster: &mut Cluster,
         interrupted: &AtomicBool,
     ) -> anyhow::Result<BenchReport> {
         let args = self.kvctl_args(step, populated);
@@ -476,7 +444,7 @@ impl Suite<'_> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        cluster::die_with_parent(&mut command);
+        kv_testkit::die_with_parent(&mut command);
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.kvctl.display()))?;
@@ -494,7 +462,7 @@ impl Suite<'_> {
             let stop = if interrupted.load(Ordering::SeqCst) {
                 Some(anyhow::anyhow!("interrupted"))
             } else {
-                check_alive(nodes).err()
+                cluster.check_alive().err().map(anyhow::Error::from)
             };
             if let Some(err) = stop {
                 kill(&mut child);

@@ -7,13 +7,12 @@
 //! only designed 503s (`causal_timeout`, `buffer_full`; see `docs/design.md`,
 //! "Interfaces") cannot happen here: any 5xx is a bug.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use kv_testkit::Cluster;
 
 /// Test cases per operation.
 const MAX_EXAMPLES: &str = "100";
@@ -53,15 +52,17 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<Option<String>> {
     std::fs::create_dir_all(&report)
         .with_context(|| format!("cannot create {}", report.display()))?;
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("no free port")?
-        .port();
-    let log = report.join("kvnode.log");
-    let mut node = Node::start(&target.join("debug").join("kvnode"), port, &log)?;
-    node.wait_ready(port)?;
+    let mut node = Cluster::processes(target.join("debug").join("kvnode"), 1)
+        .dir(&report)
+        .env("KVNODE_MEMORY", "true")
+        .ready_timeout(START_DEADLINE)
+        .start()?;
+    let log = node
+        .log_path(1)
+        .expect("the node logs to a file")
+        .to_owned();
 
-    let url = format!("http://127.0.0.1:{port}/openapi.json");
+    let url = format!("{}/openapi.json", node.url(1));
     println!("schemathesis run {url} --checks not_a_server_error");
     let status = Command::new("schemathesis")
         .args([
@@ -78,7 +79,7 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<Option<String>> {
         .current_dir(&report)
         .status()
         .context("cannot run schemathesis")?;
-    let crashed = node.child.try_wait()?.is_some();
+    let crashed = node.exit_status(1)?.is_some();
     drop(node);
     if crashed {
         bail!("kvnode exited during the run; its log is {}", log.display());
@@ -90,76 +91,4 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<Option<String>> {
         );
     }
     Ok(None)
-}
-
-/// The node under test; killed when dropped.
-struct Node {
-    child: Child,
-}
-
-impl Node {
-    fn start(binary: &Path, port: u16, log: &Path) -> anyhow::Result<Self> {
-        let out = std::fs::File::create(log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = Command::new(binary);
-        for (var, _) in std::env::vars() {
-            if var.starts_with("KVNODE_") || matches!(var.as_str(), "NODE_ID" | "NODES" | "PORT") {
-                command.env_remove(var);
-            }
-        }
-        let child = command
-            .envs([
-                ("KVNODE_NODE_ID", "node1"),
-                ("KVNODE_LISTEN", "127.0.0.1"),
-                ("KVNODE_PORT", &port.to_string()),
-                ("KVNODE_MEMORY", "true"),
-                ("KVNODE_FAULTS", "true"),
-                ("RUST_LOG", "info"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        Ok(Self { child })
-    }
-
-    fn wait_ready(&mut self, port: u16) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("kvnode exited at start with {status}");
-            }
-            if health(port) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("kvnode did not answer /health within {START_DEADLINE:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// True when `GET /health` on the port answers 200.
-fn health(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
