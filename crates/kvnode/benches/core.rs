@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use kvnode::core::{Core, Limits};
-use kvnode::store::MemStore;
+use kvnode::storage::MemStore;
 use vclock_proto::{Event, Op, VClock, Value};
 
 fn nodes() -> Vec<String> {

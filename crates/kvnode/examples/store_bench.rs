@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvnode::durable::{Durability, DurableStore};
-use kvnode::store::Store;
+use kvnode::storage::durable::{Durability, DurableStore};
+use kvnode::storage::Store;
 use vclock_proto::{Event, Op, VClock, Value};
 
 const KEYS: u64 = 100_000;

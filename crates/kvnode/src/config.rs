@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use vclock_proto::NodeId;
 
-use crate::durable::Durability;
+use crate::storage::durable::Durability;
 
 /// A configuration that cannot be used; the message names the setting.
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +110,10 @@ enum NodeList {
 
 mod defaults {
     pub fn cache_bytes() -> u64 {
-        crate::durable::DEFAULT_CACHE_BYTES
+        crate::storage::durable::DEFAULT_CACHE_BYTES
     }
     pub fn log_memory_events() -> usize {
-        crate::durable::DEFAULT_LOG_MEMORY_EVENTS
+        crate::storage::durable::DEFAULT_LOG_MEMORY_EVENTS
     }
 
     use std::time::Duration;
@@ -460,10 +460,6 @@ impl Config {
             shutdown_timeout: raw.shutdown_timeout,
             max_connections: raw.max_connections,
         };
-        // Load the certificates once now, so that a bad file stops the node
-        // at start with the setting named.
-        crate::tls::server_config(&config)?;
-        crate::tls::peer_client_config(&config)?;
         Ok(config)
     }
 

@@ -8,28 +8,25 @@
 //! the store stays writable when nodes are cut off; writes replicate in the
 //! background.
 //!
-//! # The design
+//! # The design, layer by layer
 //!
-//! - [`core`] is the causal core, free of IO: vector clocks, the delivery rule
-//!   with its buffer, the multi-value register per key, log collection. The
-//!   simulation tests drive it directly.
-//! - [`store`] is the core's synchronous storage trait and its in-memory store;
-//!   [`durable`] is the production store on fjall: one atomic batch per group
-//!   of commands, synced before any of them is acknowledged.
-//! - [`node`] runs the core behind one writer thread that groups commands into
-//!   one commit, and waits for clients' causal contexts.
-//! - [`replication`] pushes each node's writes to every peer, batched, retrying
-//!   until acknowledged.
-//! - [`http`] maps the three APIs (the prototype's, the native `/v1`, the peer
-//!   API) and the fault hook onto the node; [`error`] maps failures to statuses.
-//! - [`config`] loads settings from defaults, a TOML file and the environment.
-//! - [`server`] runs a node from its configuration on a listening socket until a
-//!   shutdown future completes, then stops it in order: what the binary runs.
-//! - [`metrics`] counts with atomics and serves the Prometheus text format;
-//!   [`openapi`] is the OpenAPI document of every route; [`tls`] loads the
-//!   certificates of HTTPS (rustls, no OpenSSL).
-//! - [`ui`] serves the causality explorer at `/ui`: a live space-time diagram
-//!   of the nodes' traces, with controls to write, read and pause links.
+//! Each layer is a folder (or a file) and imports only the layers listed
+//! below it; no two modules import each other.
+//!
+//! | layer | what it is | may import |
+//! |---|---|---|
+//! | [`storage`] | the core's synchronous storage trait; the in-memory store; the fjall store (one atomic batch per group of commands) and its journal | nothing of the crate |
+//! | [`core`] | the rules, free of IO: delivery with its buffer, the multi-value register, log collection ([`core::delivery`]); the replication protocol per peer ([`core::replication`]); the wait for a client's context ([`core::context`]). Time is an input. | `storage` |
+//! | [`observe`] | counters and histograms, their Prometheus exposition rendered from a status snapshot; the trace of what the node does | `core` (the trace records its steps) |
+//! | [`config`] | settings from defaults, a TOML file and the environment | `storage` (durability modes) |
+//! | [`tls`] | certificates of HTTPS and of requests to peers (rustls) | `config` |
+//! | [`error`] | the node's errors, each with its HTTP status | `core` |
+//! | [`node`] | the shell around the core: one writer thread that groups commands into one commit, the committed clock, context waits; its replication tasks ([`node::replication`]) and peer client ([`node::peer`]) carry out the core's decisions | all of the above |
+//! | [`http`] | the route table, the three APIs (the prototype's, the native `/v1`, the peer API), operations, the fault hook, the OpenAPI document and the explorer at `/ui` | all of the above |
+//! | [`server`] | a node from its configuration on a listening socket until a shutdown future completes, stopped in order: what the binary runs, and what tests start in-process | all of the above |
+//!
+//! The simulation tests drive [`core`] and [`storage`] directly, on simulated
+//! time; `docs/design.md` states the rules they check.
 //!
 //! # Security and operations
 //!
@@ -45,26 +42,21 @@
 //!
 //! # What is left out
 //!
-//! Membership is static. The buffer of undeliverable events lives in memory:
+//! Membership is static (the configured node list). The buffer of
+//! undeliverable events lives in memory:
 //! after a restart, peers resend what it held. Peers' acknowledged clocks are
 //! not stored, so after a restart the log is collected only once every peer has
 //! answered again. A value is stored twice while its event is in the log.
 
 pub mod config;
 pub mod core;
-pub mod durable;
 pub mod error;
 pub mod http;
-pub mod journal;
-pub mod metrics;
 pub mod node;
-pub mod openapi;
-pub mod replication;
+pub mod observe;
 pub mod server;
-pub mod store;
+pub mod storage;
 pub mod tls;
-pub mod trace;
-pub mod ui;
 
 mod probe;
 pub use probe::probe_health;

@@ -40,9 +40,9 @@ use actix_web::http::KeepAlive;
 use actix_web::{middleware, App, HttpServer};
 
 use crate::config::Config;
-use crate::durable::{Durability, DurableStore};
 use crate::node::{BoxStore, Node};
-use crate::store::MemStore;
+use crate::storage::durable::{Durability, DurableStore};
+use crate::storage::MemStore;
 
 /// Pending connections the listening socket queues before they are accepted.
 const BACKLOG: u32 = 1024;
@@ -97,7 +97,7 @@ pub async fn run(
         .collect();
     let (store, storage) = open_store(&config)?;
     let node = Node::start(config, store).map_err(io::Error::other)?;
-    let applied = node.applied();
+    let applied = node.committed();
     if applied.iter().any(|(_, &seq)| seq > 0) {
         log::info!(
             "recovered state: applied {applied}, {} events in the log",
@@ -149,7 +149,7 @@ pub async fn run(
     if config.faults {
         log::warn!("the fault hook is enabled: POST /admin/v1/links/<peer>/pause and /resume");
     }
-    let senders = crate::replication::spawn_links(&node);
+    let senders = crate::node::replication::spawn_links(&node);
     actix_web::rt::spawn(stop_http_on(shutdown, server.handle(), node.clone()));
     server.await?;
 
@@ -174,7 +174,7 @@ pub async fn run(
     }
     log::info!(
         "stopped: applied {}, {} events in the log",
-        node.applied(),
+        node.committed(),
         node.status().log_len
     );
     Ok(())

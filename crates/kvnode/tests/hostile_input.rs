@@ -24,7 +24,7 @@ use actix_web::test::{self, TestRequest};
 use actix_web::App;
 use kvnode::config::Config;
 use kvnode::node::Node;
-use kvnode::store::MemStore;
+use kvnode::storage::MemStore;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};

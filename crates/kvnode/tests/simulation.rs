@@ -112,8 +112,8 @@ use kvnode::core::replication::{
 use kvnode::core::{
     ContextError, ContextWait, Core, CoreError, Limits, ReadResult, Receipt, WaitStep,
 };
-use kvnode::durable::{Durability, DurableStore, DEFAULT_LOG_MEMORY_EVENTS};
-use kvnode::store::{MemStore, Siblings, Store, StoreResult};
+use kvnode::storage::durable::{Durability, DurableStore, DEFAULT_LOG_MEMORY_EVENTS};
+use kvnode::storage::{MemStore, Siblings, Store, StoreResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vclock_proto::{Dot, Event, Op, Seq, VClock, Value};

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use vclock_proto::{Dot, Event, Missing, NodeId, Op, Seq, VClock};
 
 use super::context::{check_context, ContextCheck};
-use crate::store::{PendingSync, Siblings, Store, StoreError};
+use crate::storage::{PendingSync, Siblings, Store, StoreError};
 
 /// Why the core refused a command.
 #[derive(Debug, thiserror::Error)]
@@ -512,7 +512,7 @@ impl<S: Store> super::replication::NodeView for Core<S> {
         origin: &str,
         after: Seq,
         limit: usize,
-    ) -> crate::store::StoreResult<Vec<Arc<Event>>> {
+    ) -> crate::storage::StoreResult<Vec<Arc<Event>>> {
         self.store.log_after(origin, after, limit)
     }
 }
@@ -536,7 +536,7 @@ mod broken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemStore;
+    use crate::storage::MemStore;
     use vclock_proto::Value;
 
     fn core(id: &str) -> Core<MemStore> {

@@ -4,7 +4,7 @@
 //! Everything here takes commands and answers with what happened or what to
 //! do. Nothing touches a socket, reads a clock or needs a runtime: time is an
 //! input (a [`std::time::Duration`] since any fixed start, on the caller's
-//! clock), storage is the synchronous [`crate::store::Store`] trait, and
+//! clock), storage is the synchronous [`crate::storage::Store`] trait, and
 //! messages are values the caller sends. The node's async shell carries out
 //! the outputs; the simulation tests drive the very same code on simulated
 //! time, with a network that loses, duplicates and delays.

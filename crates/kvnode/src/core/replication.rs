@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use vclock_proto::{Event, NodeId, Seq, VClock};
 
-use crate::store::StoreResult;
+use crate::storage::StoreResult;
 
 /// How a link paces itself; from the node's configuration.
 #[derive(Debug, Clone)]

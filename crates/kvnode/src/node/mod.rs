@@ -10,6 +10,9 @@
 //! take the lock briefly; they show other nodes' writes at once (their origin
 //! already has them on disk) and this node's own once they are published.
 
+pub mod peer;
+pub mod replication;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,9 +29,9 @@ use crate::core::{
     self, ContextCheck, ContextError, ContextWait, Core, Limits, ReadResult, Receipt, WaitStep,
 };
 use crate::error::{Error, Result};
-use crate::metrics::{LinkMetrics, Metrics};
-use crate::store::Store;
-use crate::trace::Tracer;
+use crate::observe::metrics::{LinkMetrics, Metrics};
+use crate::observe::trace::Tracer;
+use crate::storage::Store;
 
 /// Most commands the writer takes into one commit.
 const MAX_GROUP: usize = 4096;
@@ -146,7 +149,7 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Starts a node's writer over `store`. Replication is started separately,
-    /// with [`crate::replication::spawn_links`], inside an actix runtime.
+    /// with [`replication::spawn_links`], inside an actix runtime.
     pub fn start(config: Config, store: BoxStore) -> Result<Arc<Self>> {
         let peer_tls =
             crate::tls::peer_client_config(&config).map_err(|e| Error::Internal(e.to_string()))?;
@@ -293,13 +296,14 @@ impl Node {
         &self.shared.links
     }
 
-    /// The committed `applied` clock.
-    pub fn applied(&self) -> VClock {
+    /// The committed `applied` clock: what is durable, published after each
+    /// commit (the core's own clock may be ahead while a sync is under way).
+    pub fn committed(&self) -> VClock {
         self.shared.applied.borrow().clone()
     }
 
     /// Watches the committed `applied` clock.
-    pub fn subscribe(&self) -> watch::Receiver<VClock> {
+    pub fn watch_committed(&self) -> watch::Receiver<VClock> {
         self.shared.applied.subscribe()
     }
 
@@ -326,7 +330,7 @@ impl Node {
     pub async fn wait_for(&self, context: &VClock) -> Result<()> {
         let bound = self.config().causal_wait;
         let mut wait = ContextWait::new(context.clone(), self.now(), bound);
-        let mut applied = self.subscribe();
+        let mut applied = self.watch_committed();
         let (answers_tx, mut answers) = mpsc::unbounded_channel::<(NodeId, VClock)>();
         loop {
             let step = wait.step(
@@ -377,7 +381,7 @@ impl Node {
         let me = self.id().clone();
         let client = self.peer_client(self.config().peer_timeout.min(bound));
         actix_web::rt::spawn(async move {
-            let answer = crate::replication::exchange_clock(&client, &url, &me, None).await;
+            let answer = peer::exchange_clock(&client, &url, &me, None).await;
             if let Ok(clock) = answer {
                 let _ = answers.send((origin, clock));
             }
@@ -412,7 +416,7 @@ impl Node {
         if let Some(context) = context {
             self.wait_for(context).await?;
         }
-        let mut published = self.subscribe();
+        let mut published = self.watch_committed();
         let result = {
             let core = self.shared.core();
             let result = core.read(key)?;
@@ -676,7 +680,7 @@ fn log_receipt(receipt: &Receipt) {
     );
 }
 
-/// A node over a [`crate::store::MemStore`] in a cluster `n1`, `n2`, `n3`
+/// A node over a [`crate::storage::MemStore`] in a cluster `n1`, `n2`, `n3`
 /// (peers unreachable, no senders started), configured with `env`
 /// (`KVNODE_*` variables), for in-process HTTP tests.
 #[cfg(test)]
@@ -693,7 +697,7 @@ pub(crate) fn test_node(env: &[(&str, &str)]) -> Arc<Node> {
     .collect();
     vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::load_from(None, vars).expect("a valid test configuration");
-    Node::start(config, Box::new(crate::store::MemStore::new())).expect("a node")
+    Node::start(config, Box::new(crate::storage::MemStore::new())).expect("a node")
 }
 
 #[cfg(test)]
@@ -703,7 +707,7 @@ pub(crate) mod tests {
     use vclock_proto::Value;
 
     use super::*;
-    use crate::store::{MemStore, PendingSync, Siblings, StoreResult};
+    use crate::storage::{MemStore, PendingSync, Siblings, StoreResult};
 
     /// A store whose syncs wait until the test opens its gate.
     struct GatedStore {
@@ -785,13 +789,13 @@ pub(crate) mod tests {
         assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("2".into()));
         assert_eq!(read.applied.get("n2"), 1);
         assert!(!receive.is_finished());
-        assert_eq!(node.applied().get("n2"), 0);
+        assert_eq!(node.committed().get("n2"), 0);
 
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         let (_, ack) = receive.await.unwrap().unwrap();
         assert_eq!(ack.get("n2"), 1);
-        assert_eq!(node.applied().get("n2"), 1);
+        assert_eq!(node.committed().get("n2"), 1);
     }
 
     /// A node `n1` of `n1`, `n2` (peers unreachable, no senders) over a store
@@ -846,7 +850,7 @@ pub(crate) mod tests {
         // does not count the write, until the sync is done.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!read.is_finished() && !write.is_finished());
-        assert_eq!(node.applied().get("n1"), 0);
+        assert_eq!(node.committed().get("n1"), 0);
         assert!(
             node.check_context(&node.with_core(|c| c.applied().clone())) != ContextCheck::Satisfied
         );
@@ -857,6 +861,6 @@ pub(crate) mod tests {
         assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("1".into()));
         assert_eq!(read.applied.get("n1"), 1);
         assert_eq!(write.await.unwrap().unwrap().seq, 1);
-        assert_eq!(node.applied().get("n1"), 1);
+        assert_eq!(node.committed().get("n1"), 1);
     }
 }

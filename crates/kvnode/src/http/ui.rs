@@ -64,17 +64,17 @@ const ASSETS: &[Asset] = &[
     asset(
         INDEX,
         "text/html; charset=utf-8",
-        include_bytes!("../ui/index.html"),
+        include_bytes!("../../ui/index.html"),
     ),
     asset(
         "app.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../ui/app.js"),
+        include_bytes!("../../ui/app.js"),
     ),
     asset(
         "style.css",
         "text/css; charset=utf-8",
-        include_bytes!("../ui/style.css"),
+        include_bytes!("../../ui/style.css"),
     ),
 ];
 

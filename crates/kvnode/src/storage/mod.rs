@@ -1,9 +1,15 @@
-//! The storage trait of the causal core, and its in-memory implementation.
+//! Storage: the synchronous trait the causal core reads and writes through,
+//! the in-memory store ([`MemStore`], for tests and `memory = true`) and the
+//! production store on fjall ([`durable`], whose journal files [`journal`]
+//! allocates ahead of the writes). Nothing here knows the core's rules.
 //!
 //! The core keeps three things in storage: each key's siblings, the log of
 //! applied events (kept until every node has applied them) and the `applied`
 //! clock. Changes made between two [`Store::commit`] calls form one transaction:
 //! a durable engine makes them visible and durable together, or not at all.
+
+pub mod durable;
+pub mod journal;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

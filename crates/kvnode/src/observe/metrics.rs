@@ -5,12 +5,14 @@
 //! - **Counters and histograms of events** (requests, writes, reads, batches,
 //!   commits) are plain atomics, bumped on the hot path without a lock. Request
 //!   series are keyed by route pattern (`/v1/kv/{key}`, never the raw path), method
-//!   and status, so their number is bounded by the routes of [`crate::http`]; each
+//!   and status, so their number is bounded by the routes the HTTP layer
+//!   registers ([`Metrics::register_routes`]); each
 //!   series is allocated the first time it is used and found again with two
 //!   lock-free lookups.
 //! - **Gauges of state** (buffered events, log length, applied clock, peers' lag)
-//!   are read from the node when `/metrics` is scraped, under the core's lock once
-//!   per scrape.
+//!   are rendered from a status snapshot the node takes when `/metrics` is
+//!   scraped (under the core's lock once per scrape); this module never sees
+//!   the node itself.
 //!
 //! Every name is listed in [`NAMES`]; the Grafana dashboard in
 //! `deploy/grafana/` uses only those, and a test checks it.
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::{Method, StatusCode};
 
-use crate::node::Node;
+use vclock_proto::StatusResponse;
 
 /// Every metric family this node exports, in the order of the output.
 pub const NAMES: &[&str] = &[
@@ -157,7 +159,7 @@ impl StatusTable {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteId(usize);
 
-/// Counters of the replication link to one peer (kept on [`crate::node::Link`]).
+/// Counters of the replication link to one peer (kept on each of the node's links).
 #[derive(Debug, Default)]
 pub struct LinkMetrics {
     batches_sent: AtomicU64,
@@ -188,14 +190,20 @@ impl LinkMetrics {
     }
 }
 
+/// The HTTP routes' series: labels indexed by [`RouteId`] (the last one is
+/// [`UNMATCHED`]) and `labels.len() * METHOD_SLOTS` tables, allocated on first use.
+#[derive(Debug)]
+struct Routes {
+    labels: Vec<&'static str>,
+    requests: Box<[OnceLock<Box<StatusTable>>]>,
+}
+
 /// The node's counters and histograms.
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
-    /// Route labels, indexed by [`RouteId`]; the last one is [`UNMATCHED`].
-    routes: Vec<&'static str>,
-    /// `routes.len() * METHOD_SLOTS` tables, allocated on first use.
-    requests: Box<[OnceLock<Box<StatusTable>>]>,
+    /// Set once by the HTTP layer ([`Metrics::register_routes`]).
+    routes: OnceLock<Routes>,
     in_flight: AtomicI64,
     writes_put: AtomicU64,
     writes_delete: AtomicU64,
@@ -215,21 +223,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Fresh metrics, with a series table for every route of [`crate::http`].
+    /// Fresh metrics; request series exist once the routes are registered.
     pub fn new() -> Self {
-        let mut routes: Vec<&'static str> = Vec::new();
-        for label in crate::http::route_labels() {
-            if !routes.contains(&label) {
-                routes.push(label);
-            }
-        }
-        routes.push(UNMATCHED);
         Self {
             started: Instant::now(),
-            requests: (0..routes.len() * METHOD_SLOTS)
-                .map(|_| OnceLock::new())
-                .collect(),
-            routes,
+            routes: OnceLock::new(),
             in_flight: AtomicI64::new(0),
             writes_put: AtomicU64::new(0),
             writes_delete: AtomicU64::new(0),
@@ -243,18 +241,43 @@ impl Metrics {
         }
     }
 
+    /// Names the routes requests are counted by (the HTTP layer's route
+    /// table), with a series table for each. The first call wins: every
+    /// worker registers the same table.
+    pub fn register_routes(&self, labels: impl IntoIterator<Item = &'static str>) {
+        self.routes.get_or_init(|| {
+            let mut routes: Vec<&'static str> = Vec::new();
+            for label in labels {
+                if !routes.contains(&label) {
+                    routes.push(label);
+                }
+            }
+            routes.push(UNMATCHED);
+            Routes {
+                requests: (0..routes.len() * METHOD_SLOTS)
+                    .map(|_| OnceLock::new())
+                    .collect(),
+                labels: routes,
+            }
+        });
+    }
+
     fn millis(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The series of `route` (a label from [`crate::http::route_labels`]);
-    /// unknown labels count as [`UNMATCHED`].
+    /// The series of `route` (a registered label); unknown labels count as
+    /// [`UNMATCHED`].
     pub fn route(&self, route: &str) -> RouteId {
+        let Some(routes) = self.routes.get() else {
+            return RouteId(usize::MAX);
+        };
         RouteId(
-            self.routes
+            routes
+                .labels
                 .iter()
                 .position(|r| *r == route)
-                .unwrap_or(self.routes.len() - 1),
+                .unwrap_or(routes.labels.len() - 1),
         )
     }
 
@@ -270,8 +293,14 @@ impl Metrics {
             .iter()
             .position(|m| m == method)
             .unwrap_or(METHODS.len());
-        let table = self.requests[route.0 * METHOD_SLOTS + method]
-            .get_or_init(|| Box::new(StatusTable::new()));
+        let Some(table) = self
+            .routes
+            .get()
+            .and_then(|routes| routes.requests.get(route.0 * METHOD_SLOTS + method))
+        else {
+            return;
+        };
+        let table = table.get_or_init(|| Box::new(StatusTable::new()));
         let slot = usize::from(status.as_u16().clamp(100, 599) - 100);
         table.0[slot]
             .get_or_init(|| Box::new(Histogram::new(REQUEST_BUCKETS)))
@@ -349,10 +378,14 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
     let _ = writeln!(out, "{name} {value}");
 }
 
-/// The whole exposition of `node`, in the text format.
-pub fn render(node: &Node) -> String {
-    let metrics = node.metrics();
-    let status = node.status();
+/// The whole exposition of a node, in the text format: its counters, a
+/// snapshot of its status, and its links' counters (in the order of
+/// `status.peers`).
+pub fn render<'a>(
+    metrics: &Metrics,
+    status: &StatusResponse,
+    links: impl IntoIterator<Item = &'a LinkMetrics>,
+) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;
 
@@ -360,7 +393,7 @@ pub fn render(node: &Node) -> String {
     let _ = writeln!(
         o,
         "kvnode_info{{node=\"{}\",version=\"{}\"}} 1",
-        label(node.id()),
+        label(&status.node),
         env!("CARGO_PKG_VERSION")
     );
     single(
@@ -373,9 +406,13 @@ pub fn render(node: &Node) -> String {
 
     // Requests.
     let mut series = Vec::new();
-    for (r, route) in metrics.routes.iter().enumerate() {
+    let (labels, requests) = metrics
+        .routes
+        .get()
+        .map_or((&[][..], &[][..]), |r| (&r.labels[..], &r.requests[..]));
+    for (r, route) in labels.iter().enumerate() {
         for m in 0..METHOD_SLOTS {
-            let Some(table) = metrics.requests[r * METHOD_SLOTS + m].get() else {
+            let Some(table) = requests[r * METHOD_SLOTS + m].get() else {
                 continue;
             };
             let method = METHODS.get(m).map_or("OTHER", Method::as_str);
@@ -510,6 +547,10 @@ pub fn render(node: &Node) -> String {
         "Logged events held in memory; older ones are read from disk when needed.",
         status.log_in_memory,
     );
+    let mut members: Vec<&str> = std::iter::once(status.node.as_str())
+        .chain(status.peers.iter().map(|p| p.node.as_str()))
+        .collect();
+    members.sort_unstable();
     for (name, help, clock) in [
         (
             "kvnode_applied",
@@ -523,12 +564,12 @@ pub fn render(node: &Node) -> String {
         ),
     ] {
         header(o, name, "gauge", help);
-        for member in &node.config().members {
+        for member in &members {
             let _ = writeln!(
                 o,
                 "{name}{{origin=\"{}\"}} {}",
-                label(&member.id),
-                clock.get(&member.id)
+                label(member),
+                clock.get(member)
             );
         }
     }
@@ -537,8 +578,7 @@ pub fn render(node: &Node) -> String {
     let now = metrics.millis() + 1;
     let seconds_since = |at: u64| now.saturating_sub(at) as f64 / 1000.0;
     let mut peer_rows = Vec::new();
-    for (link, peer) in node.links().iter().zip(&status.peers) {
-        let m = &link.metrics;
+    for (m, peer) in links.into_iter().zip(&status.peers) {
         let acked_at = m.acked_at.load(Ordering::Relaxed);
         let caught_up_at = m.caught_up_at.load(Ordering::Relaxed);
         let since_ack = if acked_at == 0 {
@@ -638,6 +678,7 @@ mod tests {
     #[test]
     fn request_series_are_per_route_method_and_status() {
         let m = Metrics::new();
+        m.register_routes(["/health", "/write"]);
         let health = m.route("/health");
         assert_ne!(health, m.route(UNMATCHED));
         assert_eq!(m.route("/no/such/route"), m.route(UNMATCHED));
@@ -660,9 +701,10 @@ mod tests {
             Duration::ZERO,
         );
         let get = METHODS.iter().position(|x| x == Method::GET).unwrap();
-        let table = m.requests[health.0 * METHOD_SLOTS + get].get().unwrap();
+        let requests = &m.routes.get().unwrap().requests;
+        let table = requests[health.0 * METHOD_SLOTS + get].get().unwrap();
         assert_eq!(table.0[100].get().unwrap().count(), 2);
-        let other = m.requests[health.0 * METHOD_SLOTS + METHODS.len()]
+        let other = requests[health.0 * METHOD_SLOTS + METHODS.len()]
             .get()
             .unwrap();
         assert_eq!(other.0[305].get().unwrap().count(), 1);
@@ -672,115 +714,5 @@ mod tests {
             assert_eq!(m.in_flight.load(Ordering::Relaxed), 2);
         }
         assert_eq!(m.in_flight.load(Ordering::Relaxed), 0);
-    }
-
-    /// Scrapes `/metrics` of an in-process node after some traffic.
-    async fn scrape() -> String {
-        use actix_web::test::{self, TestRequest};
-        use actix_web::App;
-
-        let node = crate::node::test_node(&[]);
-        let app =
-            test::init_service(App::new().configure(crate::http::configure(node.clone()))).await;
-        for req in [
-            TestRequest::post()
-                .uri("/write")
-                .set_json(serde_json::json!({"key": "k", "value": 1})),
-            TestRequest::get().uri("/read?key=k"),
-            TestRequest::get().uri("/nowhere"),
-        ] {
-            test::call_service(&app, req.to_request()).await;
-        }
-        let res = test::call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
-        assert_eq!(res.status(), 200);
-        assert_eq!(res.headers().get("content-type").unwrap(), CONTENT_TYPE);
-        String::from_utf8(test::read_body(res).await.to_vec()).unwrap()
-    }
-
-    /// The series names (before `{` or the value) of an exposition.
-    fn series_names(text: &str) -> std::collections::BTreeSet<String> {
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
-            .collect()
-    }
-
-    #[actix_web::test]
-    async fn the_exposition_has_every_family_and_only_those() {
-        let text = scrape().await;
-        let types: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .map(|l| l.split(' ').next().unwrap())
-            .collect();
-        assert_eq!(types, NAMES, "families in the output and NAMES differ");
-        for name in series_names(&text) {
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| NAMES.contains(f)))
-                .unwrap_or(&name);
-            assert!(NAMES.contains(&family), "{name} is not a known family");
-        }
-        assert!(text.contains(
-            "kvnode_http_requests_total{route=\"/write\",method=\"POST\",status=\"200\"} 1"
-        ));
-        assert!(text.contains(
-            "kvnode_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1"
-        ));
-        assert!(text.contains("kvnode_writes_total{op=\"put\"} 1"));
-        assert!(text.contains("kvnode_reads_total 1"));
-        assert!(text.contains("kvnode_applied{origin=\"n1\"} 1"));
-        assert!(text.contains("kvnode_peer_lag_events{peer=\"n2\"} 1"));
-    }
-
-    #[actix_web::test]
-    async fn every_metric_the_dashboard_queries_exists() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/grafana/kvnode.json");
-        let dashboard: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let mut exprs = Vec::new();
-        fn collect(value: &serde_json::Value, exprs: &mut Vec<String>) {
-            match value {
-                serde_json::Value::Object(map) => {
-                    for (key, value) in map {
-                        match (key.as_str(), value) {
-                            ("expr" | "definition", serde_json::Value::String(e)) => {
-                                exprs.push(e.clone())
-                            }
-                            ("query", serde_json::Value::String(e)) => exprs.push(e.clone()),
-                            _ => collect(value, exprs),
-                        }
-                    }
-                }
-                serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, exprs)),
-                _ => {}
-            }
-        }
-        collect(&dashboard, &mut exprs);
-        assert!(exprs.len() > 10, "found only {exprs:?}");
-        let exported = series_names(&scrape().await);
-        let mut queried = std::collections::BTreeSet::new();
-        for expr in &exprs {
-            let mut rest = expr.as_str();
-            while let Some(at) = rest.find("kvnode_") {
-                let name: String = rest[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[at + name.len()..];
-                queried.insert(name);
-            }
-        }
-        let missing: Vec<_> = queried.difference(&exported).collect();
-        assert!(
-            missing.is_empty(),
-            "the dashboard queries metrics that /metrics lacks: {missing:?}"
-        );
-        let unused: Vec<_> = NAMES
-            .iter()
-            .filter(|n| !queried.iter().any(|q| q.starts_with(*n)))
-            .collect();
-        assert!(unused.is_empty(), "families no panel shows: {unused:?}");
     }
 }

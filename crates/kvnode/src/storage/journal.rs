@@ -53,7 +53,7 @@ impl JournalAllocator {
         }
     }
 
-    /// Counts a commit; every [`CHECK_EVERY`] commits, looks for a new journal.
+    /// Counts a commit; every `CHECK_EVERY` commits, looks for a new journal.
     pub fn committed(&mut self) {
         self.commits += 1;
         if self.commits.is_multiple_of(CHECK_EVERY) {
@@ -192,9 +192,11 @@ mod tests {
         // Pins what this module relies on: fjall keeps `<N>.jnl` files in the
         // database directory, and the store allocates the active one.
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            crate::durable::DurableStore::open(dir.path(), crate::durable::Durability::Fsync)
-                .unwrap();
+        let store = crate::storage::durable::DurableStore::open(
+            dir.path(),
+            crate::storage::durable::Durability::Fsync,
+        )
+        .unwrap();
         let (_, path) = active_journal(dir.path())
             .unwrap()
             .expect("fjall keeps its journal as <N>.jnl in the database directory");

@@ -46,8 +46,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Deserialize;
 use vclock_proto::{Event, NodeId, Seq, VClock};
 
-use crate::journal::JournalAllocator;
-use crate::store::{PendingSync, Siblings, Store, StoreError, StoreResult};
+use crate::storage::journal::JournalAllocator;
+use crate::storage::{PendingSync, Siblings, Store, StoreError, StoreResult};
 
 /// Size of a keyspace's memtable. Smaller than fjall's default (64 MiB): the
 /// write path inserts into the memtable's skip list once per key and chunk, and
@@ -733,7 +733,7 @@ mod tests {
     use vclock_proto::{Op, Value};
 
     use super::*;
-    use crate::store::MemStore;
+    use crate::storage::MemStore;
 
     fn event(origin: &str, seq: Seq, key: &str, value: &str) -> Arc<Event> {
         Arc::new(Event {
@@ -1157,7 +1157,7 @@ mod tests {
 
     const CHILD_ENV: &str = "KVNODE_CRASH_CHILD";
     const CHILD_DURABILITY_ENV: &str = "KVNODE_CRASH_DURABILITY";
-    const CRASH_TEST: &str = "durable::tests::kill_9_loses_no_committed_group";
+    const CRASH_TEST: &str = "storage::durable::tests::kill_9_loses_no_committed_group";
     /// Events the child keeps in the log (older ones are truncated).
     const KEEP: Seq = 100;
     const KEYS: Seq = 37;

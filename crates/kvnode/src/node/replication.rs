@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use log::{debug, info, warn};
 use serde::Serialize;
-use vclock_proto::{ClockMessage, Event, TraceKind, VClock};
+use vclock_proto::{ClockMessage, Event, TraceKind};
 
+use super::peer::post;
+use super::{Link, Node};
 use crate::core::replication::{self as protocol, Action, Answer, Notice, RequestBody};
-use crate::node::{Link, Node};
 
 /// Starts one replication task per peer on the current actix runtime. Each
 /// ends after [`Node::begin_shutdown`], once the request it is sending is
@@ -36,60 +37,6 @@ pub fn spawn_links(node: &Arc<Node>) -> Vec<actix_web::rt::task::JoinHandle<()>>
 struct OutgoingBatch<'a> {
     from: &'a str,
     events: &'a [Arc<Event>],
-}
-
-/// Posts `body` to `url` and classifies the outcome for the link.
-async fn post<T: Serialize>(
-    client: &awc::Client,
-    url: &str,
-    body: &T,
-    cause: Option<String>,
-) -> Answer {
-    let mut request = client.post(url);
-    if let Some(cause) = cause {
-        request = request.insert_header((vclock_proto::TRACE_CAUSE_HEADER, cause));
-    }
-    let mut response = match request.send_json(body).await {
-        Ok(response) => response,
-        Err(e) => return Answer::Unreachable(format!("{url}: {e}")),
-    };
-    let status = response.status().as_u16();
-    let bytes = match response.body().limit(1 << 20).await {
-        Ok(bytes) => bytes,
-        Err(e) => return Answer::Unreachable(format!("{url}: reading the answer: {e}")),
-    };
-    match vclock_proto::decode_answer::<ClockMessage>(status, &bytes) {
-        Ok(answer) => Answer::Clock(answer.applied),
-        Err(error) if (200..300).contains(&status) => {
-            Answer::Unreachable(format!("{url}: {}", error.message))
-        }
-        Err(error) => {
-            let message = format!("{url}: {status}: {}", error.message);
-            if status == 503 {
-                Answer::Busy(message)
-            } else {
-                Answer::Refused(message)
-            }
-        }
-    }
-}
-
-/// Sends this node's clock (if given) to the node at `url` with `client` (see
-/// [`Node::peer_client`]) and returns that node's `applied` clock.
-pub async fn exchange_clock(
-    client: &awc::Client,
-    url: &str,
-    me: &str,
-    applied: Option<&VClock>,
-) -> Result<VClock, String> {
-    let message = ClockMessage {
-        node: me.to_owned(),
-        applied: applied.cloned().unwrap_or_default(),
-    };
-    match post(client, &format!("{url}/peer/v1/sync"), &message, None).await {
-        Answer::Clock(clock) => Ok(clock),
-        Answer::Unreachable(m) | Answer::Busy(m) | Answer::Refused(m) => Err(m),
-    }
 }
 
 async fn run_link(node: Arc<Node>, link: Arc<Link>) {
@@ -116,7 +63,7 @@ async fn run_link(node: Arc<Node>, link: Arc<Link>) {
             }
             continue;
         }
-        let durable = node.applied();
+        let durable = node.committed();
         let action = node.with_core(|core| protocol.poll(node.now(), &durable, core));
         report(&node, &link, protocol.take_notices()).await;
         match action {
@@ -138,7 +85,7 @@ async fn run_link(node: Arc<Node>, link: Arc<Link>) {
                         post(&client, &sync_url, &body, None).await
                     }
                 };
-                protocol.answered(node.now(), request.id, answer, &node.applied());
+                protocol.answered(node.now(), request.id, answer, &node.committed());
                 report(&node, &link, protocol.take_notices()).await;
             }
             Action::Wait { until } => {
@@ -156,7 +103,7 @@ async fn run_link(node: Arc<Node>, link: Arc<Link>) {
 fn trace_send(node: &Node, link: &Link, events: &[Arc<Event>]) -> Option<String> {
     let tracer = node.tracer();
     tracer.is_on().then(|| {
-        let id = tracer.record(TraceKind::Send, &node.applied(), |e| {
+        let id = tracer.record(TraceKind::Send, &node.committed(), |e| {
             e.peer = Some(link.member.id.clone());
             e.dots = events.iter().map(|e| e.dot()).collect();
         });

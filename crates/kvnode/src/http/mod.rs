@@ -1,0 +1,629 @@
+//! The HTTP shell: the route table, its registration, and the route groups.
+//!
+//! One table ([`ENDPOINTS`]) drives the routes, the OpenAPI document and the
+//! metric labels. Handlers live in [`routes`]: each extracts, makes one call
+//! into the node, and answers JSON. [`middleware`] counts and bounds every
+//! request; [`openapi`] describes the table; [`ui`] serves the explorer.
+//!
+//! Within this folder, `mod.rs` imports the others; `openapi` imports
+//! `routes`; `routes` imports `middleware`; nothing imports `mod.rs`.
+
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod ui;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse, Route};
+
+use self::middleware::Observe;
+use self::routes::*;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::observe::metrics;
+
+/// Room for everything in a client body besides the key and the value.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// One route of the node.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its method.
+    pub method: Method,
+    /// Its actix path pattern.
+    pub pattern: &'static str,
+    /// Its path as in the OpenAPI document and the `route` label of metrics.
+    pub path: &'static str,
+    route: fn(Route) -> Route,
+}
+
+const fn endpoint(
+    method: Method,
+    pattern: &'static str,
+    path: &'static str,
+    route: fn(Route) -> Route,
+) -> Endpoint {
+    Endpoint {
+        method,
+        pattern,
+        path,
+        route,
+    }
+}
+
+/// Every route of the node, by group. `configure` registers exactly these, the
+/// OpenAPI document describes them (a test checks it), and metrics label
+/// requests with their `path`.
+pub const ENDPOINTS: &[Endpoint] = &[
+    // Compatibility API (the prototype's).
+    endpoint(Method::GET, "/health", "/health", |r| r.to(health)),
+    endpoint(Method::POST, "/write", "/write", |r| r.to(write)),
+    endpoint(Method::GET, "/read", "/read", |r| r.to(read)),
+    // Native API.
+    endpoint(Method::GET, "/v1/kv/{key:.*}", "/v1/kv/{key}", |r| {
+        r.to(get_key)
+    }),
+    endpoint(Method::PUT, "/v1/kv/{key:.*}", "/v1/kv/{key}", |r| {
+        r.to(put_key)
+    }),
+    endpoint(Method::DELETE, "/v1/kv/{key:.*}", "/v1/kv/{key}", |r| {
+        r.to(delete_key)
+    }),
+    // Peer API: replication and clock exchange.
+    endpoint(Method::POST, "/peer/v1/events", "/peer/v1/events", |r| {
+        r.to(receive_events)
+    }),
+    endpoint(Method::POST, "/peer/v1/sync", "/peer/v1/sync", |r| {
+        r.to(sync_clock)
+    }),
+    // Operations.
+    endpoint(Method::GET, "/status", "/status", |r| r.to(status)),
+    endpoint(Method::GET, "/metrics", "/metrics", |r| r.to(metrics_text)),
+    endpoint(Method::GET, "/v1/trace", "/v1/trace", |r| r.to(trace)),
+    endpoint(Method::GET, "/v1/trace/stream", "/v1/trace/stream", |r| {
+        r.to(trace_stream)
+    }),
+    endpoint(Method::GET, "/openapi.json", "/openapi.json", |r| {
+        r.to(openapi_json)
+    }),
+    // Fault hook, off unless configured.
+    endpoint(Method::GET, "/admin/v1/links", "/admin/v1/links", |r| {
+        r.to(links)
+    }),
+    endpoint(
+        Method::POST,
+        "/admin/v1/links/{peer}/{action}",
+        "/admin/v1/links/{peer}/{action}",
+        |r| r.to(set_link),
+    ),
+];
+
+/// The `route` labels of request metrics, one per endpoint.
+pub fn route_labels() -> impl Iterator<Item = &'static str> {
+    ENDPOINTS.iter().map(|e| e.path)
+}
+
+/// Registers every route of a node, each wrapped in the request metrics and
+/// `request_timeout`. Shared by `main` and the tests.
+pub fn configure(node: Arc<Node>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let config = node.config().clone();
+        let client_limit = config.max_key_bytes + config.max_value_bytes + ENVELOPE_BYTES;
+        let peer_limit = config.max_batch_bytes.max(client_limit) * 2;
+        let metrics = node.metrics().clone();
+        metrics.register_routes(route_labels());
+        let document = ApiDocument(openapi::document_for(&config).to_string());
+        cfg.app_data(web::Data::from(node))
+            .app_data(web::Data::new(document))
+            .app_data(json_config(
+                client_limit,
+                "max_key_bytes + max_value_bytes + 64 KiB",
+            ))
+            .app_data(web::QueryConfig::default().error_handler(query_error))
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| Error::BadRequest(format!("invalid path: {e}")).into()),
+            );
+        let mut patterns: Vec<&str> = Vec::new();
+        for e in ENDPOINTS {
+            if !patterns.contains(&e.pattern) {
+                patterns.push(e.pattern);
+            }
+        }
+        for pattern in patterns {
+            let mut resource = web::resource(pattern).default_service(web::to(method_not_allowed));
+            if pattern == "/peer/v1/events" {
+                resource = resource.app_data(json_config(peer_limit, "2 x max_batch_bytes"));
+            }
+            let mut label = pattern;
+            for e in ENDPOINTS.iter().filter(|e| e.pattern == pattern) {
+                resource = resource.route((e.route)(web::method(e.method.clone())));
+                label = e.path;
+            }
+            cfg.service(resource.wrap(Observe {
+                route: metrics.route(label),
+                metrics: metrics.clone(),
+                timeout: config.request_timeout,
+            }));
+        }
+        // The explorer page and its proxy: not part of the node's API, so
+        // outside ENDPOINTS (neither in the OpenAPI document nor in metrics).
+        ui::configure(cfg);
+        cfg.default_service(web::to(not_found));
+    }
+}
+
+fn json_config(limit: usize, setting: &'static str) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(move |e, _| json_error(e, limit, setting).into())
+}
+
+fn json_error(e: JsonPayloadError, limit: usize, setting: &str) -> Error {
+    match e {
+        JsonPayloadError::ContentType => Error::UnsupportedMediaType(
+            "the body must be JSON, sent with Content-Type: application/json".into(),
+        ),
+        JsonPayloadError::Overflow { .. } => Error::TooLarge(format!(
+            "the body is larger than the limit of {limit} bytes ({setting})"
+        )),
+        JsonPayloadError::OverflowKnownLength { length, .. } => Error::TooLarge(format!(
+            "the body is {length} bytes, larger than the limit of {limit} bytes ({setting})"
+        )),
+        JsonPayloadError::Deserialize(e) if e.is_eof() && e.line() == 1 && e.column() == 0 => {
+            Error::BadRequest("the body is empty; expected a JSON object".into())
+        }
+        JsonPayloadError::Deserialize(e) => Error::BadRequest(format!("invalid JSON body: {e}")),
+        other => Error::BadRequest(format!("cannot read the body: {other}")),
+    }
+}
+
+fn query_error(e: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let QueryPayloadError::Deserialize(e) = e else {
+        return Error::BadRequest(format!("invalid query string: {e}")).into();
+    };
+    Error::BadRequest(format!("invalid query string: {e}")).into()
+}
+
+async fn not_found(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse> {
+    let metrics = node.metrics();
+    metrics.request(
+        metrics.route(metrics::UNMATCHED),
+        req.method(),
+        actix_web::http::StatusCode::NOT_FOUND,
+        Duration::ZERO,
+    );
+    Err(Error::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let error = Error::BadRequest(format!(
+        "method {} is not allowed on {}",
+        req.method(),
+        req.path()
+    ));
+    let mut body = error.body();
+    body.error.code = "method_not_allowed".into();
+    let pattern = req.match_pattern();
+    let allow: Vec<&str> = ENDPOINTS
+        .iter()
+        .filter(|e| Some(e.pattern) == pattern.as_deref())
+        .map(|e| e.method.as_str())
+        .collect();
+    HttpResponse::MethodNotAllowed()
+        .insert_header((actix_web::http::header::ALLOW, allow.join(", ")))
+        .json(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::StatusCode;
+    use actix_web::test::{self, TestRequest};
+    use actix_web::App;
+    use serde_json::{json, Value as Json};
+
+    use vclock_proto::VClock;
+
+    use crate::observe::metrics::NAMES;
+
+    use super::*;
+    use crate::node::test_node;
+
+    const SECRET: &str = "cluster-secret-0123456789";
+    const TOKEN: &str = "client-token-0123456789";
+
+    fn event(origin: &str, seq: u64) -> Json {
+        json!({"origin": origin, "seq": seq, "key": "k", "op": {"put": seq}, "deps": {origin: seq - 1}})
+    }
+
+    #[actix_web::test]
+    async fn peer_and_admin_routes_need_the_cluster_secret() {
+        let node = test_node(&[("KVNODE_CLUSTER_SECRET", SECRET), ("KVNODE_FAULTS", "true")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let batch = json!({"from": "n2", "events": [event("n2", 1)]});
+        let sync = json!({"node": "n2", "applied": {"n2": 0}});
+        for auth in [None, Some("wrong-secret-0123456789"), Some("")] {
+            for (method, path, body) in [
+                (Method::POST, "/peer/v1/events", Some(&batch)),
+                (Method::POST, "/peer/v1/sync", Some(&sync)),
+                (Method::GET, "/admin/v1/links", None),
+                (Method::POST, "/admin/v1/links/n2/pause", Some(&json!({}))),
+            ] {
+                let mut req = TestRequest::default().method(method.clone()).uri(path);
+                if let Some(body) = body {
+                    req = req.set_json(body);
+                }
+                if let Some(token) = auth {
+                    req = req.insert_header(("Authorization", format!("Bearer {token}")));
+                }
+                let res = test::call_service(&app, req.to_request()).await;
+                assert_eq!(
+                    res.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} {auth:?}"
+                );
+                assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer");
+                let body: Json = test::read_body_json(res).await;
+                assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+                assert!(!body.to_string().contains(SECRET));
+            }
+        }
+        assert_eq!(
+            node.committed().get("n2"),
+            0,
+            "a refused batch changed nothing"
+        );
+        assert!(node.links().iter().all(|l| !l.is_paused()));
+
+        let req = TestRequest::post()
+            .uri("/peer/v1/events")
+            .insert_header(("Authorization", format!("Bearer {SECRET}")))
+            .set_json(&batch)
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(node.committed().get("n2"), 1);
+        let req = TestRequest::post()
+            .uri("/peer/v1/sync")
+            .insert_header(("Authorization", format!("bearer {SECRET}")))
+            .set_json(&sync)
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "the scheme is case-insensitive"
+        );
+        // Client routes stay open: no client_token is configured.
+        let res =
+            test::call_service(&app, TestRequest::get().uri("/read?key=k").to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    #[actix_web::test]
+    async fn client_routes_need_the_client_token_but_health_and_the_document_do_not() {
+        let node = test_node(&[
+            ("KVNODE_CLIENT_TOKEN", TOKEN),
+            ("KVNODE_CLUSTER_SECRET", SECRET),
+        ]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let client_routes = [
+            (
+                Method::POST,
+                "/write",
+                Some(json!({"key": "k", "value": 1})),
+            ),
+            (Method::GET, "/read?key=k", None),
+            (Method::GET, "/v1/kv/k", None),
+            (Method::PUT, "/v1/kv/k", Some(json!({"value": 2}))),
+            (Method::DELETE, "/v1/kv/k", None),
+            (Method::GET, "/status", None),
+            (Method::GET, "/metrics", None),
+        ];
+        for (method, path, body) in &client_routes {
+            for auth in [None, Some(SECRET)] {
+                let mut req = TestRequest::default().method(method.clone()).uri(path);
+                if let Some(body) = body {
+                    req = req.set_json(body);
+                }
+                if let Some(token) = auth {
+                    req = req.insert_header(("Authorization", format!("Bearer {token}")));
+                }
+                let res = test::call_service(&app, req.to_request()).await;
+                assert_eq!(
+                    res.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} {auth:?}"
+                );
+            }
+        }
+        assert_eq!(node.committed().get("n1"), 0);
+        for (method, path, body) in &client_routes {
+            let mut req = TestRequest::default()
+                .method(method.clone())
+                .uri(path)
+                .insert_header(("Authorization", format!("Bearer {TOKEN}")));
+            if let Some(body) = body {
+                req = req.set_json(body);
+            }
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), StatusCode::OK, "{method} {path}");
+        }
+        assert_eq!(node.committed().get("n1"), 3);
+        // The client token does not open the peer API.
+        let req = TestRequest::post()
+            .uri("/peer/v1/sync")
+            .insert_header(("Authorization", format!("Bearer {TOKEN}")))
+            .set_json(json!({"node": "n2", "applied": {}}))
+            .to_request();
+        assert_eq!(
+            test::call_service(&app, req).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        for path in ["/health", "/openapi.json"] {
+            let res = test::call_service(&app, TestRequest::get().uri(path).to_request()).await;
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_openapi_document_is_served() {
+        let app = test::init_service(App::new().configure(configure(test_node(&[])))).await;
+        let res =
+            test::call_service(&app, TestRequest::get().uri("/openapi.json").to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let document: Json = test::read_body_json(res).await;
+        assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+        for e in ENDPOINTS {
+            let method = e.method.as_str().to_lowercase();
+            assert!(
+                document["paths"][e.path][&method].is_object(),
+                "{} {} is not in the served document",
+                e.method,
+                e.path
+            );
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_wrong_method_gets_405_with_the_allowed_ones() {
+        let app = test::init_service(App::new().configure(configure(test_node(&[])))).await;
+        for (method, path, allow) in [
+            (Method::TRACE, "/write", "POST"),
+            (Method::POST, "/v1/kv/a/b", "GET, PUT, DELETE"),
+            (Method::GET, "/peer/v1/events", "POST"),
+        ] {
+            let req = TestRequest::default().method(method.clone()).uri(path);
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert_eq!(
+                res.headers().get("allow").unwrap(),
+                allow,
+                "{method} {path}"
+            );
+            let body: Json = test::read_body_json(res).await;
+            assert_eq!(body["error"]["code"], "method_not_allowed");
+        }
+    }
+
+    #[actix_web::test]
+    async fn refusals_name_the_limit() {
+        let node = test_node(&[
+            ("KVNODE_MAX_KEY_BYTES", "8"),
+            ("KVNODE_MAX_VALUE_BYTES", "16"),
+            ("KVNODE_MAX_BATCH_EVENTS", "2"),
+        ]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let big = "x".repeat(200 * 1024);
+        let cases = [
+            (TestRequest::post().uri("/write").set_json(json!({"key": "k".repeat(9), "value": 1})), "max_key_bytes"),
+            (TestRequest::post().uri("/write").set_json(json!({"key": "k", "value": "v".repeat(20)})), "max_value_bytes"),
+            (TestRequest::post().uri("/write").set_json(json!({"key": "k", "value": big})), "max_key_bytes + max_value_bytes"),
+            (TestRequest::get().uri(&format!("/v1/kv/{}", "k".repeat(9))), "max_key_bytes"),
+            (
+                TestRequest::post().uri("/peer/v1/events").set_json(json!({"from": "n2", "events": [event("n2", 1), event("n2", 2), event("n2", 3)]})),
+                "max_batch_events",
+            ),
+        ];
+        for (req, limit) in cases {
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE, "{limit}");
+            let body: Json = test::read_body_json(res).await;
+            assert_eq!(body["error"]["code"], "too_large");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(limit), "{message} should name {limit}");
+        }
+        assert_eq!(node.committed(), VClock::new());
+    }
+
+    #[actix_web::test]
+    async fn a_write_handed_to_the_writer_gets_its_answer_past_request_timeout() {
+        use std::sync::{Condvar, Mutex};
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = crate::node::tests::gated_node(
+            &gate,
+            &[
+                ("KVNODE_CAUSAL_WAIT", "20ms"),
+                ("KVNODE_REQUEST_TIMEOUT", "50ms"),
+            ],
+        );
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        // The write's sync is held for ten times request_timeout.
+        let opener = std::thread::spawn({
+            let gate = gate.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(500));
+                *gate.0.lock().unwrap() = true;
+                gate.1.notify_all();
+            }
+        });
+        let req = TestRequest::post()
+            .uri("/write")
+            .set_json(json!({"key": "k", "value": 1}));
+        let res = test::call_service(&app, req.to_request()).await;
+        opener.join().unwrap();
+        // The write was applied: a 408 would tell the client it was not.
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Json = test::read_body_json(res).await;
+        assert_eq!(body["timestamp"]["n1"], 1, "{body}");
+        assert_eq!(node.committed().get("n1"), 1);
+    }
+
+    #[test]
+    fn the_document_covers_every_route_and_nothing_else() {
+        let document = openapi::document();
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in &document.paths.paths {
+            for (method, operation) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+                ("HEAD", &item.head),
+                ("OPTIONS", &item.options),
+            ] {
+                if let Some(operation) = operation {
+                    documented.insert((method.to_owned(), path.clone()));
+                    let responses = &operation.responses.responses;
+                    assert!(
+                        responses.contains_key("200"),
+                        "{method} {path}: no 200 answer documented"
+                    );
+                }
+            }
+        }
+        let registered: std::collections::BTreeSet<(String, String)> = ENDPOINTS
+            .iter()
+            .map(|e| (e.method.to_string(), e.path.to_owned()))
+            .collect();
+        assert_eq!(
+            documented, registered,
+            "the OpenAPI document and http::ENDPOINTS disagree"
+        );
+    }
+
+    /// Scrapes `/metrics` of an in-process node after some traffic.
+    async fn scrape() -> String {
+        use actix_web::test::{self, TestRequest};
+        use actix_web::App;
+
+        let node = crate::node::test_node(&[]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        for req in [
+            TestRequest::post()
+                .uri("/write")
+                .set_json(serde_json::json!({"key": "k", "value": 1})),
+            TestRequest::get().uri("/read?key=k"),
+            TestRequest::get().uri("/nowhere"),
+        ] {
+            test::call_service(&app, req.to_request()).await;
+        }
+        let res = test::call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            metrics::CONTENT_TYPE
+        );
+        String::from_utf8(test::read_body(res).await.to_vec()).unwrap()
+    }
+
+    /// The series names (before `{` or the value) of an exposition.
+    fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn the_exposition_has_every_family_and_only_those() {
+        let text = scrape().await;
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(types, NAMES, "families in the output and NAMES differ");
+        for name in series_names(&text) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| NAMES.contains(f)))
+                .unwrap_or(&name);
+            assert!(NAMES.contains(&family), "{name} is not a known family");
+        }
+        assert!(text.contains(
+            "kvnode_http_requests_total{route=\"/write\",method=\"POST\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "kvnode_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1"
+        ));
+        assert!(text.contains("kvnode_writes_total{op=\"put\"} 1"));
+        assert!(text.contains("kvnode_reads_total 1"));
+        assert!(text.contains("kvnode_applied{origin=\"n1\"} 1"));
+        assert!(text.contains("kvnode_peer_lag_events{peer=\"n2\"} 1"));
+    }
+
+    #[actix_web::test]
+    async fn every_metric_the_dashboard_queries_exists() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/grafana/kvnode.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut exprs = Vec::new();
+        fn collect(value: &serde_json::Value, exprs: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, value) in map {
+                        match (key.as_str(), value) {
+                            ("expr" | "definition", serde_json::Value::String(e)) => {
+                                exprs.push(e.clone())
+                            }
+                            ("query", serde_json::Value::String(e)) => exprs.push(e.clone()),
+                            _ => collect(value, exprs),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, exprs)),
+                _ => {}
+            }
+        }
+        collect(&dashboard, &mut exprs);
+        assert!(exprs.len() > 10, "found only {exprs:?}");
+        let exported = series_names(&scrape().await);
+        let mut queried = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find("kvnode_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.insert(name);
+            }
+        }
+        let missing: Vec<_> = queried.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "the dashboard queries metrics that /metrics lacks: {missing:?}"
+        );
+        let unused: Vec<_> = NAMES
+            .iter()
+            .filter(|n| !queried.iter().any(|q| q.starts_with(*n)))
+            .collect();
+        assert!(unused.is_empty(), "families no panel shows: {unused:?}");
+    }
+}

@@ -1,0 +1,615 @@
+//! The handlers, by group: the compatibility API (the prototype's), the
+//! native API, the peer API, operations and the fault hook; with the
+//! authentication and validation they share.
+
+use std::future::{ready, Ready};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use vclock_proto::{
+    ClockMessage, ContextQuery, ErrorResponse, EventBatch, FaultsResponse, GetResponse,
+    HealthResponse, Op, PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling, StatusResponse,
+    TraceEvent, TraceQuery, TraceResponse, VClock, Value, WriteRequest, WriteResponse,
+    TRACE_CAUSE_HEADER,
+};
+
+use super::middleware::submit_write;
+use crate::config::{Config, Secret};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::observe::metrics;
+
+/// The OpenAPI document, rendered once when the routes are registered.
+#[derive(Debug)]
+pub struct ApiDocument(pub String);
+
+// ---- authentication --------------------------------------------------------------
+
+/// A request that carried the cluster secret, if one is configured. Peer and
+/// admin routes take it.
+#[derive(Debug)]
+pub struct PeerAuth;
+
+/// A request that carried the client token, if one is configured. Client
+/// routes (all but `/health`) take it.
+#[derive(Debug)]
+pub struct ClientAuth;
+
+pub(crate) fn bearer_matches(req: &HttpRequest, secret: Option<&Secret>, what: &str) -> Result<()> {
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 7235).
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
+    match presented {
+        Some(token) if secret.matches(token.trim()) => Ok(()),
+        Some(_) => Err(Error::Unauthorized(format!("wrong {what}"))),
+        None => Err(Error::Unauthorized(format!(
+            "this route requires the {what}: send Authorization: Bearer <token>"
+        ))),
+    }
+}
+
+pub(crate) fn node_of(req: &HttpRequest) -> &Node {
+    req.app_data::<web::Data<Node>>()
+        .expect("configure() registers the node")
+}
+
+impl FromRequest for PeerAuth {
+    type Error = Error;
+    type Future = Ready<Result<Self>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let secret = node_of(req).config().cluster_secret.as_ref();
+        ready(bearer_matches(req, secret, "cluster secret").map(|()| PeerAuth))
+    }
+}
+
+impl FromRequest for ClientAuth {
+    type Error = Error;
+    type Future = Ready<Result<Self>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = node_of(req).config().client_token.as_ref();
+        ready(bearer_matches(req, token, "client token").map(|()| ClientAuth))
+    }
+}
+
+// ---- validation ----------------------------------------------------------------
+
+pub(crate) fn check_key(config: &Config, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::BadRequest("the key must not be empty".into()));
+    }
+    if key.len() > config.max_key_bytes {
+        return Err(Error::TooLarge(format!(
+            "the key is {} bytes, larger than the limit of {} bytes (max_key_bytes)",
+            key.len(),
+            config.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_value(config: &Config, value: &Value) -> Result<()> {
+    let len = value.json().len();
+    if len > config.max_value_bytes {
+        return Err(Error::TooLarge(format!(
+            "the value is {len} bytes of JSON, larger than the limit of {} bytes (max_value_bytes)",
+            config.max_value_bytes
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_context(query: &ContextQuery) -> Result<Option<VClock>> {
+    query
+        .context
+        .as_deref()
+        .map(|text| {
+            serde_json::from_str(text).map_err(|e| {
+                Error::BadRequest(format!(
+                    "context must be a JSON object of node ids to non-negative integers: {e}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+// ---- compatibility API -----------------------------------------------------------
+
+/// Liveness and the node's clock (the prototype's). Never needs a token.
+#[utoipa::path(get, path = "/health", tag = "compatibility",
+    responses((status = 200, description = "The node is up", body = HealthResponse)))]
+pub async fn health(node: web::Data<Node>) -> web::Json<HealthResponse> {
+    web::Json(HealthResponse {
+        status: "healthy".into(),
+        node: node.id().clone(),
+        timestamp: node.committed(),
+    })
+}
+
+/// Writes a key (the prototype's). With a `context`, the node first waits
+/// until it has applied everything the context counts.
+#[utoipa::path(post, path = "/write", tag = "compatibility", request_body = WriteRequest,
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Written and committed", body = WriteResponse),
+        (status = 400, description = "Malformed body, empty key, invalid context or a context naming an unknown node", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key, the value or the body is over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+    ))]
+pub async fn write(
+    _auth: ClientAuth,
+    req: HttpRequest,
+    node: web::Data<Node>,
+    body: web::Json<WriteRequest>,
+) -> Result<web::Json<WriteResponse>> {
+    let WriteRequest {
+        key,
+        value,
+        context,
+    } = body.into_inner();
+    check_key(node.config(), &key)?;
+    check_value(node.config(), &value)?;
+    let event = submit_write(&req, &node, key, Op::Put(value), context.as_ref()).await?;
+    Ok(web::Json(WriteResponse {
+        status: "success".into(),
+        timestamp: event.timestamp(),
+    }))
+}
+
+/// Reads a key's winning value (the prototype's); `null` when absent.
+#[utoipa::path(get, path = "/read", tag = "compatibility",
+    params(("key" = String, Query, description = "The key to read")),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The value and the node's clock", body = ReadResponse),
+        (status = 400, description = "No key, or an empty key", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 413, description = "The key is over max_key_bytes", body = ErrorResponse),
+    ))]
+pub async fn read(
+    _auth: ClientAuth,
+    node: web::Data<Node>,
+    query: web::Query<ReadQuery>,
+) -> Result<web::Json<ReadResponse>> {
+    check_key(node.config(), &query.key)?;
+    let result = node.read(&query.key, None).await?;
+    Ok(web::Json(ReadResponse {
+        value: result.winner().cloned().unwrap_or_else(Value::null),
+        timestamp: result.applied,
+    }))
+}
+
+// ---- native API ------------------------------------------------------------------
+
+/// Reads a key with every sibling, after an optional causal context.
+#[utoipa::path(get, path = "/v1/kv/{key}", tag = "native",
+    params(
+        ("key" = String, Path, description = "The key (may contain /)"),
+        ("context" = Option<String>, Query, description = "A clock as JSON text, e.g. {\"node1\":3}"),
+    ),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The siblings, the winner and the node's clock", body = GetResponse),
+        (status = 400, description = "Empty key, or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key is over max_key_bytes", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait", body = ErrorResponse),
+    ))]
+pub async fn get_key(
+    _auth: ClientAuth,
+    node: web::Data<Node>,
+    key: web::Path<String>,
+    query: web::Query<ContextQuery>,
+) -> Result<web::Json<GetResponse>> {
+    let key = key.into_inner();
+    check_key(node.config(), &key)?;
+    let context = parse_context(&query)?;
+    let result = node.read(&key, context.as_ref()).await?;
+    let winner = result.winner().cloned();
+    let siblings = result
+        .siblings
+        .iter()
+        .map(|e| Sibling {
+            dot: e.dot(),
+            timestamp: e.timestamp(),
+            deleted: e.op.value().is_none(),
+            value: e.op.value().cloned().unwrap_or_else(Value::null),
+        })
+        .collect();
+    Ok(web::Json(GetResponse {
+        key,
+        found: winner.is_some(),
+        value: winner.unwrap_or_else(Value::null),
+        siblings,
+        context: result.applied,
+    }))
+}
+
+/// Writes a key; with a context, replaces every sibling the context covers.
+#[utoipa::path(put, path = "/v1/kv/{key}", tag = "native", request_body = PutRequest,
+    params(("key" = String, Path, description = "The key (may contain /)")),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Written and committed", body = PutResponse),
+        (status = 400, description = "Malformed body, empty key or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key, the value or the body is over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+    ))]
+pub async fn put_key(
+    _auth: ClientAuth,
+    req: HttpRequest,
+    node: web::Data<Node>,
+    key: web::Path<String>,
+    body: web::Json<PutRequest>,
+) -> Result<web::Json<PutResponse>> {
+    let key = key.into_inner();
+    check_key(node.config(), &key)?;
+    let PutRequest { value, context } = body.into_inner();
+    check_value(node.config(), &value)?;
+    let event = submit_write(&req, &node, key, Op::Put(value), context.as_ref()).await?;
+    Ok(web::Json(PutResponse {
+        dot: event.dot(),
+        timestamp: event.timestamp(),
+    }))
+}
+
+/// Deletes a key (a tombstone sibling), after an optional causal context.
+#[utoipa::path(delete, path = "/v1/kv/{key}", tag = "native",
+    params(
+        ("key" = String, Path, description = "The key (may contain /)"),
+        ("context" = Option<String>, Query, description = "A clock as JSON text, e.g. {\"node1\":3}"),
+    ),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Deleted and committed", body = PutResponse),
+        (status = 400, description = "Empty key, or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "The key is over max_key_bytes", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+    ))]
+pub async fn delete_key(
+    _auth: ClientAuth,
+    req: HttpRequest,
+    node: web::Data<Node>,
+    key: web::Path<String>,
+    query: web::Query<ContextQuery>,
+) -> Result<web::Json<PutResponse>> {
+    let key = key.into_inner();
+    check_key(node.config(), &key)?;
+    let context = parse_context(&query)?;
+    let event = submit_write(&req, &node, key, Op::Delete, context.as_ref()).await?;
+    Ok(web::Json(PutResponse {
+        dot: event.dot(),
+        timestamp: event.timestamp(),
+    }))
+}
+
+// ---- peer API --------------------------------------------------------------------
+
+pub(crate) fn check_peer(node: &Node, from: &str) -> Result<()> {
+    if from == node.id() || !node.links().iter().any(|l| l.member.id == from) {
+        return Err(Error::BadRequest(format!(
+            "{from:?} is not a peer of {}",
+            node.id()
+        )));
+    }
+    Ok(())
+}
+
+/// A batch of events from a peer; the answer acknowledges what it applied.
+#[utoipa::path(post, path = "/peer/v1/events", tag = "peer", request_body = EventBatch,
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The receiver's applied clock", body = ClockMessage),
+        (status = 400, description = "Malformed batch, a sender that is not a peer, or an invalid event", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 413, description = "More than max_batch_events events, or a key, value or body over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The buffer of undeliverable events is full (max_buffered): send again later", body = ErrorResponse),
+    ))]
+pub async fn receive_events(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    request: HttpRequest,
+    body: web::Json<EventBatch>,
+) -> Result<web::Json<ClockMessage>> {
+    let EventBatch { from, events } = body.into_inner();
+    check_peer(&node, &from)?;
+    let config = node.config();
+    if events.len() > config.max_batch_events {
+        return Err(Error::TooLarge(format!(
+            "the batch has {} events, more than the limit of {} (max_batch_events)",
+            events.len(),
+            config.max_batch_events
+        )));
+    }
+    for event in &events {
+        check_key(config, &event.key)?;
+        if let Some(value) = event.op.value() {
+            check_value(config, value)?;
+        }
+    }
+    let cause = request
+        .headers()
+        .get(TRACE_CAUSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::observe::trace::parse_cause);
+    let (receipt, applied) = node.receive(from, cause, events).await?;
+    if receipt.refused > 0 {
+        return Err(Error::BufferFull(config.max_buffered));
+    }
+    Ok(web::Json(ClockMessage {
+        node: node.id().clone(),
+        applied,
+    }))
+}
+
+/// Clock exchange with a peer: records its clock, answers with this node's.
+#[utoipa::path(post, path = "/peer/v1/sync", tag = "peer", request_body = ClockMessage,
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "This node's applied clock", body = ClockMessage),
+        (status = 400, description = "Malformed body, a sender that is not a peer, or a clock naming an unknown node", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+    ))]
+pub async fn sync_clock(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    body: web::Json<ClockMessage>,
+) -> Result<web::Json<ClockMessage>> {
+    let ClockMessage {
+        node: from,
+        applied,
+    } = body.into_inner();
+    check_peer(&node, &from)?;
+    if let Some(unknown) = applied
+        .nodes()
+        .find(|n| !node.config().members.iter().any(|m| &m.id == *n))
+    {
+        return Err(Error::UnknownNode(
+            unknown.clone(),
+            node.config().node_ids().join(", "),
+        ));
+    }
+    node.record_ack(&from, applied).await?;
+    Ok(web::Json(ClockMessage {
+        node: node.id().clone(),
+        applied: node.committed(),
+    }))
+}
+
+// ---- operations and the fault hook -----------------------------------------------
+
+/// The node's replication state: clock, buffer, log, peers.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The node's state", body = StatusResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+    ))]
+pub async fn status(_auth: ClientAuth, node: web::Data<Node>) -> web::Json<StatusResponse> {
+    web::Json(node.status())
+}
+
+/// Metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Every metric", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+    ))]
+pub async fn metrics_text(_auth: ClientAuth, node: web::Data<Node>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(metrics::render(
+            node.metrics(),
+            &node.status(),
+            node.links().iter().map(|l| &l.metrics),
+        ))
+}
+
+/// This OpenAPI document, narrowed to this cluster's nodes and limits. Never
+/// needs a token.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of every route", body = Object)))]
+pub async fn openapi_json(document: web::Data<ApiDocument>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.0.clone())
+}
+
+/// The trace records this node holds in memory (`trace_buffer`), oldest first.
+#[utoipa::path(get, path = "/v1/trace", tag = "operations",
+    params(TraceQuery),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "The records held; `enabled` is false when the node keeps no trace in memory", body = TraceResponse),
+        (status = 400, description = "Malformed query", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+    ))]
+pub async fn trace(
+    _auth: ClientAuth,
+    node: web::Data<Node>,
+    query: web::Query<TraceQuery>,
+) -> web::Json<TraceResponse> {
+    web::Json(node.tracer().since(query.after.unwrap_or(0)))
+}
+
+/// The trace records held in memory, then every new one as it is made, as
+/// server-sent events (`id:` the record's id, `data:` the record as JSON). A
+/// comment line is sent every 15 s while nothing happens.
+#[utoipa::path(get, path = "/v1/trace/stream", tag = "operations",
+    params(TraceQuery),
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "A stream of trace records", body = TraceEvent, content_type = "text/event-stream"),
+        (status = 400, description = "Malformed query", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "The node keeps no trace in memory (trace_buffer is 0)", body = ErrorResponse),
+    ))]
+pub async fn trace_stream(
+    _auth: ClientAuth,
+    node: web::Data<Node>,
+    query: web::Query<TraceQuery>,
+) -> Result<HttpResponse> {
+    use futures_util::stream;
+    use tokio::sync::broadcast::error::RecvError;
+
+    if !node.tracer().in_memory() {
+        return Err(Error::NotFound(
+            "this node keeps no trace; start it with trace_buffer > 0 (KVNODE_TRACE_BUFFER=10000)"
+                .into(),
+        ));
+    }
+    let (backlog, live) = node.tracer().follow(query.after.unwrap_or(0));
+    let stopping = node.tracer().closing();
+    let state = (
+        std::collections::VecDeque::from(backlog),
+        live,
+        stopping,
+        query.after.unwrap_or(0),
+    );
+    let events = stream::unfold(
+        state,
+        |(mut backlog, mut live, mut stopping, mut last)| async move {
+            let sse = |e: &TraceEvent| {
+                let json = serde_json::to_string(e).unwrap_or_default();
+                web::Bytes::from(format!("id: {}\ndata: {json}\n\n", e.id))
+            };
+            loop {
+                if let Some(e) = backlog.pop_front() {
+                    last = e.id;
+                    let chunk = sse(&e);
+                    return Some((
+                        Ok::<_, actix_web::Error>(chunk),
+                        (backlog, live, stopping, last),
+                    ));
+                }
+                if *stopping.borrow() {
+                    return None;
+                }
+                let chunk = tokio::select! {
+                    received = live.recv() => match received {
+                        Ok(e) if e.id <= last => continue,
+                        Ok(e) => {
+                            last = e.id;
+                            sse(&e)
+                        }
+                        Err(RecvError::Lagged(skipped)) => web::Bytes::from(format!(
+                            ": this stream fell behind and skipped {skipped} records\n\n"
+                        )),
+                        Err(RecvError::Closed) => return None,
+                    },
+                    _ = stopping.changed() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(15)) => web::Bytes::from_static(b": idle\n\n"),
+                };
+                return Some((Ok(chunk), (backlog, live, stopping, last)));
+            }
+        },
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(events))
+}
+
+pub(crate) fn faults_enabled(node: &Node) -> Result<()> {
+    if node.config().faults {
+        Ok(())
+    } else {
+        Err(Error::NotFound(
+            "the fault hook is disabled; start the node with faults = true (KVNODE_FAULTS=true)"
+                .into(),
+        ))
+    }
+}
+
+pub(crate) fn paused_links(node: &Node) -> web::Json<FaultsResponse> {
+    web::Json(FaultsResponse {
+        node: node.id().clone(),
+        paused: node
+            .links()
+            .iter()
+            .filter(|l| l.is_paused())
+            .map(|l| l.member.id.clone())
+            .collect(),
+    })
+}
+
+/// Which links from this node the fault hook has paused (needs `faults = true`).
+#[utoipa::path(get, path = "/admin/v1/links", tag = "faults",
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The paused links", body = FaultsResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "The fault hook is disabled", body = ErrorResponse),
+    ))]
+pub async fn links(_auth: PeerAuth, node: web::Data<Node>) -> Result<web::Json<FaultsResponse>> {
+    faults_enabled(&node)?;
+    Ok(paused_links(&node))
+}
+
+/// Pauses or resumes replication from this node to a peer (needs `faults = true`).
+#[utoipa::path(post, path = "/admin/v1/links/{peer}/{action}", tag = "faults",
+    params(
+        ("peer" = String, Path, description = "A peer's id"),
+        ("action" = String, Path, description = "pause or resume"),
+    ),
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The paused links", body = FaultsResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "The fault hook is disabled, the peer is unknown or the action is not pause or resume", body = ErrorResponse),
+    ))]
+pub async fn set_link(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+) -> Result<web::Json<FaultsResponse>> {
+    faults_enabled(&node)?;
+    let (peer, action) = path.into_inner();
+    let link = node
+        .links()
+        .iter()
+        .find(|l| l.member.id == peer)
+        .ok_or_else(|| Error::NotFound(format!("{peer:?} is not a peer of {}", node.id())))?;
+    let pause = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return Err(Error::NotFound(format!(
+                "unknown link action {other:?}; use pause or resume"
+            )))
+        }
+    };
+    link.paused.store(pause, Ordering::Release);
+    link.wake.notify_one();
+    log::info!(
+        "fault hook: replication to {peer} {}",
+        if pause { "paused" } else { "resumed" }
+    );
+    Ok(paused_links(&node))
+}
