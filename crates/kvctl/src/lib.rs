@@ -9,6 +9,16 @@
 //! The client runs on an actix runtime (it uses awc); from synchronous code,
 //! wrap calls in `actix_rt::System::new().block_on(...)`.
 //!
+//! Every request goes through a [`Transport`]: the token, the timeout, one
+//! decoder of answers and errors.
+//!
+//! # Features
+//!
+//! `tools` (default): the `kvctl` command line, `bench`, `trace` and the
+//! check's workload. Without it (`default-features = false`) the crate is the
+//! client and the causal checker of recorded histories ([`check`]), with fewer
+//! dependencies.
+//!
 //! # What is left out
 //!
 //! A write goes to the next node only when the previous one could not be
@@ -17,9 +27,11 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod check;
 pub mod session_file;
+#[cfg(feature = "tools")]
 pub mod trace;
 pub mod transport;
 

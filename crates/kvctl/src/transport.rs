@@ -6,9 +6,9 @@
 //! runtime it opens an [`Agent`] (an awc client and its connection pool),
 //! which sends requests and reads their answers.
 //!
-//! Every answer body and error body is read by [`read_whole`] and decoded by
-//! [`decode`], which is [`vclock_proto::decode_answer`]: the expected message
-//! on a 2xx, else the node's `{"error":{...}}`. Every failure says whether the
+//! Every answer body and error body is read in one place and decoded by
+//! [`vclock_proto::decode_answer`]: the expected message on a 2xx, else the
+//! node's `{"error":{...}}`. Every failure says whether the
 //! request went out ([`CallError`]): one that was never sent did not happen and
 //! may go to another node; one sent without an answer may have been applied.
 

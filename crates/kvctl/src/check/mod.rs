@@ -8,10 +8,12 @@
 
 pub mod checker;
 pub mod history;
+#[cfg(feature = "tools")]
 pub mod workload;
 
 pub use checker::{check, Report, Violation};
 pub use history::{
     value_text, Api, FinalSibling, FinalState, History, Invocation, Op, OpKind, Outcome, Recorder,
 };
+#[cfg(feature = "tools")]
 pub use workload::{finish, run, run_sessions, Workload};
