@@ -220,7 +220,15 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .no_wait()
             .start()?,
     );
-    wait_ready(cluster, &interrupted)?;
+    cluster
+        .wait_ready_while(READY_DEADLINE, || !interrupted.load(Ordering::SeqCst))
+        .map_err(|e| {
+            if interrupted.load(Ordering::SeqCst) {
+                anyhow::anyhow!("interrupted")
+            } else {
+                e.into()
+            }
+        })?;
     let urls = cluster.urls();
     let members: Vec<(String, u16)> = cluster
         .numbers()
@@ -348,27 +356,6 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Waits until every node answers `/health`; fails when one exits, on Ctrl-C,
-/// or after [`READY_DEADLINE`].
-fn wait_ready(cluster: &mut Cluster, interrupted: &AtomicBool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + READY_DEADLINE;
-    loop {
-        let pending = cluster.not_ready()?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        if interrupted.load(Ordering::SeqCst) {
-            bail!("interrupted");
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{} did not answer GET /health within {READY_DEADLINE:?}",
-            pending.join(", ")
-        );
-        thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -17,16 +17,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 /// An agent for requests with headers of our own (the harness sends none).
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(20))
-        .redirects(0)
-        .build()
+    kv_testkit::http::agent().clone()
 }
 
 /// Sends a request with an optional bearer token and JSON body; any status is

@@ -699,16 +699,29 @@ impl Cluster {
     /// Polls [`Self::not_ready`] until every running node answers `/health`,
     /// at most `timeout`.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_ready_while(timeout, || true)
+    }
+
+    /// [`Self::wait_ready`], giving up as soon as `keep_waiting` says no (a
+    /// Ctrl-C, say).
+    pub fn wait_ready_while(
+        &mut self,
+        timeout: Duration,
+        mut keep_waiting: impl FnMut() -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let pending = self.not_ready()?;
             if pending.is_empty() {
                 return Ok(());
             }
+            let pending = pending.join(", ");
+            if !keep_waiting() {
+                return Err(Error::new(format!("gave up waiting for {pending}")));
+            }
             if Instant::now() >= deadline {
                 return Err(Error::new(format!(
-                    "{} did not answer GET /health within {timeout:?}",
-                    pending.join(", ")
+                    "{pending} did not answer GET /health within {timeout:?}"
                 )));
             }
             std::thread::sleep(POLL);

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-fn agent() -> &'static ureq::Agent {
+/// The agent of these functions: 20 s timeout, no redirects, no TLS. Clone it
+/// for requests with headers of their own.
+pub fn agent() -> &'static ureq::Agent {
     static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
     AGENT.get_or_init(|| {
         ureq::AgentBuilder::new()
@@ -64,19 +66,18 @@ pub fn get(url: &str) -> (u16, Value) {
 
 /// `POST url` with a JSON body.
 pub fn post(url: &str, body: &Value) -> (u16, Value) {
-    let bytes = body.to_string();
-    request(
-        "POST",
-        url,
-        Some((Some("application/json"), bytes.as_bytes())),
-    )
+    send_json("POST", url, body)
 }
 
 /// `PUT url` with a JSON body.
 pub fn put(url: &str, body: &Value) -> (u16, Value) {
+    send_json("PUT", url, body)
+}
+
+fn send_json(method: &str, url: &str, body: &Value) -> (u16, Value) {
     let bytes = body.to_string();
     request(
-        "PUT",
+        method,
         url,
         Some((Some("application/json"), bytes.as_bytes())),
     )
