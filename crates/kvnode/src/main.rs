@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kvnode::config::Config;
+use kvnode::config::{Config, ConfigError};
 
 /// The node allocates per request and per event from several threads; glibc's
 /// allocator spent about a tenth of a loaded node's CPU in its own locking and
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck { address }) = args.command {
         return healthcheck(address);
     }
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match Config::load(args.config.as_deref()).and_then(check_certificates) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("kvnode: {e}");
@@ -62,6 +62,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The certificate files the configuration names must load: one that does not
+/// is a bad setting, refused like the others before the node starts (the
+/// server and the peer client load them again).
+fn check_certificates(config: Config) -> Result<Config, ConfigError> {
+    kvnode::tls::server_config(&config)?;
+    kvnode::tls::peer_client_config(&config)?;
+    Ok(config)
 }
 
 fn healthcheck(address: Option<String>) -> ExitCode {
