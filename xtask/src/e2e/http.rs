@@ -126,16 +126,16 @@ impl NodeClient {
             Some(body) => request.send_json(body),
             None => request.call(),
         };
-        match answer {
-            Ok(response) => response
-                .into_json()
-                .with_context(|| format!("{what}: unexpected answer")),
-            Err(ureq::Error::Status(code, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                anyhow::bail!("{what}: {code} {}", text.trim())
-            }
+        let response = match answer {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
             Err(err) => anyhow::bail!("{what}: {err}"),
-        }
+        };
+        let status = response.status();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes)
+            .with_context(|| format!("{what}: reading the answer"))?;
+        vclock_proto::decode_answer(status, &bytes)
+            .map_err(|error| anyhow::anyhow!("{what}: {status} {}: {}", error.code, error.message))
     }
 }
 
