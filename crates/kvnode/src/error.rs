@@ -127,7 +127,9 @@ impl ResponseError for Error {
 impl From<CoreError> for Error {
     fn from(e: CoreError) -> Self {
         match e {
-            CoreError::InvalidEvent { .. } => Error::BadRequest(e.to_string()),
+            CoreError::InvalidEvent { .. } | CoreError::Overclaimed { .. } => {
+                Error::BadRequest(e.to_string())
+            }
             CoreError::Store(e) => Error::Internal(e.to_string()),
         }
     }

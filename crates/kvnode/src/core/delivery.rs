@@ -40,6 +40,17 @@ pub enum CoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A peer's clock counts more of this node's writes than this node has
+    /// made: a peer with another history, or a bug. Nothing was recorded.
+    #[error("{peer} claims {claimed} writes of this node, which has made only {made}")]
+    Overclaimed {
+        /// The peer.
+        peer: NodeId,
+        /// What its clock counts of this node's writes.
+        claimed: Seq,
+        /// What this node has made.
+        made: Seq,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -281,7 +292,17 @@ impl<S: Store> Core<S> {
 
     /// Records that `peer` has applied everything `clock` counts, and collects
     /// what every node has now applied.
+    /// A clock that counts more of this node's writes than it has made is
+    /// refused: log collection must never count on writes a peer cannot have.
     pub fn record_ack(&mut self, peer: &str, clock: &VClock) -> CoreResult<()> {
+        let (claimed, made) = (clock.get(&self.id), self.applied.get(&self.id));
+        if claimed > made {
+            return Err(CoreError::Overclaimed {
+                peer: peer.to_owned(),
+                claimed,
+                made,
+            });
+        }
         let Some(acked) = self.acked.get_mut(peer) else {
             return Ok(());
         };
@@ -740,6 +761,26 @@ mod tests {
         a.record_ack("c", &c.applied().clone()).unwrap();
         assert_eq!(a.store().log_len(), 0);
         assert_eq!(a.stable().get("a"), 1);
+    }
+
+    #[test]
+    fn a_clock_claiming_writes_this_node_never_made_is_refused() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        let e = a.local_write("x".into(), put(1)).unwrap();
+        b.receive(vec![(*e).clone()]).unwrap();
+        let lying = [("a", u64::MAX), ("b", 0), ("c", 0)]
+            .into_iter()
+            .collect::<VClock>();
+        assert!(matches!(
+            a.record_ack("b", &lying),
+            Err(CoreError::Overclaimed {
+                claimed: u64::MAX,
+                made: 1,
+                ..
+            })
+        ));
+        assert_eq!(a.acked("b").unwrap().get("a"), 0, "nothing recorded");
+        assert_eq!(a.store().log_len(), 1);
     }
 
     #[test]

@@ -245,6 +245,35 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn a_clock_exchange_claiming_writes_never_made_is_refused() {
+        let node = test_node(&[]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let sync = json!({"node": "n2", "applied": {"n1": 5, "n2": 0}});
+        let res = test::call_service(
+            &app,
+            TestRequest::post()
+                .uri("/peer/v1/sync")
+                .set_json(&sync)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let body: Json = test::read_body_json(res).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("counts 5 writes of n1, which has made only 0"),
+            "{message}"
+        );
+        let n2 = node
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.node == "n2")
+            .unwrap();
+        assert_eq!(n2.acked.get("n1"), 0, "nothing recorded");
+    }
+
+    #[actix_web::test]
     async fn peer_and_admin_routes_need_the_cluster_secret() {
         let node = test_node(&[("KVNODE_CLUSTER_SECRET", SECRET), ("KVNODE_FAULTS", "true")]);
         let app = test::init_service(App::new().configure(configure(node.clone()))).await;

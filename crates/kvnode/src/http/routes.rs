@@ -394,6 +394,13 @@ pub async fn sync_clock(
             node.config().node_ids().join(", "),
         ));
     }
+    let (claimed, made) = (applied.get(node.id()), node.committed().get(node.id()));
+    if claimed > made {
+        return Err(Error::BadRequest(format!(
+            "the clock of {from} counts {claimed} writes of {}, which has made only {made}",
+            node.id()
+        )));
+    }
     node.record_ack(&from, applied).await?;
     Ok(web::Json(ClockMessage {
         node: node.id().clone(),

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use vclock_proto::{
     BufferedEvent, Event, NodeId, Op, PeerStatus, StatusResponse, TraceKind, TraceRef, VClock,
@@ -580,11 +580,13 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                         }
                         replies.push(Reply::Receive(reply, result));
                     }
-                    Command::Ack { peer, applied } => {
-                        if let Err(e) = core.record_ack(&peer, &applied) {
-                            error!("cannot collect the log: {e}");
+                    Command::Ack { peer, applied } => match core.record_ack(&peer, &applied) {
+                        Ok(()) => {}
+                        Err(e @ core::CoreError::Overclaimed { .. }) => {
+                            warn!("acknowledgement refused: {e}")
                         }
-                    }
+                        Err(e) => error!("cannot collect the log: {e}"),
+                    },
                     Command::Stop { done } => stop = Some(done),
                 }
             }
