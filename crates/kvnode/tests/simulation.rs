@@ -2352,6 +2352,13 @@ impl<B: Backend> Sim<B> {
             }
         }
         let receipt: Receipt = self.replicas[to].core_mut().receive(events)?;
+        ensure!(
+            receipt.conflicts.is_empty(),
+            Check::Recovery,
+            "{} holds other events with the dots {}: a dot was given twice",
+            self.nodes[to],
+            dot_list(receipt.conflicts.iter().cloned())
+        );
         self.stats.events_delivered += receipt.delivered.len() as u64;
         self.stats.delivered_from_buffer += receipt.from_buffer.len() as u64;
         self.stats.duplicates += receipt.duplicates as u64;

@@ -248,6 +248,11 @@ pub struct StatusResponse {
     /// writes share one.
     #[serde(default)]
     pub fsyncs: u64,
+    /// Events refused since the node started because it held a different event
+    /// with the same dot: two histories for one origin (a forged event, or a
+    /// node that reused its dots). Anything but 0 needs an operator.
+    #[serde(default)]
+    pub conflicts: u64,
     /// One entry per peer, in id order.
     pub peers: Vec<PeerStatus>,
 }

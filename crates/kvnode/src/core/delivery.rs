@@ -89,6 +89,10 @@ pub struct Receipt {
     pub duplicates: usize,
     /// Events refused because the buffer is full.
     pub refused: usize,
+    /// Events refused because this node holds a different event with the same
+    /// dot (applied, or buffered and not deliverable when the other was): two
+    /// histories for one origin.
+    pub conflicts: Vec<Dot>,
     /// What happened to each event, in order: the node's trace.
     pub steps: Vec<Step>,
 }
@@ -140,6 +144,7 @@ pub struct Core<S> {
     applied: VClock,
     buffer: BTreeMap<NodeId, BTreeMap<Seq, Arc<Event>>>,
     buffered: usize,
+    conflicts: u64,
     acked: BTreeMap<NodeId, VClock>,
     /// The log holds no event up to these seqs (as of this run): collection
     /// starts above them, and does not read the log while `stable` stays there.
@@ -172,6 +177,7 @@ impl<S: Store> Core<S> {
             applied,
             buffer: BTreeMap::new(),
             buffered: 0,
+            conflicts: 0,
             acked,
             collected: VClock::new(),
             limits,
@@ -232,11 +238,37 @@ impl<S: Store> Core<S> {
         let mut parked = Vec::new();
         for e in events {
             let origin_applied = self.applied.get(&e.origin);
-            if e.seq <= origin_applied || self.is_buffered(&e) {
-                receipt.duplicates += 1;
+            if e.seq <= origin_applied {
+                match self.store.log_after(&e.origin, e.seq - 1, 1)?.first() {
+                    Some(held) if held.seq == e.seq && **held != e => {
+                        self.conflict(&e, &mut receipt)
+                    }
+                    // The same event, or one collected from the log since
+                    // every node applied it: nothing to compare it with.
+                    _ => receipt.duplicates += 1,
+                }
                 continue;
             }
-            if e.seq == origin_applied + 1 && self.deps_satisfied(&e) {
+            let deliverable = e.seq == origin_applied + 1 && self.deps_satisfied(&e);
+            if let Some(held) = self.buffered_at(&e.origin, e.seq) {
+                if **held == e {
+                    receipt.duplicates += 1;
+                    continue;
+                }
+                if !deliverable {
+                    // Neither copy can be applied yet; the one held stays.
+                    // This one is not acknowledged, so its sender sends it
+                    // again, and it is applied once it can be.
+                    self.conflict(&e, &mut receipt);
+                    continue;
+                }
+                // A copy that cannot be applied must not block one that can:
+                // the held copy goes, and counts as the conflict.
+                let held = held.clone();
+                self.pop_buffered(&e.origin, e.seq);
+                self.conflict(&held, &mut receipt);
+            }
+            if deliverable {
                 let dot = e.dot();
                 let applied = self.apply(Arc::new(e), false)?;
                 receipt.steps.push(Step::Applied(applied));
@@ -398,10 +430,20 @@ impl<S: Store> Core<S> {
             .is_ok()
     }
 
-    fn is_buffered(&self, e: &Event) -> bool {
-        self.buffer
-            .get(&e.origin)
-            .is_some_and(|events| events.contains_key(&e.seq))
+    fn buffered_at(&self, origin: &str, seq: Seq) -> Option<&Arc<Event>> {
+        self.buffer.get(origin).and_then(|events| events.get(&seq))
+    }
+
+    /// Counts `e` as a second, different copy of a dot this node holds.
+    fn conflict(&mut self, e: &Event, receipt: &mut Receipt) {
+        self.conflicts += 1;
+        receipt.conflicts.push(e.dot());
+    }
+
+    /// Events refused since this replica started because it held a different
+    /// event with the same dot.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
     }
 
     fn validate(&self, e: &Event) -> CoreResult<()> {
@@ -584,6 +626,67 @@ mod tests {
         assert_eq!(read.siblings.len(), 1);
         assert_eq!(read.winner().unwrap().json(), "2");
         assert_eq!(read.applied.get("a"), 2);
+    }
+
+    /// `e` with another value: the same dot, another history.
+    fn forged(e: &Event, value: &str) -> Event {
+        Event {
+            op: Op::Put(Value::from_serialize(value).unwrap()),
+            ..e.clone()
+        }
+    }
+
+    #[test]
+    fn a_second_copy_of_an_applied_dot_with_other_content_is_refused_and_counted() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        let real = a.local_write("x".into(), put(1)).unwrap();
+        b.receive(vec![(*real).clone()]).unwrap();
+        let receipt = b.receive(vec![forged(&real, "forged")]).unwrap();
+        assert_eq!(receipt.conflicts, vec![Dot::new("a", 1)]);
+        assert_eq!(receipt.duplicates, 0);
+        assert_eq!(b.conflicts(), 1);
+        let read = b.read("x").unwrap();
+        assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("1".into()));
+        // The same copy again is a plain duplicate.
+        let receipt = b.receive(vec![(*real).clone()]).unwrap();
+        assert_eq!((receipt.duplicates, receipt.conflicts.len()), (1, 0));
+    }
+
+    #[test]
+    fn junk_in_the_buffer_does_not_block_the_real_event_with_its_dot() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        let real = a.local_write("x".into(), put(1)).unwrap();
+        // A junk copy of a:1 that waits for writes of c that will never exist.
+        let mut junk = forged(&real, "junk");
+        junk.deps.set("c", 1_000_000);
+        let receipt = b.receive(vec![junk]).unwrap();
+        assert_eq!(receipt.buffered.len(), 1);
+        let receipt = b.receive(vec![(*real).clone()]).unwrap();
+        assert_eq!(receipt.delivered, vec![Dot::new("a", 1)]);
+        assert_eq!(
+            receipt.conflicts,
+            vec![Dot::new("a", 1)],
+            "the junk is the conflict"
+        );
+        assert_eq!(b.buffered(), 0, "the junk left the buffer");
+        assert_eq!(b.applied().get("a"), 1);
+    }
+
+    #[test]
+    fn a_copy_that_cannot_be_applied_yet_does_not_replace_the_buffered_one() {
+        let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
+        let ec = c.local_write("y".into(), put(7)).unwrap();
+        a.receive(vec![(*ec).clone()]).unwrap();
+        let real = a.local_write("x".into(), put(1)).unwrap();
+        // b holds the real a:1, waiting for c:1; a different a:1 arrives.
+        b.receive(vec![(*real).clone()]).unwrap();
+        let receipt = b.receive(vec![forged(&real, "forged")]).unwrap();
+        assert_eq!(receipt.conflicts, vec![Dot::new("a", 1)]);
+        assert_eq!(b.buffered(), 1);
+        let receipt = b.receive(vec![(*ec).clone()]).unwrap();
+        assert_eq!(receipt.from_buffer, vec![Dot::new("a", 1)]);
+        let read = b.read("x").unwrap();
+        assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("1".into()));
     }
 
     #[test]

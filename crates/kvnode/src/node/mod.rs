@@ -515,6 +515,7 @@ impl Node {
             log_in_memory: core.store().log_in_memory(),
             stable: core.stable(),
             fsyncs: core.store().fsyncs(),
+            conflicts: core.conflicts(),
             applied,
             peers,
         }
@@ -668,6 +669,12 @@ fn log_receipt(receipt: &Receipt) {
     }
     for dot in &receipt.from_buffer {
         info!("delivered {dot} from the buffer");
+    }
+    for dot in &receipt.conflicts {
+        warn!(
+            "refused {dot}: this node holds a different event with the same dot \
+             (two histories for one origin: a forged event, or a node that reused its dots)"
+        );
     }
     if receipt.refused > 0 {
         info!(

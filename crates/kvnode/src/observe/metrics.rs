@@ -42,6 +42,7 @@ pub const NAMES: &[&str] = &[
     "kvnode_commit_commands_total",
     "kvnode_commit_duration_seconds",
     "kvnode_fsyncs_total",
+    "kvnode_conflicting_events_total",
     "kvnode_buffered_events",
     "kvnode_log_events",
     "kvnode_log_events_in_memory",
@@ -525,6 +526,13 @@ pub fn render<'a>(
         "counter",
         "Storage syncs since the node started.",
         status.fsyncs,
+    );
+    single(
+        o,
+        "kvnode_conflicting_events_total",
+        "counter",
+        "Events refused because the node held a different event with the same dot.",
+        status.conflicts,
     );
     single(
         o,
