@@ -262,6 +262,31 @@ pub fn parse_value(text: &str) -> Value {
     })
 }
 
+/// JSON text without its insignificant whitespace. The text is scanned, not
+/// parsed, so this works at any depth; strings are kept as they are.
+pub(crate) fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn context_query(context: Option<&VClock>) -> String {
     match context {
         Some(c) if !c.is_empty() => {
@@ -300,6 +325,19 @@ mod tests {
         assert_eq!(parse_value("hello world").json(), "\"hello world\"");
         assert_eq!(parse_value("\"quoted\"").json(), "\"quoted\"");
         assert_eq!(parse_value("line\n").json(), "\"line\"");
+    }
+
+    #[test]
+    fn json_is_compacted_outside_strings() {
+        assert_eq!(
+            compact_json(" { \"a b\" : [ 1 ,\n\t2.50 ] , \"q\\\" \\\\\" : \"x \" }\r\n"),
+            r#"{"a b":[1,2.50],"q\" \\":"x "}"#
+        );
+        let deep = format!("{} {}", "[ ".repeat(100_000), " ]".repeat(100_000));
+        assert_eq!(
+            compact_json(&deep),
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))
+        );
     }
 
     #[test]

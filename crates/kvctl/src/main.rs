@@ -337,12 +337,12 @@ fn read_value(text: Option<&str>, file: Option<&std::path::Path>) -> Result<Valu
     Ok(kvctl::parse_value(&text))
 }
 
-/// A value for people and scripts: strings without quotes, the rest as JSON.
+/// A value for people and scripts: strings without quotes, the rest as the
+/// JSON text the node sent. Only a string is decoded, so a value nested at any
+/// depth is shown as it is (and so is a string with an escape no Rust string
+/// holds, such as a lone surrogate).
 fn display_value(value: &Value) -> String {
-    match value.to_json_value() {
-        serde_json::Value::String(s) => s,
-        _ => value.json().to_owned(),
-    }
+    serde_json::from_str::<String>(value.json()).unwrap_or_else(|_| value.json().to_owned())
 }
 
 fn print_put(output: Output, answer: &PutResponse) {

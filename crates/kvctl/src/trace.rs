@@ -229,12 +229,10 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// A value as compact JSON, cut if long.
+/// A value as compact JSON (its text without insignificant whitespace), cut
+/// if long.
 fn compact_value(value: &vclock_proto::Value) -> String {
-    let text = serde_json::from_str::<serde_json::Value>(value.json())
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| value.json().to_owned());
-    shorten(&text)
+    shorten(&crate::compact_json(value.json()))
 }
 
 /// `text`, cut to [`MAX_SHOWN_CHARS`] characters with an ellipsis.

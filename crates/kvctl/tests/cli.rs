@@ -533,3 +533,50 @@ fn a_session_refuses_stale_reads_until_the_write_arrives() {
     assert_eq!(answer.siblings.len(), 1);
     assert!(at3.context().get("node1") >= 2);
 }
+
+/// A value nested deeper than JSON parsers' usual recursion limit (the node
+/// keeps values as text, whatever their depth) is shown as it was written, in
+/// every format, with or without a session; so is a string no Rust string
+/// holds (a lone surrogate), as its JSON text.
+#[test]
+fn values_nested_at_any_depth_are_shown_as_written() {
+    let cluster = start(kvnode(), &[]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let n1 = cluster.url(1);
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let deep_object = format!(r#"{{"a": {}"x"{}}}"#, "[".repeat(200), "]".repeat(200));
+    expect(state, &["--node", n1, "put", "deep", &deep], 0);
+    expect(
+        state,
+        &["--node", n1, "put", "deep-object", &deep_object],
+        0,
+    );
+    let surrogate = r#""\ud800""#.to_owned();
+    expect(state, &["--node", n1, "put", "surrogate", &surrogate], 0);
+
+    for (key, value) in [
+        ("deep", &deep),
+        ("deep-object", &deep_object),
+        ("surrogate", &surrogate),
+    ] {
+        let run = expect(state, &["--node", n1, "-o", "plain", "get", key], 0);
+        assert_eq!(run.stdout, format!("{value}\n"), "{run:#?}");
+
+        let run = expect(state, &["--session", "S", "--node", n1, "get", key], 0);
+        let winner = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("winner "))
+            .unwrap_or_else(|| panic!("no winner row: {run:#?}"));
+        assert!(winner.ends_with(&format!(" {value}")), "{run:#?}");
+
+        let run = expect(state, &["--node", n1, "-o", "json", "get", key], 0);
+        let answer: vclock_proto::GetResponse = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("-o json get is not the answer ({e}): {run:#?}"));
+        assert!(answer.found);
+        assert_eq!(answer.value.json(), value.as_str());
+        assert_eq!(answer.siblings.len(), 1);
+        assert_eq!(answer.siblings[0].value.json(), value.as_str());
+    }
+}

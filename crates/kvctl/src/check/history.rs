@@ -116,14 +116,23 @@ impl Op {
 }
 
 /// A value as the history records it: a string as itself, `null` as `None`,
-/// anything else as its JSON text. (The checker needs every written value to
-/// be unique.)
+/// anything else as its compact JSON text. (The checker needs every written
+/// value to be unique.) A value serde_json cannot parse into a tree (nested
+/// deeper than its recursion limit, or a string with a lone surrogate) keeps
+/// the node's text, without insignificant whitespace.
 pub fn value_text(value: &Value) -> Option<String> {
-    match value.to_json_value() {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s),
-        other => Some(other.to_string()),
+    let json = value.json();
+    if json.trim() == "null" {
+        return None;
     }
+    if let Ok(text) = serde_json::from_str::<String>(json) {
+        return Some(text);
+    }
+    Some(
+        serde_json::from_str::<serde_json::Value>(json)
+            .map(|tree| tree.to_string())
+            .unwrap_or_else(|_| crate::compact_json(json)),
+    )
 }
 
 /// One sibling seen in the final reads.
@@ -553,5 +562,17 @@ mod tests {
             serde_json::json!({"session": 1, "op": 2})
         );
         assert_eq!(text("5"), Some("5".into()));
+        // Deeper than serde_json's recursion limit, or not a Rust string: the
+        // node's text, compacted.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(text(&deep), Some(deep.clone()));
+        let spaced = format!(
+            "{{ \"a\" : {} \"x y\" {} }}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let compact = format!("{{\"a\":{}\"x y\"{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(text(&spaced), Some(compact));
+        assert_eq!(text(r#""\ud800""#), Some(r#""\ud800""#.into()));
     }
 }
