@@ -150,6 +150,7 @@ fn random_schedules_keep_causal_consistency() {
                 total.delivered_from_buffer,
             ),
             ("crashes", total.crashes),
+            ("buffered events swept", total.swept_events),
         ];
         for (path, count) in paths {
             assert!(count > 0, "no seed exercised {path}: {total:?}");
@@ -631,6 +632,8 @@ struct Stats {
     failed_requests: u64,
     /// Rounds of simulated time that settling took.
     settle_rounds: u64,
+    /// Buffered events dropped by a sweep (and sent again by their senders).
+    swept_events: u64,
 }
 
 impl Stats {
@@ -662,6 +665,7 @@ impl Stats {
         self.overclaims_refused += other.overclaims_refused;
         self.failed_requests += other.failed_requests;
         self.settle_rounds += other.settle_rounds;
+        self.swept_events += other.swept_events;
     }
 }
 
@@ -1072,6 +1076,10 @@ enum Step {
         origin: usize,
         claims: Seq,
     },
+    Sweep {
+        at: usize,
+        dropped: usize,
+    },
     Phase(&'static str),
 }
 
@@ -1155,6 +1163,9 @@ impl fmt::Display for Step {
                 f,
                 "a client at node{at} sends a context counting {claims} writes of node{origin}"
             ),
+            Step::Sweep { at, dropped } => {
+                write!(f, "node{at} sweeps its buffer, dropping {dropped} events")
+            }
             Step::Phase(name) => write!(f, "--- {name} ---"),
         }
     }
@@ -1162,8 +1173,9 @@ impl fmt::Display for Step {
 
 /// Weights of the random steps: client writes, client reads, link polls,
 /// deliveries, commits of an open group, crashes, restarts, time passing,
-/// cutting or healing a link, forged contexts; drops come on top.
-const STEP_WEIGHTS: [u32; 10] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2];
+/// cutting or healing a link, forged contexts, buffer sweeps; drops come on
+/// top.
+const STEP_WEIGHTS: [u32; 11] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 2];
 
 /// How the simulated links pace themselves.
 fn link_settings(params: &Params, mutation: Mutation) -> Settings {
@@ -1442,6 +1454,18 @@ impl<B: Backend> Sim<B> {
                 Ok(())
             }
             9 => self.forged_context(),
+            10 => {
+                let at = self.rng.random_range(0..replicas);
+                if self.is_up(at) {
+                    let dropped = self.replicas[at].core_mut().sweep_buffer();
+                    self.stats.swept_events += dropped.len() as u64;
+                    self.trace.push(Step::Sweep {
+                        at,
+                        dropped: dropped.len(),
+                    });
+                }
+                Ok(())
+            }
             _ => {
                 self.drop_random();
                 Ok(())

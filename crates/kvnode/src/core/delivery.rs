@@ -144,6 +144,8 @@ pub struct Core<S> {
     applied: VClock,
     buffer: BTreeMap<NodeId, BTreeMap<Seq, Arc<Event>>>,
     buffered: usize,
+    /// The dots buffered at the last [`Core::sweep_buffer`].
+    swept: Vec<Dot>,
     conflicts: u64,
     acked: BTreeMap<NodeId, VClock>,
     /// The log holds no event up to these seqs (as of this run): collection
@@ -177,6 +179,7 @@ impl<S: Store> Core<S> {
             applied,
             buffer: BTreeMap::new(),
             buffered: 0,
+            swept: Vec::new(),
             conflicts: 0,
             acked,
             collected: VClock::new(),
@@ -407,6 +410,29 @@ impl<S: Store> Core<S> {
             .filter(|(_, events)| !events.is_empty())
             .map(|(origin, events)| (origin.clone(), events.len() as u64))
             .collect()
+    }
+
+    /// Drops the buffered events that were already waiting at the previous
+    /// sweep, and returns their dots; the shell calls it at a fixed interval,
+    /// so an event leaves the buffer after one to two intervals. Dropping a
+    /// buffered event is always safe: it was not acknowledged, so its sender
+    /// sends it again. So nothing lives in the buffer for ever, such as an
+    /// event whose dependencies name writes that nobody made.
+    pub fn sweep_buffer(&mut self) -> Vec<Dot> {
+        let stale = std::mem::take(&mut self.swept);
+        let mut dropped = Vec::new();
+        for dot in stale {
+            if self.buffered_at(&dot.origin, dot.seq).is_some() {
+                self.pop_buffered(&dot.origin, dot.seq);
+                dropped.push(dot);
+            }
+        }
+        self.swept = self
+            .buffer
+            .values()
+            .flat_map(|events| events.values().map(|e| e.dot()))
+            .collect();
+        dropped
     }
 
     /// Total number of buffered events.
@@ -687,6 +713,24 @@ mod tests {
         assert_eq!(receipt.from_buffer, vec![Dot::new("a", 1)]);
         let read = b.read("x").unwrap();
         assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("1".into()));
+    }
+
+    #[test]
+    fn a_buffered_event_leaves_at_the_second_sweep_and_comes_back_when_resent() {
+        let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
+        let ec = c.local_write("y".into(), put(7)).unwrap();
+        a.receive(vec![(*ec).clone()]).unwrap();
+        let ea = a.local_write("x".into(), put(1)).unwrap();
+        b.receive(vec![(*ea).clone()]).unwrap();
+        assert_eq!(b.buffered(), 1);
+        assert!(b.sweep_buffer().is_empty(), "the first sweep only marks it");
+        assert_eq!(b.sweep_buffer(), vec![Dot::new("a", 1)]);
+        assert_eq!(b.buffered(), 0);
+        // Its sender sends it again; it is buffered and delivered as usual.
+        b.receive(vec![(*ea).clone()]).unwrap();
+        let receipt = b.receive(vec![(*ec).clone()]).unwrap();
+        assert_eq!(receipt.from_buffer, vec![Dot::new("a", 1)]);
+        assert_eq!(b.applied().get("a"), 1);
     }
 
     #[test]

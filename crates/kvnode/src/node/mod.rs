@@ -35,6 +35,9 @@ use crate::storage::Store;
 
 /// Most commands the writer takes into one commit.
 const MAX_GROUP: usize = 4096;
+/// How often the writer sweeps the buffer: an event leaves it after one to two
+/// sweeps (see [`Core::sweep_buffer`]).
+const BUFFER_SWEEP: Duration = Duration::from_secs(300);
 /// Capacity of the writer's queue; callers wait when it is full.
 const QUEUE: usize = 16 * 1024;
 
@@ -533,6 +536,7 @@ fn stopping() -> Error {
 /// The writer path: one group of commands, one commit.
 fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
     let mut group = Vec::with_capacity(64);
+    let mut swept_at = Instant::now();
     while let Some(first) = commands.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -589,6 +593,21 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                         Err(e) => error!("cannot collect the log: {e}"),
                     },
                     Command::Stop { done } => stop = Some(done),
+                }
+            }
+            // Commands come at least every sync_interval (peers' clock
+            // exchanges), so the sweep needs no timer of its own.
+            if swept_at.elapsed() >= BUFFER_SWEEP {
+                swept_at = Instant::now();
+                let dropped = core.sweep_buffer();
+                if !dropped.is_empty() {
+                    let dots: Vec<String> = dropped.iter().map(ToString::to_string).collect();
+                    warn!(
+                        "dropped {} events that waited in the buffer for over {BUFFER_SWEEP:?} \
+                         (their senders send them again): {}",
+                        dots.len(),
+                        dots.join(", ")
+                    );
                 }
             }
             let started = Instant::now();
