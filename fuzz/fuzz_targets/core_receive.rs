@@ -5,7 +5,7 @@
 #![no_main]
 
 use kvnode::core::{Core, Limits};
-use kvnode::store::MemStore;
+use kvnode::storage::MemStore;
 use libfuzzer_sys::fuzz_target;
 use vclock_proto::EventBatch;
 
@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
         "node1".into(),
         nodes,
         MemStore::new(),
-        Limits { max_buffered: 8 },
+        Limits {
+            max_buffered: 8,
+            ..Limits::default()
+        },
     )
     .expect("a core over an empty store");
     for batch in batches {

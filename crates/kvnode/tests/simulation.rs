@@ -1264,6 +1264,7 @@ impl<B: Backend> Sim<B> {
         let keys = (0..params.keys).map(|k| format!("k{k}")).collect();
         let limits = Limits {
             max_buffered: params.max_buffered,
+            ..Limits::default()
         };
         let settings = link_settings(&params, mutation);
         let knowledge = Knowledge {

@@ -65,14 +65,25 @@ pub struct Limits {
     /// How many undeliverable events the buffer may hold. Past it, further
     /// undeliverable events are refused (not acknowledged; the sender resends).
     pub max_buffered: usize,
+    /// How many bytes of events (keys, values and clocks, as [`event_bytes`]
+    /// counts them) the buffer may hold, with the same effect past it.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_buffered: 100_000,
+            max_buffered_bytes: 256 << 20,
         }
     }
+}
+
+/// About the memory an event takes: its key, its value's JSON text, and its
+/// clock (a name and a counter per entry), plus a fixed overhead.
+pub fn event_bytes(e: &Event) -> usize {
+    let deps: usize = e.deps.iter().map(|(node, _)| node.len() + 16).sum();
+    128 + e.origin.len() + e.key.len() + e.op.value().map_or(0, |v| v.json().len()) + deps
 }
 
 /// What happened to a batch of received events.
@@ -89,6 +100,8 @@ pub struct Receipt {
     pub duplicates: usize,
     /// Events refused because the buffer is full.
     pub refused: usize,
+    /// The limit that refused them: `max_buffered` or `max_buffered_bytes`.
+    pub refused_by: Option<&'static str>,
     /// Events refused because this node holds a different event with the same
     /// dot (applied, or buffered and not deliverable when the other was): two
     /// histories for one origin.
@@ -144,6 +157,7 @@ pub struct Core<S> {
     applied: VClock,
     buffer: BTreeMap<NodeId, BTreeMap<Seq, Arc<Event>>>,
     buffered: usize,
+    buffered_bytes: usize,
     /// The dots buffered at the last [`Core::sweep_buffer`].
     swept: Vec<Dot>,
     conflicts: u64,
@@ -179,6 +193,7 @@ impl<S: Store> Core<S> {
             applied,
             buffer: BTreeMap::new(),
             buffered: 0,
+            buffered_bytes: 0,
             swept: Vec::new(),
             conflicts: 0,
             acked,
@@ -279,10 +294,12 @@ impl<S: Store> Core<S> {
                 if self.buffered > 0 {
                     self.drain_buffer(&mut receipt)?;
                 }
-            } else if self.buffered >= self.limits.max_buffered {
+            } else if let Some(limit) = self.buffer_full(&e) {
                 receipt.refused += 1;
+                receipt.refused_by = Some(limit);
             } else {
                 self.buffered += 1;
+                self.buffered_bytes += event_bytes(&e);
                 parked.push(e.dot());
                 let e = Arc::new(e);
                 receipt
@@ -456,6 +473,22 @@ impl<S: Store> Core<S> {
             .is_ok()
     }
 
+    /// The limit that a buffered `e` would break, if any.
+    fn buffer_full(&self, e: &Event) -> Option<&'static str> {
+        if self.buffered >= self.limits.max_buffered {
+            Some("max_buffered")
+        } else if self.buffered_bytes + event_bytes(e) > self.limits.max_buffered_bytes {
+            Some("max_buffered_bytes")
+        } else {
+            None
+        }
+    }
+
+    /// Bytes of the buffered events, as [`event_bytes`] counts them.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
     fn buffered_at(&self, origin: &str, seq: Seq) -> Option<&Arc<Event>> {
         self.buffer.get(origin).and_then(|events| events.get(&seq))
     }
@@ -565,8 +598,9 @@ impl<S: Store> Core<S> {
 
     fn pop_buffered(&mut self, origin: &str, seq: Seq) {
         if let Some(events) = self.buffer.get_mut(origin) {
-            if events.remove(&seq).is_some() {
+            if let Some(e) = events.remove(&seq) {
                 self.buffered -= 1;
+                self.buffered_bytes -= event_bytes(&e);
             }
         }
     }
@@ -875,7 +909,10 @@ mod tests {
             "c".into(),
             nodes,
             MemStore::new(),
-            Limits { max_buffered: 1 },
+            Limits {
+                max_buffered: 1,
+                ..Limits::default()
+            },
         )
         .unwrap();
         let mut a = core("a");
@@ -892,6 +929,31 @@ mod tests {
             1,
             "the refused event was not acknowledged"
         );
+        c.receive(vec![(*eb2).clone()]).unwrap();
+        assert_eq!(c.applied().get("b"), 2);
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_in_bytes_too() {
+        let nodes = ["a", "b", "c"].map(String::from).to_vec();
+        let big = |n: usize| Op::Put(Value::from_serialize(&"v".repeat(n)).unwrap());
+        let (mut a, mut b) = (core("a"), core("b"));
+        let ea = a.local_write("x".into(), put(1)).unwrap();
+        b.receive(vec![(*ea).clone()]).unwrap();
+        let eb1 = b.local_write("x".into(), big(600)).unwrap();
+        let eb2 = b.local_write("y".into(), big(600)).unwrap();
+        let limit = event_bytes(&eb1) + 100;
+        let limits = Limits {
+            max_buffered_bytes: limit,
+            ..Limits::default()
+        };
+        let mut c = Core::new("c".into(), nodes, MemStore::new(), limits).unwrap();
+        let receipt = c.receive(unwrap_events(&[eb1, eb2.clone()])).unwrap();
+        assert_eq!((receipt.buffered.len(), receipt.refused), (1, 1));
+        assert_eq!(receipt.refused_by, Some("max_buffered_bytes"));
+        assert!(c.buffered_bytes() <= limit);
+        c.receive(vec![(*ea).clone()]).unwrap();
+        assert_eq!((c.buffered(), c.buffered_bytes()), (0, 0));
         c.receive(vec![(*eb2).clone()]).unwrap();
         assert_eq!(c.applied().get("b"), 2);
     }

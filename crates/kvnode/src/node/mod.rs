@@ -164,6 +164,7 @@ impl Node {
             store,
             Limits {
                 max_buffered: config.max_buffered,
+                ..Limits::default()
             },
         )?;
         let (applied, _) = watch::channel(core.applied().clone());
