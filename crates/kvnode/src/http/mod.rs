@@ -655,4 +655,47 @@ mod tests {
             .collect();
         assert!(unused.is_empty(), "families no panel shows: {unused:?}");
     }
+
+    #[actix_web::test]
+    async fn a_peer_event_over_this_nodes_client_limits_is_applied() {
+        // n2 accepted these under its own limits: they are history here too.
+        let node = test_node(&[
+            ("KVNODE_MAX_KEY_BYTES", "8"),
+            ("KVNODE_MAX_VALUE_BYTES", "100"),
+        ]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let key = "a-key-longer-than-8-bytes";
+        let value = "v".repeat(1000);
+        let batch = json!({"from": "n2", "events": [
+            {"origin": "n2", "seq": 1, "key": "k", "op": {"put": value}, "deps": {"n2": 0}},
+            {"origin": "n2", "seq": 2, "key": key, "op": {"put": 2}, "deps": {"n2": 1}},
+        ]});
+        let req = TestRequest::post().uri("/peer/v1/events").set_json(&batch);
+        let res = test::call_service(&app, req.to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Json = test::read_body_json(res).await;
+        assert_eq!(body["applied"]["n2"], 2, "{body}");
+        assert_eq!(node.committed().get("n2"), 2);
+        let read = node.read("k", None).await.unwrap();
+        assert_eq!(
+            read.winner().map(|v| v.json().to_owned()),
+            Some(format!("\"{value}\""))
+        );
+        let read = node.read(key, None).await.unwrap();
+        assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("2".into()));
+        // Clients stay bound by the limits.
+        let req = TestRequest::put()
+            .uri("/v1/kv/k")
+            .set_json(json!({ "value": value }));
+        let res = test::call_service(&app, req.to_request()).await;
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // And the core still refuses an event that is not well-formed.
+        let batch = json!({"from": "n2", "events": [
+            {"origin": "n2", "seq": 3, "key": "", "op": {"put": 3}, "deps": {"n2": 2}},
+        ]});
+        let req = TestRequest::post().uri("/peer/v1/events").set_json(&batch);
+        let res = test::call_service(&app, req.to_request()).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(node.committed().get("n2"), 2);
+    }
 }

@@ -325,7 +325,7 @@ pub(crate) fn check_peer(node: &Node, from: &str) -> Result<()> {
         (status = 400, description = "Malformed batch, a sender that is not a peer, or an invalid event", body = ErrorResponse),
         (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
         (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
-        (status = 413, description = "More than max_batch_events events, or a key, value or body over its limit", body = ErrorResponse),
+        (status = 413, description = "More than max_batch_events events, or a body over its limit (keys and values are not held to this node's client limits)", body = ErrorResponse),
         (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
         (status = 503, description = "The buffer of undeliverable events is full (max_buffered): send again later", body = ErrorResponse),
     ))]
@@ -345,12 +345,10 @@ pub async fn receive_events(
             config.max_batch_events
         )));
     }
-    for event in &events {
-        check_key(config, &event.key)?;
-        if let Some(value) = event.op.value() {
-            check_value(config, value)?;
-        }
-    }
+    // The events were accepted by their origin under its own limits: they are
+    // history now, whatever this node's `max_key_bytes` and `max_value_bytes`
+    // (which bound client requests only). The core still checks that each one
+    // is a well-formed event of the cluster.
     let cause = request
         .headers()
         .get(TRACE_CAUSE_HEADER)
