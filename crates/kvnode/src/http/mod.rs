@@ -698,4 +698,123 @@ mod tests {
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
         assert_eq!(node.committed().get("n2"), 2);
     }
+
+    /// Sends `$req` (a `TestRequest`, with `$body` as JSON if it is
+    /// `Some`) to `$app`: the status and the JSON answer.
+    macro_rules! call {
+        ($app:expr, $req:expr, $body:expr) => {{
+            let req: TestRequest = $req;
+            let body: Option<&Json> = $body;
+            let req = match body {
+                Some(body) => req.set_json(body),
+                None => req,
+            };
+            let res = test::call_service($app, req.to_request()).await;
+            let status = res.status();
+            let answer: Json = test::read_body_json(res).await;
+            (status, answer)
+        }};
+    }
+
+    /// `/v1/kv/k?context=` with `context` URL-encoded.
+    fn with_query(context: &str) -> String {
+        let encoded: String = context.bytes().map(|b| format!("%{b:02X}")).collect();
+        format!("/v1/kv/k?context={encoded}")
+    }
+
+    #[actix_web::test]
+    async fn a_delete_waits_for_its_context_like_a_put() {
+        let node = test_node(&[("KVNODE_CAUSAL_WAIT", "100ms")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let put = TestRequest::put().uri("/v1/kv/k");
+        let (status, _) = call!(&app, put, Some(&json!({"value": 1})));
+        assert_eq!(status, StatusCode::OK);
+        let value_of_k = || async {
+            let read = node.read("k", None).await.unwrap();
+            read.winner().map(|v| v.json().to_owned())
+        };
+        // Writes of this node it never made: 409. Writes of n2, which cannot
+        // be asked (unreachable) and never arrive: 503 after causal_wait.
+        for (context, expected, code) in [
+            (json!({"n1": 5}), StatusCode::CONFLICT, "unknown_history"),
+            (
+                json!({"n2": 3}),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "causal_timeout",
+            ),
+        ] {
+            let put = TestRequest::put().uri("/v1/kv/k");
+            let body = json!({"value": 2, "context": context});
+            let (status, put_answer) = call!(&app, put, Some(&body));
+            assert_eq!(status, expected, "{put_answer}");
+            let in_body = Some(json!({ "context": context }));
+            for (what, uri, body) in [
+                ("body", "/v1/kv/k".to_owned(), in_body.clone()),
+                ("query", with_query(&context.to_string()), None),
+                ("body and query", with_query(r#"{"n1":1}"#), in_body),
+            ] {
+                let delete = TestRequest::delete().uri(&uri);
+                let (status, answer) = call!(&app, delete, body.as_ref());
+                assert_eq!(status, expected, "{context} in the {what}: {answer}");
+                assert_eq!(answer["error"]["code"], code, "{answer}");
+                assert_eq!(answer["error"], put_answer["error"], "as for a put");
+            }
+            assert_eq!(node.committed().get("n1"), 1, "nothing was deleted");
+            assert_eq!(value_of_k().await, Some("1".into()));
+        }
+
+        // Bodies a put would refuse are refused.
+        let delete = || TestRequest::delete().uri("/v1/kv/k");
+        for (req, expected) in [
+            (
+                delete()
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(r#"{"context": "#),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                delete()
+                    .insert_header(("content-type", "text/plain"))
+                    .set_payload(r#"{"context": {}}"#),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                delete().set_json(json!({"context": {"n9": 1}})),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                delete().set_json(json!({"contxt": {"n1": 1}})),
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let (status, answer) = call!(&app, req, None);
+            assert_eq!(status, expected, "{answer}");
+        }
+        assert_eq!(value_of_k().await, Some("1".into()));
+
+        // A satisfied context, in the body or in the query, or none at all.
+        let context = json!({"context": {"n1": 1}});
+        let (status, answer) = call!(&app, delete(), Some(&context));
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["timestamp"]["n1"], 2, "{answer}");
+        assert_eq!(value_of_k().await, None);
+        let req = TestRequest::delete().uri(&with_query(r#"{"n1":2}"#));
+        let (status, answer) = call!(&app, req, None);
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (status, answer) = call!(&app, delete(), None);
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (status, answer) = call!(&app, delete(), Some(&Json::Null));
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(node.committed().get("n1"), 5);
+
+        // The document offers the body, and does not require it.
+        let document = openapi::document_for(node.config());
+        let body = &document["paths"]["/v1/kv/{key}"]["delete"]["requestBody"];
+        assert_ne!(body["required"], json!(true), "{body}");
+        assert!(
+            body.to_string()
+                .contains("#/components/schemas/DeleteRequest"),
+            "{body}"
+        );
+    }
 }

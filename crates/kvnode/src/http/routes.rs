@@ -6,12 +6,16 @@ use std::future::{ready, Ready};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use actix_web::dev::Payload;
+use actix_web::error::PayloadError;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::future::LocalBoxFuture;
+use futures_util::{stream, StreamExt};
 use vclock_proto::{
-    ClockMessage, ContextQuery, ErrorResponse, EventBatch, FaultsResponse, GetResponse,
-    HealthResponse, Op, PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling, StatusResponse,
-    TraceEvent, TraceQuery, TraceResponse, VClock, Value, WriteRequest, WriteResponse,
-    TRACE_CAUSE_HEADER,
+    ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch, FaultsResponse,
+    GetResponse, HealthResponse, Op, PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling,
+    StatusResponse, TraceEvent, TraceQuery, TraceResponse, VClock, Value, WriteRequest,
+    WriteResponse, TRACE_CAUSE_HEADER,
 };
 
 use super::middleware::submit_write;
@@ -272,20 +276,59 @@ pub async fn put_key(
     }))
 }
 
-/// Deletes a key (a tombstone sibling), after an optional causal context.
+/// The optional body of a delete ([`DeleteRequest`]): `None` when the request
+/// has no body, an empty one or `null`; otherwise read like the body of a put
+/// (JSON content type, size limit, the same errors).
+#[derive(Debug)]
+pub struct DeleteBody(pub Option<DeleteRequest>);
+
+impl FromRequest for DeleteBody {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, std::result::Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let mut body = payload.take();
+        Box::pin(async move {
+            let first = loop {
+                match body.next().await {
+                    None => return Ok(DeleteBody(None)),
+                    Some(Ok(chunk)) if chunk.is_empty() => continue,
+                    Some(Ok(chunk)) => break chunk,
+                    Some(Err(e)) => {
+                        return Err(Error::BadRequest(format!("cannot read the body: {e}")).into())
+                    }
+                }
+            };
+            let rest: std::pin::Pin<
+                Box<dyn futures_util::Stream<Item = std::result::Result<web::Bytes, PayloadError>>>,
+            > = Box::pin(stream::once(ready(Ok(first))).chain(body));
+            let mut payload = Payload::from(rest);
+            let request =
+                web::Json::<Option<DeleteRequest>>::from_request(&req, &mut payload).await?;
+            Ok(DeleteBody(request.into_inner()))
+        })
+    }
+}
+
+/// Deletes a key (a tombstone sibling). With a context (in the body, in the
+/// query, or both: then their merge), the node first waits until it has
+/// applied everything the context counts, as for a put.
 #[utoipa::path(delete, path = "/v1/kv/{key}", tag = "native",
+    request_body(content = Option<DeleteRequest>, description = "Optional: the causal context", content_type = "application/json"),
     params(
         ("key" = String, Path, description = "The key (may contain /)"),
-        ("context" = Option<String>, Query, description = "A clock as JSON text, e.g. {\"node1\":3}"),
+        ("context" = Option<String>, Query, description = "A clock as JSON text, e.g. {\"node1\":3}; merged with the body's context if both are given"),
     ),
     security((), ("client_token" = [])),
     responses(
         (status = 200, description = "Deleted and committed", body = PutResponse),
-        (status = 400, description = "Empty key, or an invalid context", body = ErrorResponse),
+        (status = 400, description = "Malformed body, empty key, an invalid context or a context naming an unknown node", body = ErrorResponse),
         (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
         (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
         (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
-        (status = 413, description = "The key is over max_key_bytes", body = ErrorResponse),
+        (status = 413, description = "The key or the body is over its limit", body = ErrorResponse),
+        (status = 415, description = "A body not sent as application/json", body = ErrorResponse),
         (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
     ))]
 pub async fn delete_key(
@@ -294,10 +337,17 @@ pub async fn delete_key(
     node: web::Data<Node>,
     key: web::Path<String>,
     query: web::Query<ContextQuery>,
+    body: DeleteBody,
 ) -> Result<web::Json<PutResponse>> {
     let key = key.into_inner();
     check_key(node.config(), &key)?;
-    let context = parse_context(&query)?;
+    let context = match (parse_context(&query)?, body.0.and_then(|b| b.context)) {
+        (Some(mut query), Some(body)) => {
+            query.merge(&body);
+            Some(query)
+        }
+        (query, body) => query.or(body),
+    };
     let event = submit_write(&req, &node, key, Op::Delete, context.as_ref()).await?;
     Ok(web::Json(PutResponse {
         dot: event.dot(),
@@ -480,7 +530,6 @@ pub async fn trace_stream(
     node: web::Data<Node>,
     query: web::Query<TraceQuery>,
 ) -> Result<HttpResponse> {
-    use futures_util::stream;
     use tokio::sync::broadcast::error::RecvError;
 
     if !node.tracer().in_memory() {
