@@ -482,8 +482,13 @@ impl Node {
 
     /// What `/status` shows.
     pub fn status(&self) -> StatusResponse {
+        // The committed clock, not the core's: while a group's sync is under
+        // way the core counts writes a crash would take back, and a client
+        // that took this clock as its context would then get a false 409.
+        // Peers are acknowledged and sent only what is committed, so the lags
+        // count committed writes too.
+        let applied = self.committed();
         let core = self.shared.core();
-        let applied = core.applied().clone();
         let own = applied.get(self.id());
         let peers = self
             .links()
@@ -891,5 +896,115 @@ pub(crate) mod tests {
         assert_eq!(read.applied.get("n1"), 1);
         assert_eq!(write.await.unwrap().unwrap().seq, 1);
         assert_eq!(node.committed().get("n1"), 1);
+    }
+
+    #[actix_web::test]
+    async fn status_counts_only_what_is_on_disk() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = gated_node(&gate, &[]);
+        let put = Op::Put(Value::from_serialize(&1).unwrap());
+        let write = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.write("k".into(), put).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.with_core(|core| core.applied().get("n1")) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the writer never applied the write"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Applied in memory, its sync held: a crash would take it back.
+        let status = node.status();
+        assert_eq!(status.applied.get("n1"), 0, "{:?}", status.applied);
+        assert_eq!(node.check_context(&status.applied), ContextCheck::Satisfied);
+        assert_eq!(status.peers[0].lag, 0, "nothing durable to send n2");
+        assert!(status.stable.get("n1") <= status.applied.get("n1"));
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        write.await.unwrap().unwrap();
+        let status = node.status();
+        assert_eq!(status.applied.get("n1"), 1);
+        assert_eq!(status.peers[0].lag, 1, "n2 has acknowledged nothing");
+    }
+
+    /// Serves every request with a 400 and counts them.
+    fn refusing_peer() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let line = line.trim().to_ascii_lowercase();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(value) = line.strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answer = r#"{"error":{"code":"bad_request","message":"not for me"}}"#;
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        (url, requests)
+    }
+
+    #[actix_web::test]
+    async fn a_refused_batch_is_retried_and_shown_in_status() {
+        let (url, requests) = refusing_peer();
+        let vars = [
+            ("KVNODE_NODE_ID".to_owned(), "n1".to_owned()),
+            (
+                "KVNODE_NODES".to_owned(),
+                format!("n1=http://127.0.0.1:9,n2={url}"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let config = Config::load_from(None, vars).unwrap();
+        let node = Node::start(config, Box::new(MemStore::new())).unwrap();
+        let senders = replication::spawn_links(&node);
+        let put = Op::Put(Value::from_serialize(&1).unwrap());
+        node.write("k".into(), put).await.unwrap();
+        // Sent, refused, sent again after a backoff, and again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while requests.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the link does not retry");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = node.status();
+        let n2 = &status.peers[0];
+        assert!(!n2.reachable);
+        let error = n2.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("400") && error.contains("not for me"),
+            "{error}"
+        );
+        assert_eq!(n2.lag, 1);
+        node.begin_shutdown();
+        for sender in senders {
+            sender.await.unwrap();
+        }
     }
 }
