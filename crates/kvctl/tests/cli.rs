@@ -294,6 +294,7 @@ fn every_command_sends_the_token_and_a_missing_one_is_a_clear_401() {
     let cluster = start(
         kvnode(),
         &[
+            ("KVNODE_CLUSTER_SECRET", "kvctl-cluster-secret-0123456789"),
             ("KVNODE_CLIENT_TOKEN", TOKEN),
             ("KVNODE_TRACE_BUFFER", "1000"),
         ],

@@ -175,6 +175,27 @@ mod defaults {
     }
 }
 
+/// The largest values the settings accept: beyond them the node's arithmetic on
+/// instants and sizes could overflow, and no deployment needs more.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Largest `max_key_bytes`: 64 KiB.
+    pub const MAX_KEY_BYTES: usize = 64 * 1024;
+    /// Largest `max_value_bytes`: 256 MiB.
+    pub const MAX_VALUE_BYTES: usize = 256 * 1024 * 1024;
+    /// Largest `max_batch_bytes`: 1 GiB.
+    pub const MAX_BATCH_BYTES: usize = 1024 * 1024 * 1024;
+    /// Largest `max_batch_events`.
+    pub const MAX_BATCH_EVENTS: usize = 1_000_000;
+    /// Largest `max_buffered`.
+    pub const MAX_BUFFERED: usize = 10_000_000;
+    /// Longest `causal_wait`: 1 hour.
+    pub const MAX_CAUSAL_WAIT: Duration = Duration::from_secs(3600);
+    /// Longest of the other durations (timeouts and intervals): 1 day.
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+}
+
 /// One member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -374,6 +395,29 @@ impl Config {
                 return err(format!("{name} must be at least 1"));
             }
         }
+        for (name, value, max) in [
+            ("max_key_bytes", raw.max_key_bytes, limits::MAX_KEY_BYTES),
+            (
+                "max_value_bytes",
+                raw.max_value_bytes,
+                limits::MAX_VALUE_BYTES,
+            ),
+            ("max_buffered", raw.max_buffered, limits::MAX_BUFFERED),
+            (
+                "max_batch_events",
+                raw.max_batch_events,
+                limits::MAX_BATCH_EVENTS,
+            ),
+            (
+                "max_batch_bytes",
+                raw.max_batch_bytes,
+                limits::MAX_BATCH_BYTES,
+            ),
+        ] {
+            if value > max {
+                return err(format!("{name} must be at most {max}, got {value}"));
+            }
+        }
         for (name, value) in [
             ("sync_interval", raw.sync_interval),
             ("retransmit_after", raw.retransmit_after),
@@ -385,6 +429,50 @@ impl Config {
         ] {
             if value.is_zero() {
                 return err(format!("{name} must be longer than 0"));
+            }
+        }
+        let durations = [
+            (
+                "causal_wait",
+                Some(raw.causal_wait),
+                limits::MAX_CAUSAL_WAIT,
+            ),
+            ("request_timeout", raw.request_timeout, limits::MAX_DURATION),
+            (
+                "sync_interval",
+                Some(raw.sync_interval),
+                limits::MAX_DURATION,
+            ),
+            (
+                "retransmit_after",
+                Some(raw.retransmit_after),
+                limits::MAX_DURATION,
+            ),
+            ("peer_timeout", Some(raw.peer_timeout), limits::MAX_DURATION),
+            ("repair_after", Some(raw.repair_after), limits::MAX_DURATION),
+            (
+                "header_timeout",
+                Some(raw.header_timeout),
+                limits::MAX_DURATION,
+            ),
+            ("keep_alive", Some(raw.keep_alive), limits::MAX_DURATION),
+            (
+                "disconnect_timeout",
+                Some(raw.disconnect_timeout),
+                limits::MAX_DURATION,
+            ),
+            (
+                "shutdown_timeout",
+                Some(raw.shutdown_timeout),
+                limits::MAX_DURATION,
+            ),
+        ];
+        for (name, value, max) in durations {
+            if value.is_some_and(|value| value > max) {
+                return err(format!(
+                    "{name} must be at most {}",
+                    humantime_serde::re::humantime::format_duration(max)
+                ));
             }
         }
         if raw.workers == Some(0) {
@@ -421,6 +509,14 @@ impl Config {
             "cluster_secret",
         )?;
         let client_token = secret(raw.client_token, raw.client_token_file, "client_token")?;
+        if client_token.is_some() && cluster_secret.is_none() {
+            return err(
+                "client_token is set without cluster_secret: the peer API (replication, \
+                 fault hook) would stay open to anyone while clients need a token; set \
+                 cluster_secret (or cluster_secret_file) too"
+                    .into(),
+            );
+        }
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(&node_id));
@@ -544,7 +640,11 @@ fn secret(
 }
 
 fn check_id(id: &str, setting: &str) -> Result<(), ConfigError> {
+    // The id names the data directory and labels metrics: `.` and `..` would
+    // be a path that leaves `data/`.
     let valid = !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= 64
         && id
             .chars()
@@ -553,7 +653,7 @@ fn check_id(id: &str, setting: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError(format!(
-            "{setting}: node id {id:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+            "{setting}: node id {id:?} must be 1-64 characters of letters, digits, '-', '_' or '.', and not \".\" or \"..\""
         )))
     }
 }
@@ -730,5 +830,218 @@ mod tests {
                 "{vars:?}: {err:?} should mention {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_client_token_needs_a_cluster_secret() {
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("NODE_ID", "n"),
+                ("KVNODE_CLIENT_TOKEN", "client-token-0123456789"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("client_token") && err.contains("cluster_secret"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "client-token-from-a-file\n").unwrap();
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("NODE_ID", "n"),
+                ("KVNODE_CLIENT_TOKEN_FILE", file.to_str().unwrap()),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("client_token") && err.contains("cluster_secret"),
+            "{err}"
+        );
+        // A cluster secret alone, or both, are fine.
+        for vars in [
+            &[
+                ("NODE_ID", "n"),
+                ("KVNODE_CLUSTER_SECRET", "cluster-secret-0123456789"),
+            ][..],
+            &[
+                ("NODE_ID", "n"),
+                ("KVNODE_CLUSTER_SECRET", "cluster-secret-0123456789"),
+                ("KVNODE_CLIENT_TOKEN", "client-token-0123456789"),
+            ],
+        ] {
+            Config::load_from(None, env(vars)).unwrap();
+        }
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let settings = [
+            ("CAUSAL_WAIT", "causal_wait", "1h"),
+            ("PEER_TIMEOUT", "peer_timeout", "1day"),
+            ("REQUEST_TIMEOUT", "request_timeout", "1day"),
+            ("HEADER_TIMEOUT", "header_timeout", "1day"),
+            ("SYNC_INTERVAL", "sync_interval", "1day"),
+            ("RETRANSMIT_AFTER", "retransmit_after", "1day"),
+            ("REPAIR_AFTER", "repair_after", "1day"),
+            ("SHUTDOWN_TIMEOUT", "shutdown_timeout", "1day"),
+            ("KEEP_ALIVE", "keep_alive", "1day"),
+            ("DISCONNECT_TIMEOUT", "disconnect_timeout", "1day"),
+        ];
+        for (var, name, bound) in settings {
+            let var = format!("KVNODE_{var}");
+            for huge in ["1000000000years", "25h"] {
+                let err = Config::load_from(None, env(&[("NODE_ID", "n"), (&var, huge)]))
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(&format!("{name} must be at most {bound}")),
+                    "{var}={huge}: {err}"
+                );
+            }
+        }
+        // The bounds themselves are accepted.
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("NODE_ID", "n"),
+                ("KVNODE_CAUSAL_WAIT", "1h"),
+                ("KVNODE_REQUEST_TIMEOUT", "24h"),
+                ("KVNODE_PEER_TIMEOUT", "24h"),
+                ("KVNODE_REPAIR_AFTER", "24h"),
+                ("KVNODE_KEEP_ALIVE", "24h"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.causal_wait, limits::MAX_CAUSAL_WAIT);
+        assert_eq!(c.request_timeout, limits::MAX_DURATION);
+        // The default request_timeout of the longest causal_wait is accepted.
+        let c = Config::load_from(None, env(&[("NODE_ID", "n"), ("KVNODE_CAUSAL_WAIT", "1h")]))
+            .unwrap();
+        assert!(c.request_timeout > c.causal_wait);
+        for (var, name) in [
+            ("KVNODE_PEER_TIMEOUT", "peer_timeout"),
+            ("KVNODE_SYNC_INTERVAL", "sync_interval"),
+            ("KVNODE_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
+        ] {
+            let err = Config::load_from(None, env(&[("NODE_ID", "n"), (var, "0s")]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{name} must be longer than 0")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let settings = [
+            (
+                "KVNODE_MAX_KEY_BYTES",
+                "max_key_bytes",
+                limits::MAX_KEY_BYTES,
+            ),
+            (
+                "KVNODE_MAX_VALUE_BYTES",
+                "max_value_bytes",
+                limits::MAX_VALUE_BYTES,
+            ),
+            (
+                "KVNODE_MAX_BATCH_BYTES",
+                "max_batch_bytes",
+                limits::MAX_BATCH_BYTES,
+            ),
+            (
+                "KVNODE_MAX_BATCH_EVENTS",
+                "max_batch_events",
+                limits::MAX_BATCH_EVENTS,
+            ),
+            ("KVNODE_MAX_BUFFERED", "max_buffered", limits::MAX_BUFFERED),
+        ];
+        for (var, name, max) in settings {
+            for too_big in [(max + 1).to_string(), usize::MAX.to_string()] {
+                let err = Config::load_from(None, env(&[("NODE_ID", "n"), (var, &too_big)]))
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(&format!("{name} must be at most {max}")),
+                    "{var}={too_big}: {err}"
+                );
+            }
+            Config::load_from(None, env(&[("NODE_ID", "n"), (var, &max.to_string())])).unwrap();
+        }
+    }
+
+    #[test]
+    fn node_ids_are_safe_path_components() {
+        let long = "n".repeat(65);
+        for bad in [
+            ".", "..", "a/b", "../x", "a\\b", "a\0b", "a b", "a\tb", &long,
+        ] {
+            for vars in [
+                &[("NODE_ID", bad)][..],
+                &[("KVNODE_NODE_ID", bad)],
+                &[("NODE_ID", "node1"), ("NODES", &format!("node1,{bad}"))],
+                &[
+                    ("NODE_ID", "node1"),
+                    ("KVNODE_NODES", &format!("node1,{bad}=http://10.0.0.2:5000")),
+                ],
+            ] {
+                let err = Config::load_from(None, env(vars)).unwrap_err().to_string();
+                assert!(err.contains("node id"), "{vars:?}: {err}");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"node1\"\nnodes = [\"node1=http://10.0.0.1:5000\", \"..=http://10.0.0.2:5000\"]\n",
+        )
+        .unwrap();
+        let err = Config::load_from(Some(&path), HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nodes") && err.contains("\"..\""), "{err}");
+        // The prototype's ids, and the longest id, are valid.
+        let longest = "n".repeat(64);
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("NODE_ID", "node1"),
+                ("NODES", &format!("node1,node2,node3,n-1_a.b,{longest}")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("data/node1"));
+        assert_eq!(c.members.len(), 5);
+    }
+
+    /// A configuration built in code is not bounded by `validate`: the body
+    /// limits derived from it saturate instead of overflowing.
+    #[actix_web::test]
+    async fn body_limits_of_unbounded_sizes_do_not_overflow() {
+        use actix_web::{test, App};
+        let mut config = Config::for_test(
+            "n1",
+            vec![Member {
+                id: "n1".into(),
+                url: "http://127.0.0.1:9".into(),
+            }],
+        );
+        config.max_key_bytes = usize::MAX;
+        config.max_value_bytes = usize::MAX;
+        config.max_batch_bytes = usize::MAX;
+        let node = crate::node::Node::start(config, Box::new(crate::storage::MemStore::new()))
+            .expect("a node");
+        let app = test::init_service(App::new().configure(crate::http::configure(node))).await;
+        let res =
+            test::call_service(&app, test::TestRequest::get().uri("/health").to_request()).await;
+        assert!(res.status().is_success(), "{}", res.status());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`auth`]: the peer API and the fault hook need the cluster secret, the
 //!   client API the client token; refused requests change nothing, and
-//!   replication works with the secret.
+//!   replication works with the secret; a client token without a cluster
+//!   secret stops the node at start.
 //! - [`limits`]: a slow client cannot hold the node: an unfinished request head
 //!   is closed after `header_timeout`, an unfinished body gets a 408 JSON error
 //!   after `request_timeout`, and other clients are served meanwhile.
@@ -54,7 +55,7 @@ fn send(
 mod auth {
     use serde_json::json;
 
-    use super::common::{get, vclock, wait_for, TestCluster, EVENTUALLY};
+    use super::common::{get, nodes, vclock, wait_for, TestCluster, EVENTUALLY};
     use super::{agent, send};
 
     const SECRET: &str = "cluster-secret-for-tests-0123456789";
@@ -157,6 +158,31 @@ mod auth {
                 "node{n}'s log shows a secret"
             );
         }
+    }
+
+    /// A client token without a cluster secret would leave the peer API open
+    /// while clients believe the cluster is protected: the node refuses to
+    /// start, exits 2 and names both settings.
+    #[test]
+    fn a_client_token_without_a_cluster_secret_stops_the_node() {
+        let mut node = nodes(1)
+            .no_wait()
+            .env("KVNODE_MEMORY", "true")
+            .env("KVNODE_CLIENT_TOKEN", TOKEN)
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = wait_for(EVENTUALLY, "kvnode to exit", || {
+            node.exit_status(1)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_owned())
+        });
+        let log = node.log(1);
+        assert_eq!(status.code(), Some(2), "{log}");
+        assert!(
+            log.contains("client_token") && log.contains("cluster_secret"),
+            "the refusal should name both settings: {log}"
+        );
+        assert!(!log.contains(TOKEN), "the log shows the token: {log}");
     }
 }
 

@@ -112,8 +112,11 @@ pub fn route_labels() -> impl Iterator<Item = &'static str> {
 pub fn configure(node: Arc<Node>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let config = node.config().clone();
-        let client_limit = config.max_key_bytes + config.max_value_bytes + ENVELOPE_BYTES;
-        let peer_limit = config.max_batch_bytes.max(client_limit) * 2;
+        let client_limit = config
+            .max_key_bytes
+            .saturating_add(config.max_value_bytes)
+            .saturating_add(ENVELOPE_BYTES);
+        let peer_limit = config.max_batch_bytes.max(client_limit).saturating_mul(2);
         let metrics = node.metrics().clone();
         metrics.register_routes(route_labels());
         let document = ApiDocument(openapi::document_for(&config).to_string());
