@@ -55,6 +55,8 @@ struct RawConfig {
     max_value_bytes: usize,
     #[serde(default = "defaults::max_buffered")]
     max_buffered: usize,
+    #[serde(default = "defaults::max_buffered_bytes")]
+    max_buffered_bytes: usize,
     #[serde(default = "defaults::max_batch_events")]
     max_batch_events: usize,
     #[serde(default = "defaults::max_batch_bytes")]
@@ -139,6 +141,9 @@ mod defaults {
     pub fn max_buffered() -> usize {
         100_000
     }
+    pub fn max_buffered_bytes() -> usize {
+        256 * 1024 * 1024
+    }
     pub fn max_batch_events() -> usize {
         1024
     }
@@ -190,6 +195,8 @@ pub mod limits {
     pub const MAX_BATCH_EVENTS: usize = 1_000_000;
     /// Largest `max_buffered`.
     pub const MAX_BUFFERED: usize = 10_000_000;
+    /// Largest `max_buffered_bytes`: 64 GiB.
+    pub const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024 * 1024;
     /// Longest `causal_wait`: 1 hour.
     pub const MAX_CAUSAL_WAIT: Duration = Duration::from_secs(3600);
     /// Longest of the other durations (timeouts and intervals): 1 day.
@@ -240,6 +247,9 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Most events held in the buffer of undeliverable events (default 100 000).
     pub max_buffered: usize,
+    /// Most bytes of events (keys, values, clocks) held in that buffer
+    /// (default 256 MiB).
+    pub max_buffered_bytes: usize,
     /// Most events per replication batch (default 1024).
     pub max_batch_events: usize,
     /// Approximate largest replication batch, in bytes (default 8 MiB).
@@ -387,6 +397,7 @@ impl Config {
             ("max_key_bytes", raw.max_key_bytes),
             ("max_value_bytes", raw.max_value_bytes),
             ("max_buffered", raw.max_buffered),
+            ("max_buffered_bytes", raw.max_buffered_bytes),
             ("max_batch_events", raw.max_batch_events),
             ("max_batch_bytes", raw.max_batch_bytes),
             ("max_connections", raw.max_connections),
@@ -403,6 +414,11 @@ impl Config {
                 limits::MAX_VALUE_BYTES,
             ),
             ("max_buffered", raw.max_buffered, limits::MAX_BUFFERED),
+            (
+                "max_buffered_bytes",
+                raw.max_buffered_bytes,
+                limits::MAX_BUFFERED_BYTES,
+            ),
             (
                 "max_batch_events",
                 raw.max_batch_events,
@@ -535,6 +551,7 @@ impl Config {
             max_key_bytes: raw.max_key_bytes,
             max_value_bytes: raw.max_value_bytes,
             max_buffered: raw.max_buffered,
+            max_buffered_bytes: raw.max_buffered_bytes,
             max_batch_events: raw.max_batch_events,
             max_batch_bytes: raw.max_batch_bytes,
             sync_interval: raw.sync_interval,
@@ -963,6 +980,11 @@ mod tests {
                 limits::MAX_BATCH_EVENTS,
             ),
             ("KVNODE_MAX_BUFFERED", "max_buffered", limits::MAX_BUFFERED),
+            (
+                "KVNODE_MAX_BUFFERED_BYTES",
+                "max_buffered_bytes",
+                limits::MAX_BUFFERED_BYTES,
+            ),
         ];
         for (var, name, max) in settings {
             for too_big in [(max + 1).to_string(), usize::MAX.to_string()] {

@@ -33,8 +33,8 @@ pub enum Error {
         waited_ms: u128,
     },
     /// The buffer of undeliverable events is full: the sender retries later.
-    #[error("the buffer of undeliverable events is full ({0} events); retry later")]
-    BufferFull(usize),
+    #[error("the buffer of undeliverable events is full ({0}); retry later")]
+    BufferFull(String),
     /// The request took longer than `request_timeout`: send it faster, or retry.
     #[error("{0}")]
     RequestTimeout(String),

@@ -234,6 +234,10 @@ pub struct StatusResponse {
     pub buffered: BTreeMap<NodeId, u64>,
     /// Total of `buffered`.
     pub buffered_total: u64,
+    /// Bytes of the buffered events (keys, values, clocks), bounded by
+    /// `max_buffered_bytes`.
+    #[serde(default)]
+    pub buffered_bytes: u64,
     /// The buffered events' dots and what each waits for (at most 100 listed).
     pub buffered_events: Vec<BufferedEvent>,
     /// Events kept in the log until every node has applied them.

@@ -248,6 +248,32 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn a_buffer_full_in_bytes_answers_503_naming_the_limit() {
+        let node = test_node(&[("KVNODE_MAX_BUFFERED_BYTES", "1000")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        // n2:2 waits for n2:1; with its 2000-byte value it does not fit.
+        let big = "v".repeat(2000);
+        let batch = json!({"from": "n2", "events": [
+            {"origin": "n2", "seq": 2, "key": "k", "op": {"put": big}, "deps": {"n2": 1}}
+        ]});
+        let res = test::call_service(
+            &app,
+            TestRequest::post()
+                .uri("/peer/v1/events")
+                .set_json(&batch)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Json = test::read_body_json(res).await;
+        assert_eq!(body["error"]["code"], "buffer_full");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("max_buffered_bytes = 1000"), "{message}");
+        let status = node.status();
+        assert_eq!((status.buffered_total, status.buffered_bytes), (0, 0));
+    }
+
+    #[actix_web::test]
     async fn a_clock_exchange_claiming_writes_never_made_is_refused() {
         let node = test_node(&[]);
         let app = test::init_service(App::new().configure(configure(node.clone()))).await;

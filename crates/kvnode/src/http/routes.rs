@@ -377,7 +377,7 @@ pub(crate) fn check_peer(node: &Node, from: &str) -> Result<()> {
         (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
         (status = 413, description = "More than max_batch_events events, or a body over its limit (keys and values are not held to this node's client limits)", body = ErrorResponse),
         (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
-        (status = 503, description = "The buffer of undeliverable events is full (max_buffered): send again later", body = ErrorResponse),
+        (status = 503, description = "The buffer of undeliverable events is full (max_buffered or max_buffered_bytes): send again later", body = ErrorResponse),
     ))]
 pub async fn receive_events(
     _auth: PeerAuth,
@@ -406,7 +406,13 @@ pub async fn receive_events(
         .and_then(crate::observe::trace::parse_cause);
     let (receipt, applied) = node.receive(from, cause, events).await?;
     if receipt.refused > 0 {
-        return Err(Error::BufferFull(config.max_buffered));
+        let limit = match receipt.refused_by {
+            Some("max_buffered_bytes") => {
+                format!("max_buffered_bytes = {}", config.max_buffered_bytes)
+            }
+            _ => format!("max_buffered = {} events", config.max_buffered),
+        };
+        return Err(Error::BufferFull(limit));
     }
     Ok(web::Json(ClockMessage {
         node: node.id().clone(),

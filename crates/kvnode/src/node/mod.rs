@@ -164,7 +164,7 @@ impl Node {
             store,
             Limits {
                 max_buffered: config.max_buffered,
-                ..Limits::default()
+                max_buffered_bytes: config.max_buffered_bytes,
             },
         )?;
         let (applied, _) = watch::channel(core.applied().clone());
@@ -525,6 +525,7 @@ impl Node {
             stable: core.stable(),
             fsyncs: core.store().fsyncs(),
             conflicts: core.conflicts(),
+            buffered_bytes: core.buffered_bytes() as u64,
             applied,
             peers,
         }

@@ -44,6 +44,7 @@ pub const NAMES: &[&str] = &[
     "kvnode_fsyncs_total",
     "kvnode_conflicting_events_total",
     "kvnode_buffered_events",
+    "kvnode_buffered_bytes",
     "kvnode_log_events",
     "kvnode_log_events_in_memory",
     "kvnode_applied",
@@ -540,6 +541,13 @@ pub fn render<'a>(
         "gauge",
         "Events received but not yet deliverable.",
         status.buffered_total,
+    );
+    single(
+        o,
+        "kvnode_buffered_bytes",
+        "gauge",
+        "Bytes of the events received but not yet deliverable.",
+        status.buffered_bytes,
     );
     single(
         o,
