@@ -2,9 +2,10 @@
 //!
 //! [`Client`] talks to one or more nodes over the native `/v1` API and moves on
 //! to the next node when one cannot be reached. [`Session`] does the causal
-//! bookkeeping of DESIGN.md rule 6: it merges every clock it receives and sends
-//! the result as the context of its next operation, so a session reads its own
-//! writes and never reads older than it did before, whichever node it talks to.
+//! bookkeeping of a session (rule 6 of `docs/design.md`): it merges every clock
+//! it receives and sends the result as the context of its next operation, so a
+//! session reads its own writes and never reads older than it did before,
+//! whichever node it talks to.
 //!
 //! The client runs on an actix runtime (it uses awc); from synchronous code,
 //! wrap calls in `actix_rt::System::new().block_on(...)`.
