@@ -20,6 +20,28 @@ mod common;
 
 use serde_json::Value;
 
+/// Starts one in-memory node with `vars` and waits for it to exit, as a node
+/// with a bad setting does at start: its exit status and its log.
+fn refused_start<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> (std::process::ExitStatus, String)
+where
+    K: Into<String>,
+    V: Into<String>,
+{
+    let mut node = common::nodes(1)
+        .no_wait()
+        .env("KVNODE_MEMORY", "true")
+        .envs(vars)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = common::wait_for(common::EVENTUALLY, "kvnode to exit", || {
+        node.exit_status(1)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_owned())
+    });
+    let log = node.log(1);
+    (status, log)
+}
+
 /// An agent for requests with headers of our own (the harness sends none).
 fn agent() -> ureq::Agent {
     kv_testkit::http::agent().clone()
@@ -55,7 +77,7 @@ fn send(
 mod auth {
     use serde_json::json;
 
-    use super::common::{get, nodes, vclock, wait_for, TestCluster, EVENTUALLY};
+    use super::common::{get, vclock, wait_for, TestCluster, EVENTUALLY};
     use super::{agent, send};
 
     const SECRET: &str = "cluster-secret-for-tests-0123456789";
@@ -165,18 +187,7 @@ mod auth {
     /// start, exits 2 and names both settings.
     #[test]
     fn a_client_token_without_a_cluster_secret_stops_the_node() {
-        let mut node = nodes(1)
-            .no_wait()
-            .env("KVNODE_MEMORY", "true")
-            .env("KVNODE_CLIENT_TOKEN", TOKEN)
-            .start()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let status = wait_for(EVENTUALLY, "kvnode to exit", || {
-            node.exit_status(1)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "still running".to_owned())
-        });
-        let log = node.log(1);
+        let (status, log) = super::refused_start([("KVNODE_CLIENT_TOKEN", TOKEN)]);
         assert_eq!(status.code(), Some(2), "{log}");
         assert!(
             log.contains("client_token") && log.contains("cluster_secret"),
@@ -551,18 +562,7 @@ mod tls {
             ),
         ];
         for (vars, setting) in cases {
-            let mut node = nodes(1)
-                .no_wait()
-                .env("KVNODE_MEMORY", "true")
-                .envs(vars.iter().cloned())
-                .start()
-                .unwrap_or_else(|e| panic!("{e}"));
-            let status = wait_for(EVENTUALLY, "kvnode to exit", || {
-                node.exit_status(1)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| "still running".to_owned())
-            });
-            let log = node.log(1);
+            let (status, log) = super::refused_start(vars.iter().cloned());
             assert_eq!(status.code(), Some(2), "{vars:?}: {log}");
             assert!(
                 log.contains(setting),

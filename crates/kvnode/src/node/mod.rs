@@ -385,7 +385,7 @@ impl Node {
         let me = self.id().clone();
         let client = self.peer_client(self.config().peer_timeout.min(bound));
         actix_web::rt::spawn(async move {
-            let answer = peer::exchange_clock(&client, &url, &me, None).await;
+            let answer = peer::ask_clock(&client, &url, &me).await;
             if let Ok(clock) = answer {
                 let _ = answers.send((origin, clock));
             }
@@ -794,6 +794,19 @@ pub(crate) mod tests {
         }
     }
 
+    /// Waits (at most 10 s) until the writer has applied a write of `origin`,
+    /// whether or not its sync is done.
+    async fn wait_applied(node: &Node, origin: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.with_core(|core| core.applied().get(origin)) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the writer never applied a write of {origin}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[actix_web::test]
     async fn other_nodes_writes_are_shown_before_the_sync_and_acknowledged_after() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
@@ -811,14 +824,7 @@ pub(crate) mod tests {
             let node = node.clone();
             async move { node.receive("n2".into(), None, vec![event]).await }
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while node.with_core(|core| core.applied().get("n2")) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the writer never applied the event"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_applied(&node, "n2").await;
         // Readable while the sync is held; not acknowledged, not published.
         let read = node.read("k", None).await.unwrap();
         assert_eq!(read.winner().map(|v| v.json().to_owned()), Some("2".into()));
@@ -869,14 +875,7 @@ pub(crate) mod tests {
             async move { node.write("k".into(), put).await }
         });
         // The writer applies the write, then waits in the sync.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while node.with_core(|core| core.applied().get("n1")) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the writer never applied the write"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_applied(&node, "n1").await;
         let read = actix_web::rt::spawn({
             let node = node.clone();
             async move { node.read("k", None).await }
@@ -908,14 +907,7 @@ pub(crate) mod tests {
             let node = node.clone();
             async move { node.write("k".into(), put).await }
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while node.with_core(|core| core.applied().get("n1")) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the writer never applied the write"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_applied(&node, "n1").await;
         // Applied in memory, its sync held: a crash would take it back.
         let status = node.status();
         assert_eq!(status.applied.get("n1"), 0, "{:?}", status.applied);

@@ -43,17 +43,12 @@ pub async fn post<T: Serialize>(
     }
 }
 
-/// Sends this node's clock (if given) to the node at `url` with `client` (see
-/// [`super::Node::peer_client`]) and returns that node's `applied` clock.
-pub async fn exchange_clock(
-    client: &awc::Client,
-    url: &str,
-    me: &str,
-    applied: Option<&VClock>,
-) -> Result<VClock, String> {
+/// Asks the node at `url` for its `applied` clock with `client` (see
+/// [`super::Node::peer_client`]): a clock exchange that tells it nothing.
+pub async fn ask_clock(client: &awc::Client, url: &str, me: &str) -> Result<VClock, String> {
     let message = ClockMessage {
         node: me.to_owned(),
-        applied: applied.cloned().unwrap_or_default(),
+        applied: VClock::default(),
     };
     match post(client, &format!("{url}/peer/v1/sync"), &message, None).await {
         Answer::Clock(clock) => Ok(clock),
