@@ -294,6 +294,16 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
 }
 
+/// Body of a fault-hook request: an empty JSON object.
+///
+/// The body (sent as `application/json`) is required so that a web page on
+/// another site cannot pause a link: a browser sends such a request only after a
+/// CORS preflight, which the node never grants.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {}
+
 /// Answer of the fault hook: the links from this node that are paused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -108,7 +108,8 @@ impl NodeClient {
         if let Some(secret) = &self.cluster_secret {
             request = request.set("Authorization", &format!("Bearer {secret}"));
         }
-        self.call::<serde_json::Value>(request, None).map(drop)
+        self.call::<serde_json::Value>(request, Some(serde_json::json!({})))
+            .map(drop)
     }
 
     fn path(&self, path: &str) -> String {

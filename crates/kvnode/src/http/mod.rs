@@ -366,6 +366,44 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
     }
 
+    /// A cross-site form can send a bodyless or `text/plain` POST without the
+    /// node's consent; the fault hook answers neither.
+    #[actix_web::test]
+    async fn the_fault_hook_needs_a_json_body() {
+        let node = test_node(&[("KVNODE_FAULTS", "true")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let path = "/admin/v1/links/n2/pause";
+        for (content_type, body, status) in [
+            (None, "", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (Some("text/plain"), "{}", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (
+                Some("application/x-www-form-urlencoded"),
+                "a=b",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (Some("application/json"), "", StatusCode::BAD_REQUEST),
+            (
+                Some("application/json"),
+                r#"{"pause":true}"#,
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let mut req = TestRequest::post().uri(path).set_payload(body);
+            if let Some(content_type) = content_type {
+                req = req.insert_header(("Content-Type", content_type));
+            }
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), status, "{content_type:?} {body:?}");
+            let answer: Json = test::read_body_json(res).await;
+            assert!(answer["error"]["message"].is_string(), "{answer}");
+            assert!(node.links().iter().all(|l| !l.is_paused()), "{body:?}");
+        }
+        let req = TestRequest::post().uri(path).set_json(json!({}));
+        let res = test::call_service(&app, req.to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(node.links().iter().any(|l| l.is_paused()));
+    }
+
     #[actix_web::test]
     async fn client_routes_need_the_client_token_but_health_and_the_document_do_not() {
         let node = test_node(&[

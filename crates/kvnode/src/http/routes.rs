@@ -13,8 +13,8 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::{stream, StreamExt};
 use vclock_proto::{
     ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch, FaultsResponse,
-    GetResponse, HealthResponse, Op, PutRequest, PutResponse, ReadQuery, ReadResponse, Sibling,
-    StatusResponse, TraceEvent, TraceQuery, TraceResponse, VClock, Value, WriteRequest,
+    GetResponse, HealthResponse, LinkRequest, Op, PutRequest, PutResponse, ReadQuery, ReadResponse,
+    Sibling, StatusResponse, TraceEvent, TraceQuery, TraceResponse, VClock, Value, WriteRequest,
     WriteResponse, TRACE_CAUSE_HEADER,
 };
 
@@ -638,16 +638,21 @@ pub async fn links(_auth: PeerAuth, node: web::Data<Node>) -> Result<web::Json<F
         ("peer" = String, Path, description = "A peer's id"),
         ("action" = String, Path, description = "pause or resume"),
     ),
+    request_body(content = LinkRequest, content_type = "application/json",
+        description = "An empty JSON object; required, so that no cross-site form can send this request"),
     security((), ("cluster_secret" = [])),
     responses(
         (status = 200, description = "The paused links", body = FaultsResponse),
+        (status = 400, description = "The body is not an empty JSON object", body = ErrorResponse),
         (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
         (status = 404, description = "The fault hook is disabled, the peer is unknown or the action is not pause or resume", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
     ))]
 pub async fn set_link(
     _auth: PeerAuth,
     node: web::Data<Node>,
     path: web::Path<(String, String)>,
+    _body: web::Json<LinkRequest>,
 ) -> Result<web::Json<FaultsResponse>> {
     faults_enabled(&node)?;
     let (peer, action) = path.into_inner();
