@@ -1,0 +1,65 @@
+"""AsyncClient and AsyncSession: the same requests and rules, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from causal_kv import AsyncClient, CausalTimeout, Unreachable, covers
+from conftest import LiveCluster
+from test_errors import free_url
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_put_get_delete(cluster: LiveCluster, key: str) -> None:
+    async with AsyncClient(cluster.urls) as client:
+        written = await client.put(key, {"async": [1, 2]})
+        read = await client.get(key, written.timestamp)
+        assert read.value == {"async": [1, 2]} and read.siblings[0].dot == written.dot
+        deleted = await client.delete(key, read.context)
+        gone = await client.get(key, deleted.timestamp)
+        assert not gone.found and all(s.deleted for s in gone.siblings)
+        status = await client.status(cluster.url(2))
+        assert status.node == cluster.id(2)
+
+
+async def test_concurrent_tasks_share_a_session_across_nodes(cluster: LiveCluster, key: str) -> None:
+    clients = [AsyncClient([url]) for url in cluster.urls]
+    try:
+        session = clients[0].session()
+        stamps = await asyncio.gather(*(session.put(f"{key}/{i}", i) for i in range(30)))
+        assert all(covers(session.context, s.timestamp) for s in stamps)
+        # Read-your-writes at the two other nodes, at once.
+        for other in clients[1:]:
+            moved = other.session(session.context)
+            reads = await asyncio.gather(*(moved.get(f"{key}/{i}") for i in range(30)))
+            assert [r.value for r in reads] == list(range(30))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_async_causal_timeout_and_recovery(cluster: LiveCluster, key: str) -> None:
+    async with AsyncClient([cluster.url(3)]) as node3, AsyncClient([cluster.url(2)]) as node2:
+        with cluster.paused((3, 2)):
+            session = node3.session()
+            await session.put(key, "from node3")
+            moved = node2.session(session.context)
+            with pytest.raises(CausalTimeout):
+                await moved.get(key)
+        assert (await moved.get(key)).value == "from node3"
+
+
+async def test_async_unreachable_lists_every_url() -> None:
+    urls = [free_url(), free_url()]
+    async with AsyncClient(urls) as client:
+        with pytest.raises(Unreachable) as failed:
+            await client.get("k")
+    assert failed.value.urls == tuple(urls)
