@@ -11,6 +11,7 @@ mod cluster;
 mod e2e;
 mod fuzz;
 mod image;
+mod python;
 mod schemathesis;
 
 use std::ffi::OsString;
@@ -41,6 +42,10 @@ enum Task {
     /// Start a fresh 3-node cluster (fsync) and run the benchmark suite; writes
     /// target/bench/report.md, report.json and bench.svg.
     Bench(bench::Args),
+    /// Check the Python client (clients/python) against live clusters: mypy
+    /// --strict, pytest and its examples (needs `python3 -m pip install
+    /// './clients/python[test]'`).
+    Pytest,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Task::E2e(args) => e2e::run(&root, &args),
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args),
+        Task::Pytest => python::run(&root),
     };
     // Printed by hand: returning the error would add a backtrace under RUST_BACKTRACE.
     match result {
