@@ -3,9 +3,10 @@
 //! Every step inherits stdout and stderr, so cargo's output (and its colors, as set by
 //! `CARGO_TERM_COLOR`) reaches the log unchanged. After the tests, `bench` runs the
 //! benchmark suite with tiny counts (`cargo xtask bench --smoke`) to keep it working.
-//! The last step, `e2e`, runs the end-to-end scenarios against containers (`cargo xtask
-//! e2e`) when a Docker engine answers `docker info`; otherwise it says plainly that it
-//! skipped them, and why.
+//! Then `openapi` fuzzes a live node with schemathesis, and `python` checks the Python
+//! client against live nodes (`cargo xtask pytest`). The last step, `e2e`, runs the
+//! end-to-end scenarios against containers (`cargo xtask e2e`) when a Docker engine
+//! answers `docker info`; otherwise it says plainly that it skipped them, and why.
 
 use std::path::Path;
 use std::process::Command;
@@ -91,6 +92,15 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
             return Err(err.context("ci step `openapi` failed"));
         }
     }
+
+    println!("\n==> python: cargo xtask pytest (the Python client against live nodes)");
+    let started = Instant::now();
+    if let Err(err) = crate::python::run(root) {
+        done.push(("python", started.elapsed(), Outcome::Failed));
+        print_summary(&done);
+        return Err(err.context("ci step `python` failed"));
+    }
+    done.push(("python", started.elapsed(), Outcome::Ok));
 
     println!("\n==> e2e: cargo xtask e2e");
     let started = Instant::now();
