@@ -749,6 +749,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// True while node `n` is paused by [`Self::freeze`].
+    pub fn is_frozen(&self, n: usize) -> bool {
+        self.node(n).frozen
+    }
+
     /// Resumes node `n` after [`Self::freeze`] (SIGCONT).
     pub fn thaw(&mut self, n: usize) -> Result<()> {
         let node = self.node_mut(n);

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 pub use cluster::{Builder, Cluster, Output};
 pub use probe::probe_health;
-pub use process::die_with_parent;
+pub use process::{describe_exit, die_with_parent};
 
 /// A failure to start, probe or stop nodes; the message says which node and
 /// why, with the end of its log when it has one.

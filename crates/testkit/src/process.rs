@@ -166,6 +166,39 @@ pub fn die_with_parent(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 pub fn die_with_parent(_command: &mut Command) {}
 
+/// How a process ended, for people: `exited with status 1`, `was killed by
+/// SIGKILL` (`..., core dumped` when it dumped core).
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    let Some(signal) = status.signal() else {
+        return status.to_string();
+    };
+    let name = match signal {
+        libc::SIGKILL => "SIGKILL".to_owned(),
+        libc::SIGTERM => "SIGTERM".to_owned(),
+        libc::SIGINT => "SIGINT".to_owned(),
+        libc::SIGQUIT => "SIGQUIT".to_owned(),
+        libc::SIGHUP => "SIGHUP".to_owned(),
+        libc::SIGABRT => "SIGABRT".to_owned(),
+        libc::SIGSEGV => "SIGSEGV".to_owned(),
+        libc::SIGBUS => "SIGBUS".to_owned(),
+        libc::SIGILL => "SIGILL".to_owned(),
+        libc::SIGFPE => "SIGFPE".to_owned(),
+        libc::SIGPIPE => "SIGPIPE".to_owned(),
+        libc::SIGUSR1 => "SIGUSR1".to_owned(),
+        libc::SIGUSR2 => "SIGUSR2".to_owned(),
+        other => format!("signal {other}"),
+    };
+    if status.core_dumped() {
+        format!("was killed by {name}, core dumped")
+    } else {
+        format!("was killed by {name}")
+    }
+}
+
 /// The prefix of a node's lines: its id padded to `width`, colored when the
 /// output is a terminal.
 pub(crate) fn prefix(id: &str, width: usize, color: u8) -> String {
@@ -240,6 +273,31 @@ mod tests {
         assert!(
             process.signal(libc::SIGTERM).is_err(),
             "signalled after its exit"
+        );
+    }
+
+    #[test]
+    fn exits_are_described_by_status_or_signal_name() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(0)),
+            "exited with status 0"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(libc::SIGKILL)),
+            "was killed by SIGKILL"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(libc::SIGSEGV | 0x80)),
+            "was killed by SIGSEGV, core dumped"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(60)),
+            "was killed by signal 60"
         );
     }
 
