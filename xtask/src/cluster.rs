@@ -1,22 +1,34 @@
-//! `cargo xtask cluster`: build `kvnode` in release mode and run a local cluster.
+//! `cargo xtask cluster`: build `kvnode` in release mode and run a local cluster
+//! to break on purpose.
 //!
 //! Node `nodeI` listens on `127.0.0.1:(base_port + I - 1)` and keeps its data in
-//! `./data/nodeI`. Every line a node prints is shown prefixed with its id. The cluster
-//! runs until Ctrl-C or SIGTERM, which stops every node (SIGTERM, then SIGKILL after a
-//! grace period), or until a node exits by itself, which stops the others and fails.
+//! `./data/nodeI`. Every line a node prints is shown prefixed with its id. The
+//! running command supervises the nodes ([`supervisor`]): a node that exits or is
+//! killed is reported, and the others keep running. From another terminal,
+//! `cargo xtask cluster kill|stop|pause|resume|restart nodeI` and `status` talk to
+//! it through `./data/cluster.sock` ([`control`]), without building anything.
+//! Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL after a grace period).
+
+mod control;
+mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use kv_testkit::{Cluster, Output};
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Option<Control>,
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     nodes: u16,
@@ -28,12 +40,45 @@ pub(crate) struct Args {
     fresh: bool,
 }
 
+/// What to do to the running cluster, from another terminal. NODE is `node2`
+/// or `2`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub(crate) enum Control {
+    /// Kill a node with SIGKILL (`kill -9`): no chance to flush or clean up.
+    Kill { node: String },
+    /// Stop a node gracefully: SIGTERM, then SIGKILL after 5 s.
+    Stop { node: String },
+    /// Freeze a node with SIGSTOP: it keeps its connections and answers nothing.
+    Pause { node: String },
+    /// Unfreeze a paused node (SIGCONT).
+    Resume { node: String },
+    /// Start a stopped node again with the same data, port and settings (a running
+    /// one is stopped first); waits until it answers GET /health.
+    Restart { node: String },
+    /// Each node's URL, pid and state, and whether it answers GET /health.
+    Status,
+}
+
 /// How long the nodes get to answer `GET /health` after they are started.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a node gets to exit after SIGTERM before it is killed.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    let socket = socket_path(&root.join("data"));
+    match &args.command {
+        Some(command) => control::run(&socket, command),
+        None => start(root, args, &socket),
+    }
+}
+
+/// The supervisor's control socket for the data directory `data`.
+fn socket_path(data: &Path) -> PathBuf {
+    data.join("cluster.sock")
+}
+
+/// Builds kvnode, starts the cluster and supervises it until Ctrl-C.
+fn start(root: &Path, args: &Args, socket: &Path) -> anyhow::Result<()> {
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
     let Some(last_port) = args.base_port.checked_add(args.nodes - 1) else {
         bail!(
@@ -51,11 +96,13 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             "127.0.0.1:{port} is already in use (is a cluster already running?)"
         );
     }
+    let data = root.join("data");
     if args.fresh {
         for n in 1..=args.nodes {
-            remove_dir_if_exists(&root.join("data").join(format!("node{n}")))?;
+            remove_dir_if_exists(&data.join(format!("node{n}")))?;
         }
     }
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
 
     let (stop_requests, stop_requested) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -63,7 +110,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     })
     .context("cannot install the Ctrl-C/SIGTERM handler")?;
 
-    let mut cluster = local_nodes(
+    let nodes = local_nodes(
         &target_dir(root).join("release").join("kvnode"),
         usize::from(args.nodes),
     )
@@ -71,26 +118,14 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     .current_dir(root)
     .data_root("data")
     .env("KVNODE_TRACE_BUFFER", "10000")
-    .output(Output::Prefixed)
-    .no_wait()
-    .start()?;
-
-    println!("started {} nodes:", cluster.len());
-    for n in cluster.numbers() {
-        println!("  {}  {}", cluster.id(n), cluster.url(n));
-    }
+    .output(Output::Prefixed);
     println!(
         "demo settings: the fault hook (/admin/v1/links) and an in-memory trace of the \
          last 10000 records (/v1/trace) are on"
     );
-    println!(
-        "try: curl {}/health   (Ctrl-C stops the cluster)",
-        cluster.url(1)
-    );
-
-    let result = supervise(&mut cluster, &stop_requested);
-    stop(&mut cluster);
-    result
+    supervisor::serve(nodes, socket, &stop_requested, &mut |line| {
+        println!("{line}")
+    })
 }
 
 /// The nodes of a local cluster, as xtask starts them: processes of `binary`
@@ -147,36 +182,17 @@ pub(crate) fn remove_dir_if_exists(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Runs until a stop request (`Ok`), a node exits, or the cluster never gets ready.
-fn supervise(cluster: &mut Cluster, stop_requested: &mpsc::Receiver<()>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + READY_DEADLINE;
-    let mut ready = false;
-    loop {
-        match stop_requested.recv_timeout(Duration::from_millis(200)) {
-            Ok(()) => return Ok(()),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => bail!("the signal handler went away"),
-        }
-        cluster.check_alive()?;
-        if !ready {
-            let pending = cluster.not_ready()?;
-            if pending.is_empty() {
-                println!("cluster ready");
-                ready = true;
-            } else if Instant::now() >= deadline {
-                bail!(
-                    "{} did not answer GET /health within {READY_DEADLINE:?}",
-                    pending.join(", ")
-                );
-            }
-        }
-    }
-}
-
 /// Stops every node still running: SIGTERM, then SIGKILL after [`STOP_GRACE`].
 pub(crate) fn stop(cluster: &mut Cluster) {
-    println!("stopping the cluster");
+    stop_reporting(cluster, &mut |line| println!("{line}"));
+}
+
+/// [`stop`], saying what happens through `report`.
+fn stop_reporting(cluster: &mut Cluster, report: &mut dyn FnMut(&str)) {
+    report("stopping the cluster");
     for id in cluster.stop_all(STOP_GRACE) {
-        println!("{id} did not stop within {STOP_GRACE:?}, killed it");
+        report(&format!(
+            "{id} did not stop within {STOP_GRACE:?}, killed it"
+        ));
     }
 }

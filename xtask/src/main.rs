@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build kvnode (release) and run a local cluster until Ctrl-C.
+    /// Build kvnode (release) and run a local cluster until Ctrl-C; from another
+    /// terminal, kill, stop, pause, resume or restart its nodes, or see their status.
     Cluster(cluster::Args),
     /// Run the CI checks: fmt, clippy, tests, and e2e when a Docker engine answers.
     Ci,
