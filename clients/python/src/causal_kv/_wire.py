@@ -12,18 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from . import errors
-from .types import (
-    BufferedEvent,
-    Clock,
-    Dot,
-    GetResult,
-    Links,
-    Missing,
-    PeerStatus,
-    Sibling,
-    Status,
-    WriteResult,
-)
+from . import types as t
 
 T = TypeVar("T")
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)
@@ -156,7 +145,7 @@ def encode_json(value: Any) -> bytes:
         raise errors.InvalidValue(f"not a JSON value: {exc}") from None
 
 
-def check_clock(clock: Mapping[str, int] | None) -> Clock | None:
+def check_clock(clock: Mapping[str, int] | None) -> t.Clock | None:
     """A context as sent: a copy, entries checked."""
     if clock is None:
         return None
@@ -172,13 +161,13 @@ def _kv_path(key: str) -> str:
     return "/v1/kv/" + quote(key, safe="/")
 
 
-def get(key: str, context: Mapping[str, int] | None) -> Call[GetResult]:
+def get(key: str, context: Mapping[str, int] | None) -> Call[t.GetResult]:
     ctx = check_clock(context)
     params = {"context": encode_json(ctx).decode()} if ctx else None
     return Call("GET", _kv_path(key), _get_result, params=params)
 
 
-def put(key: str, value: Any, context: Mapping[str, int] | None) -> Call[WriteResult]:
+def put(key: str, value: Any, context: Mapping[str, int] | None) -> Call[t.WriteResult]:
     body: dict[str, Any] = {"value": value}
     ctx = check_clock(context)
     if ctx is not None:
@@ -186,21 +175,21 @@ def put(key: str, value: Any, context: Mapping[str, int] | None) -> Call[WriteRe
     return Call("PUT", _kv_path(key), _write_result, body=encode_json(body), headers=JSON_HEADERS)
 
 
-def delete(key: str, context: Mapping[str, int] | None) -> Call[WriteResult]:
+def delete(key: str, context: Mapping[str, int] | None) -> Call[t.WriteResult]:
     ctx = check_clock(context)
     body = encode_json({"context": ctx}) if ctx is not None else None
     return Call("DELETE", _kv_path(key), _write_result, body=body, headers=JSON_HEADERS if body else {})
 
 
-def status() -> Call[Status]:
+def status() -> Call[t.Status]:
     return Call("GET", "/status", _status)
 
 
-def links(secret: str | None) -> Call[Links]:
+def links(secret: str | None) -> Call[t.Links]:
     return Call("GET", "/admin/v1/links", _links, headers=_bearer(secret))
 
 
-def set_link(peer: str, pause: bool, secret: str | None) -> Call[Links]:
+def set_link(peer: str, pause: bool, secret: str | None) -> Call[t.Links]:
     # The hook takes an empty JSON object, sent as JSON, and nothing else.
     action = "pause" if pause else "resume"
     headers = {**JSON_HEADERS, **_bearer(secret)}
@@ -225,50 +214,50 @@ def client_options(token: str | None, timeout: float | httpx.Timeout) -> dict[st
 # ---- answers ----------------------------------------------------------------
 
 
-def _clock(raw: Any) -> Clock:
+def _clock(raw: Any) -> t.Clock:
     if not isinstance(raw, dict):
         raise TypeError(f"a clock is an object, not {raw!r}")
     return {str(node): int(seq) for node, seq in raw.items()}
 
 
-def _dot(raw: Any) -> Dot:
-    return Dot(str(raw["origin"]), int(raw["seq"]))
+def _dot(raw: Any) -> t.Dot:
+    return t.Dot(str(raw["origin"]), int(raw["seq"]))
 
 
-def _missing(raw: Any) -> Missing:
-    return Missing(str(raw["node"]), int(raw["have"]), int(raw["want"]))
+def _missing(raw: Any) -> t.Missing:
+    return t.Missing(str(raw["node"]), int(raw["have"]), int(raw["want"]))
 
 
-def _get_result(raw: Any, url: str) -> GetResult:
-    return GetResult(
+def _get_result(raw: Any, url: str) -> t.GetResult:
+    return t.GetResult(
         key=str(raw["key"]),
         found=bool(raw["found"]),
         value=raw["value"],
         siblings=tuple(
-            Sibling(_dot(s["dot"]), _clock(s["timestamp"]), bool(s["deleted"]), s["value"]) for s in raw["siblings"]
+            t.Sibling(_dot(s["dot"]), _clock(s["timestamp"]), bool(s["deleted"]), s["value"]) for s in raw["siblings"]
         ),
         context=_clock(raw["context"]),
         node=url,
     )
 
 
-def _write_result(raw: Any, url: str) -> WriteResult:
-    return WriteResult(_dot(raw["dot"]), _clock(raw["timestamp"]), url)
+def _write_result(raw: Any, url: str) -> t.WriteResult:
+    return t.WriteResult(_dot(raw["dot"]), _clock(raw["timestamp"]), url)
 
 
-def _status(raw: Any, url: str) -> Status:
-    return Status(
+def _status(raw: Any, url: str) -> t.Status:
+    return t.Status(
         node=str(raw["node"]),
         applied=_clock(raw["applied"]),
         stable=_clock(raw["stable"]),
         buffered_total=int(raw["buffered_total"]),
         buffered_events=tuple(
-            BufferedEvent(_dot(e["dot"]), str(e["key"]), tuple(_missing(m) for m in e["waiting_for"]))
+            t.BufferedEvent(_dot(e["dot"]), str(e["key"]), tuple(_missing(m) for m in e["waiting_for"]))
             for e in raw["buffered_events"]
         ),
         log_len=int(raw["log_len"]),
         peers=tuple(
-            PeerStatus(
+            t.PeerStatus(
                 node=str(p["node"]),
                 url=str(p["url"]),
                 acked=_clock(p["acked"]),
@@ -284,5 +273,5 @@ def _status(raw: Any, url: str) -> Status:
     )
 
 
-def _links(raw: Any, url: str) -> Links:
-    return Links(str(raw["node"]), tuple(str(p) for p in raw["paused"]))
+def _links(raw: Any, url: str) -> t.Links:
+    return t.Links(str(raw["node"]), tuple(str(p) for p in raw["paused"]))

@@ -18,6 +18,10 @@ from typing import ClassVar
 from .types import Missing
 
 
+ERRORS: dict[str, type[ServerError]] = {}
+"""The class of each error code the nodes send (filled in by each class)."""
+
+
 class CausalKVError(Exception):
     """Base class of every error of this package."""
 
@@ -34,6 +38,13 @@ class ServerError(CausalKVError):
     """
 
     code_name: ClassVar[str | None] = None
+    """The error code of this class (None: any code without a class of its own)."""
+
+    def __init_subclass__(cls, code: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code_name = code
+            ERRORS[code] = cls
 
     def __init__(
         self,
@@ -57,110 +68,62 @@ class ServerError(CausalKVError):
         return 200 <= self.status < 300
 
 
-class BadRequest(ServerError):
+class BadRequest(ServerError, code="bad_request"):
     """``bad_request`` (400): the request is malformed."""
 
-    code_name = "bad_request"
 
-
-class UnknownNode(ServerError):
+class UnknownNode(ServerError, code="unknown_node"):
     """``unknown_node`` (400): a context names a node outside the cluster."""
 
-    code_name = "unknown_node"
 
-
-class Unauthorized(ServerError):
+class Unauthorized(ServerError, code="unauthorized"):
     """``unauthorized`` (401): the node needs a bearer token (``Client(token=...)``)."""
 
-    code_name = "unauthorized"
 
-
-class NotFound(ServerError):
+class NotFound(ServerError, code="not_found"):
     """``not_found`` (404): no such route or resource (the fault hook is off, an unknown peer)."""
 
-    code_name = "not_found"
 
-
-class RequestTimeout(ServerError):
+class RequestTimeout(ServerError, code="request_timeout"):
     """``request_timeout`` (408): the request took longer than the node's ``request_timeout``."""
 
-    code_name = "request_timeout"
 
-
-class UnknownHistory(ServerError):
+class UnknownHistory(ServerError, code="unknown_history"):
     """``unknown_history`` (409): the context counts writes their origin never made.
 
     Waiting cannot help: the context is wrong (forged, or from another cluster).
     """
 
-    code_name = "unknown_history"
 
-
-class TooLarge(ServerError):
+class TooLarge(ServerError, code="too_large"):
     """``too_large`` (413): the key, the value or the body is over a limit."""
 
-    code_name = "too_large"
 
-
-class UnsupportedMediaType(ServerError):
+class UnsupportedMediaType(ServerError, code="unsupported_media_type"):
     """``unsupported_media_type`` (415): the body was not sent as JSON."""
 
-    code_name = "unsupported_media_type"
 
-
-class Internal(ServerError):
+class Internal(ServerError, code="internal"):
     """``internal`` (500): a bug or a storage failure at the node."""
 
-    code_name = "internal"
 
-
-class CausalTimeout(ServerError):
+class CausalTimeout(ServerError, code="causal_timeout"):
     """``causal_timeout`` (503): the node did not receive, within its
     ``causal_wait``, the writes the context counts. Nothing was done; retry
     later, or at a node that has them."""
 
-    code_name = "causal_timeout"
 
-
-class BufferFull(ServerError):
+class BufferFull(ServerError, code="buffer_full"):
     """``buffer_full`` (503): the node's buffer of undeliverable writes is full."""
 
-    code_name = "buffer_full"
 
-
-class Unavailable(ServerError):
+class Unavailable(ServerError, code="unavailable"):
     """``unavailable`` (503): the node is stopping or cannot take work now."""
 
-    code_name = "unavailable"
 
-
-class BadAnswer(ServerError):
+class BadAnswer(ServerError, code="bad_answer"):
     """A success (2xx) whose body is not the expected message: the request may
     have been applied."""
-
-    code_name = "bad_answer"
-
-
-ERRORS: dict[str, type[ServerError]] = {
-    cls.code_name: cls
-    for cls in (
-        BadRequest,
-        UnknownNode,
-        Unauthorized,
-        NotFound,
-        RequestTimeout,
-        UnknownHistory,
-        TooLarge,
-        UnsupportedMediaType,
-        Internal,
-        CausalTimeout,
-        BufferFull,
-        Unavailable,
-        BadAnswer,
-    )
-    if cls.code_name is not None
-}
-"""The class of each error code."""
 
 
 @dataclass(frozen=True)
