@@ -9,6 +9,7 @@ writes: 10, never 5 or nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
@@ -27,17 +28,17 @@ def main() -> int:
 def scenario(node1: Client, node2: Client, node3: Client) -> int:
     key = f"x-{uuid.uuid4().hex[:8]}"
     first = node1.put(key, 5)
-    print(f"node1: {key}=5            dot {first.dot}, clock {first.timestamp}")
+    print(f"node1: writes {key}=5   dot {first.dot}, clock {json.dumps(first.timestamp)}")
 
     session = node2.session(first.timestamp)  # the session saw node1's write
     read = session.get(key)
-    print(f"node2: reads {key}={read.value}       clock {read.context}")
+    print(f"node2: reads {key}={read.value}    clock {json.dumps(read.context)}")
     second = session.put(key, read.value + 5)
-    print(f"node2: {key}={read.value + 5}           dot {second.dot}, clock {second.timestamp}")
+    print(f"node2: writes {key}={read.value + 5}  dot {second.dot}, clock {json.dumps(second.timestamp)}")
 
     at_node3 = node3.session(session.context)
     last = at_node3.get(key)
-    print(f"node3: reads {key}={last.value}      clock {last.context}")
+    print(f"node3: reads {key}={last.value}   clock {json.dumps(last.context)}")
     if last.value != 10 or not covers(last.context, second.timestamp):
         print("FAILED: node3 did not show the end of the causal chain", file=sys.stderr)
         return 1

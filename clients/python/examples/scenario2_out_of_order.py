@@ -47,12 +47,12 @@ def scenario(urls: list[str], at1: Client, at2: Client, at3: Client) -> int:
     print(f"paused replication {node1} -> {node3}")
     try:
         first = at1.put(key, 100)
-        print(f"node1: {key}=100          dot {first.dot}")
+        print(f"node1: writes {key}=100  dot {first.dot}")
         session = at2.session(first.timestamp)
         read = session.get(key)
         print(f"node2: reads {key}={read.value}")
         second = session.put(key, 200)
-        print(f"node2: {key}=200          dot {second.dot}, after {first.dot}")
+        print(f"node2: writes {key}=200  dot {second.dot}, after {first.dot}")
 
         status = buffered_at(at3, urls[2])
         waiting = [(str(e.dot), [(m.node, m.want) for m in e.waiting_for]) for e in status.buffered_events]
