@@ -41,6 +41,7 @@ const state = {
   notices: new Map(), // name -> text
   links: {}, // node -> {ok, paused: Set, reason}
   status: {}, // node -> the node's /status
+  down: {}, // node -> why it does not answer, while it does not
   siblings: new Map(), // key -> Map(node -> count), keys with siblings now
   session: {}, // the merge of every clock received
   renderQueued: false,
@@ -133,6 +134,22 @@ async function call(node, method, path, { query, body, admin } = {}) {
   return { status: response.status, body: parsed };
 }
 
+/** Whether an answer says that its node cannot be reached: the proxy's 503
+ * `unavailable` (refused, or no answer in time), or a node that is stopping. */
+function unreachable(answer) {
+  const error = answer.body && answer.body.error;
+  return answer.status === 503 && Boolean(error) && error.code === 'unavailable';
+}
+
+/** Marks `node` down (`reason`: why) or up (null): a notice, and its lane. */
+function setDown(node, reason) {
+  if ((state.down[node] || null) === (reason || null)) return;
+  if (reason) state.down[node] = reason;
+  else delete state.down[node];
+  notice(`down-${node}`, reason ? `${node} does not answer: ${reason}` : null);
+  scheduleRender();
+}
+
 function errorText(answer) {
   const error = answer.body && answer.body.error;
   if (error && typeof error === 'object') return `${answer.status} ${error.code}: ${error.message}`;
@@ -211,6 +228,7 @@ async function follow(node) {
   for (let attempt = 0; ; attempt += 1) {
     try {
       const answer = await catchUp(node);
+      if (unreachable(answer)) throw new Error(errorText(answer));
       if (answer.status !== 200) {
         traceOffNotice(node, answer);
         setStream(node, 'no trace');
@@ -221,13 +239,15 @@ async function follow(node) {
         headers: { ...authHeaders(false), Accept: 'text/event-stream' },
       });
       if (response.status !== 200) {
-        traceOffNotice(node, { status: response.status, body: await response.json().catch(() => null) });
+        const refused = { status: response.status, body: await response.json().catch(() => null) };
+        if (unreachable(refused)) throw new Error(errorText(refused));
+        traceOffNotice(node, refused);
         setStream(node, 'no trace');
         await sleep(10000);
         continue;
       }
       notice(`trace-${node}`, null);
-      notice(`down-${node}`, null);
+      setDown(node, null);
       setStream(node, 'live');
       attempt = 0;
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -249,7 +269,7 @@ async function follow(node) {
       if (lagged) await reader.cancel();
       setStream(node, 'reconnecting');
     } catch (error) {
-      notice(`down-${node}`, `cannot follow ${node}'s trace: ${error.message}`);
+      setDown(node, error.message);
       setStream(node, 'down');
     }
     await sleep(Math.min(500 * 2 ** attempt, 5000));
@@ -275,16 +295,17 @@ async function poll(node) {
   for (;;) {
     try {
       const answer = await catchUp(node);
+      if (unreachable(answer)) throw new Error(errorText(answer));
       if (answer.status === 200) {
         notice(`trace-${node}`, null);
-        notice(`down-${node}`, null);
+        setDown(node, null);
         setStream(node, 'polled');
       } else {
         traceOffNotice(node, answer);
         setStream(node, 'no trace');
       }
     } catch (error) {
-      notice(`down-${node}`, `cannot read ${node}'s trace: ${error.message}`);
+      setDown(node, error.message);
       setStream(node, 'down');
     }
     await sleep(1000);
@@ -367,7 +388,7 @@ function render() {
       '<path class="arrowhead" d="M0,0 L10,5 L0,10 z"/></marker></defs>',
   ];
   for (const node of state.nodes) {
-    parts.push(`<line class="lane" data-node="${escapeAttr(node)}" x1="4" y1="${y(node)}" x2="${right}" y2="${y(node)}"/>`);
+    parts.push(`<line class="lane${state.down[node] ? ' down' : ''}" data-node="${escapeAttr(node)}" x1="4" y1="${y(node)}" x2="${right}" y2="${y(node)}"/>`);
   }
 
   // Time in the buffer: a band from `buffered` to the `deliver_from_buffer`
@@ -458,10 +479,12 @@ function renderLanes(height) {
     const latest = lane[lane.length - 1];
     const status = state.status[node];
     const links = state.links[node];
-    const label = el('div', { class: 'lane-label', id: `lane-${node}`, 'data-node': node });
+    const down = state.down[node];
+    const label = el('div', { class: down ? 'lane-label down' : 'lane-label', id: `lane-${node}`, 'data-node': node });
     label.style.top = `${TOP + state.lane[node] * LANE - 26}px`;
     label.append(el('b', { text: node }));
     if (node === state.self) label.append(el('span', { class: 'self', text: ' (serves this page)' }));
+    if (down) label.append(el('div', { class: 'down-mark', title: down, text: 'down: does not answer' }));
     const clock = latest ? latest.clock : status && status.applied;
     label.append(el('div', { class: 'clock', title: 'the clock of its latest event', text: clock ? clockText(clock).replaceAll(' ', '') : '' }));
     if (status && status.buffered_total > 0) {
@@ -682,9 +705,16 @@ async function pollStatus() {
     await Promise.all(state.nodes.map(async (node) => {
       try {
         const answer = await call(node, 'GET', 'status');
-        if (answer.status === 200) state.status[node] = answer.body;
-      } catch {
+        if (answer.status === 200) {
+          state.status[node] = answer.body;
+          setDown(node, null);
+        } else if (unreachable(answer)) {
+          delete state.status[node];
+          setDown(node, errorText(answer));
+        }
+      } catch (error) {
         delete state.status[node];
+        setDown(node, error.message);
       }
       await refreshLinks(node);
     }));
