@@ -535,13 +535,14 @@ fn a_session_refuses_stale_reads_until_the_write_arrives() {
     assert!(at3.context().get("node1") >= 2);
 }
 
-/// A value nested deeper than JSON parsers' usual recursion limit (the node
-/// keeps values as text, whatever their depth) is shown as it was written, in
-/// every format, with or without a session; so is a string no Rust string
-/// holds (a lone surrogate), as its JSON text.
+/// A value nested deeper than JSON parsers' usual recursion limit (a node
+/// started with a larger `max_value_depth` stores one, and so may a peer whose
+/// limit is larger) is shown as it was written, in every format, with or
+/// without a session; so is a string no Rust string holds (a lone surrogate),
+/// as its JSON text.
 #[test]
 fn values_nested_at_any_depth_are_shown_as_written() {
-    let cluster = start(kvnode(), &[]);
+    let cluster = start(kvnode(), &[("KVNODE_MAX_VALUE_DEPTH", "1000")]);
     let state = tempfile::tempdir().unwrap();
     let state = state.path();
     let n1 = cluster.url(1);

@@ -53,6 +53,8 @@ struct RawConfig {
     max_key_bytes: usize,
     #[serde(default = "defaults::max_value_bytes")]
     max_value_bytes: usize,
+    #[serde(default = "defaults::max_value_depth")]
+    max_value_depth: usize,
     #[serde(default = "defaults::max_buffered")]
     max_buffered: usize,
     #[serde(default = "defaults::max_buffered_bytes")]
@@ -138,6 +140,9 @@ mod defaults {
     pub fn max_value_bytes() -> usize {
         1024 * 1024
     }
+    pub fn max_value_depth() -> usize {
+        100
+    }
     pub fn max_buffered() -> usize {
         100_000
     }
@@ -193,6 +198,8 @@ pub mod limits {
     pub const MAX_BATCH_BYTES: usize = 1024 * 1024 * 1024;
     /// Largest `max_batch_events`.
     pub const MAX_BATCH_EVENTS: usize = 1_000_000;
+    /// Largest `max_value_depth`.
+    pub const MAX_VALUE_DEPTH: usize = 10_000;
     /// Largest `max_buffered`.
     pub const MAX_BUFFERED: usize = 10_000_000;
     /// Largest `max_buffered_bytes`: 64 GiB.
@@ -245,6 +252,8 @@ pub struct Config {
     pub max_key_bytes: usize,
     /// Largest value, in bytes of JSON text (default 1 MiB).
     pub max_value_bytes: usize,
+    /// Deepest nesting of arrays and objects in a client's value (default 100).
+    pub max_value_depth: usize,
     /// Most events held in the buffer of undeliverable events (default 100 000).
     pub max_buffered: usize,
     /// Most bytes of events (keys, values, clocks) held in that buffer
@@ -396,6 +405,7 @@ impl Config {
         for (name, value) in [
             ("max_key_bytes", raw.max_key_bytes),
             ("max_value_bytes", raw.max_value_bytes),
+            ("max_value_depth", raw.max_value_depth),
             ("max_buffered", raw.max_buffered),
             ("max_buffered_bytes", raw.max_buffered_bytes),
             ("max_batch_events", raw.max_batch_events),
@@ -412,6 +422,11 @@ impl Config {
                 "max_value_bytes",
                 raw.max_value_bytes,
                 limits::MAX_VALUE_BYTES,
+            ),
+            (
+                "max_value_depth",
+                raw.max_value_depth,
+                limits::MAX_VALUE_DEPTH,
             ),
             ("max_buffered", raw.max_buffered, limits::MAX_BUFFERED),
             (
@@ -550,6 +565,7 @@ impl Config {
             causal_wait: raw.causal_wait,
             max_key_bytes: raw.max_key_bytes,
             max_value_bytes: raw.max_value_bytes,
+            max_value_depth: raw.max_value_depth,
             max_buffered: raw.max_buffered,
             max_buffered_bytes: raw.max_buffered_bytes,
             max_batch_events: raw.max_batch_events,
@@ -980,6 +996,11 @@ mod tests {
                 limits::MAX_BATCH_EVENTS,
             ),
             ("KVNODE_MAX_BUFFERED", "max_buffered", limits::MAX_BUFFERED),
+            (
+                "KVNODE_MAX_VALUE_DEPTH",
+                "max_value_depth",
+                limits::MAX_VALUE_DEPTH,
+            ),
             (
                 "KVNODE_MAX_BUFFERED_BYTES",
                 "max_buffered_bytes",

@@ -943,11 +943,15 @@ mod sessions {
             .iter()
             .filter(|s| !s.deleted)
             .max_by_key(|s| (s.timestamp.sum(), s.dot.origin.clone()));
-        let shown = answer.value.to_json_value();
+        let shown = answer.value.to_json_value().unwrap();
         match winner {
             None => assert_eq!(shown, Value::Null, "{what}: a value without a sibling"),
             Some(w) => {
-                assert_eq!(shown, w.value.to_json_value(), "{what}: the winner");
+                assert_eq!(
+                    shown,
+                    w.value.to_json_value().unwrap(),
+                    "{what}: the winner"
+                );
                 assert_eq!(
                     answer.siblings.last(),
                     Some(w),
@@ -1052,7 +1056,11 @@ mod sessions {
                 let answer: GetResponse = parse(key, body);
                 assert_winner(&format!("{key} on node{n}"), &answer);
                 let (value, _) = cluster.read(n, key);
-                assert_eq!(value, answer.value.to_json_value(), "{key} on node{n}");
+                assert_eq!(
+                    value,
+                    answer.value.to_json_value().unwrap(),
+                    "{key} on node{n}"
+                );
                 state.insert(key, &answer);
             }
             states.push(state);

@@ -66,8 +66,41 @@ impl Value {
     }
 
     /// Parses the value into a `serde_json::Value` (for clients and tests).
-    pub fn to_json_value(&self) -> serde_json::Value {
-        serde_json::from_str(self.json()).expect("a Value always holds valid JSON")
+    ///
+    /// Fails only when the value is nested deeper than serde_json's recursion
+    /// limit (128), which a value received from a peer or stored before a depth
+    /// limit was set may be.
+    pub fn to_json_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(self.json())
+    }
+
+    /// How deeply arrays and objects nest in the value: 0 for a scalar, 1 for
+    /// `[1]` or `{}`, 2 for `[[1]]`. Counted on the text, without recursion, so
+    /// any value can be measured.
+    pub fn depth(&self) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for &byte in self.json().as_bytes() {
+            if in_string {
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
     }
 }
 
@@ -166,6 +199,26 @@ impl utoipa::ToSchema for Value {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        for (text, depth) in [
+            ("1", 0),
+            (r#""[{""#, 0),
+            (r#""\"[[""#, 0),
+            (r#""\\""#, 0),
+            ("[]", 1),
+            ("{}", 1),
+            (r#"{"a":[1,{"b":"]]]"}],"c":[]}"#, 3),
+            (r#"[["\\",["x"]],[]]"#, 3),
+        ] {
+            assert_eq!(Value::from_json(text).unwrap().depth(), depth, "{text}");
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = Value::from_json(&deep).expect("the node keeps values as text, at any depth");
+        assert_eq!(deep.depth(), 100_000);
+        assert!(deep.to_json_value().is_err(), "past serde_json's limit");
+    }
 
     #[test]
     fn values_keep_their_text() {

@@ -544,6 +544,42 @@ mod tests {
         assert_eq!(node.committed(), VClock::new());
     }
 
+    /// Values nested deeper than `max_value_depth` are refused on both client
+    /// APIs (most JSON parsers, serde_json's included, give up at some depth,
+    /// and every client must be able to read what it is given); values at the
+    /// limit are stored.
+    #[actix_web::test]
+    async fn values_deeper_than_the_limit_are_refused() {
+        let node = test_node(&[("KVNODE_MAX_VALUE_DEPTH", "3")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let nested = |depth: usize| {
+            let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            serde_json::from_str::<Json>(&text).unwrap()
+        };
+        let deep_object = json!({"a": {"b": [{"c": 1}]}});
+        for req in [
+            TestRequest::post()
+                .uri("/write")
+                .set_json(json!({"key": "k", "value": nested(4)})),
+            TestRequest::put()
+                .uri("/v1/kv/k")
+                .set_json(json!({"value": deep_object})),
+        ] {
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+            let body: Json = test::read_body_json(res).await;
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("4 deep"), "{message}");
+            assert!(message.contains("max_value_depth"), "{message}");
+        }
+        assert_eq!(node.committed(), VClock::new(), "nothing was written");
+        let req = TestRequest::post()
+            .uri("/write")
+            .set_json(json!({"key": "k", "value": [nested(2), {"s": "[[[[[["}]}));
+        let res = test::call_service(&app, req.to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
     #[actix_web::test]
     async fn a_write_handed_to_the_writer_gets_its_answer_past_request_timeout() {
         use std::sync::{Condvar, Mutex};

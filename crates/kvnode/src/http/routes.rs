@@ -109,6 +109,14 @@ pub(crate) fn check_value(config: &Config, value: &Value) -> Result<()> {
             config.max_value_bytes
         )));
     }
+    let depth = value.depth();
+    if depth > config.max_value_depth {
+        return Err(Error::BadRequest(format!(
+            "the value nests arrays and objects {depth} deep, deeper than the limit of {} \
+             (max_value_depth)",
+            config.max_value_depth
+        )));
+    }
     Ok(())
 }
 

@@ -421,19 +421,7 @@ impl Node {
             self.wait_for(context).await?;
         }
         let mut published = self.watch_committed();
-        let result = {
-            let core = self.shared.core();
-            let result = core.read(key)?;
-            let tracer = &self.shared.tracer;
-            if tracer.is_on() {
-                tracer.record(TraceKind::Read, &result.applied, |e| {
-                    e.key = Some(key.to_owned());
-                    e.value = result.winner().cloned();
-                    e.siblings = Some(result.siblings.len() as u64);
-                });
-            }
-            result
-        };
+        let result = self.shared.core().read(key)?;
         // The core may hold a group whose sync is under way. This node's own
         // writes are shown only once durable: a crash of the machine must not
         // take back a write a client saw, nor let the node reuse its seqs.
@@ -446,6 +434,15 @@ impl Node {
             if published.changed().await.is_err() {
                 return Err(stopping());
             }
+        }
+        // Traced once shown, so after the records of the writes it shows.
+        let tracer = &self.shared.tracer;
+        if tracer.is_on() {
+            tracer.record(TraceKind::Read, &result.applied, |e| {
+                e.key = Some(key.to_owned());
+                e.value = result.winner().cloned();
+                e.siblings = Some(result.siblings.len() as u64);
+            });
         }
         self.shared.metrics.read();
         Ok(result)
@@ -522,7 +519,14 @@ impl Node {
                 .collect(),
             log_len: core.store().log_len(),
             log_in_memory: core.store().log_in_memory(),
-            stable: core.stable(),
+            // Met with the committed clock: a peer may hold (and have
+            // acknowledged) another origin's event that this node has applied
+            // but not yet synced.
+            stable: {
+                let mut stable = core.stable();
+                stable.meet(&applied);
+                stable
+            },
             fsyncs: core.store().fsyncs(),
             conflicts: core.conflicts(),
             buffered_bytes: core.buffered_bytes() as u64,
@@ -553,6 +557,11 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
             }
         }
         let mut replies = Vec::with_capacity(group.len());
+        // Trace records of the group's own writes, made once it is durable: a
+        // record never shows a dot that a crash before the sync would give to
+        // another write. (Other nodes' events are traced at once, as reads show
+        // them at once: their origin holds them, and would send them again.)
+        let mut traces: Vec<DeferredTrace> = Vec::new();
         let mut wrote = false;
         let mut stop = None;
         let commands = group.len();
@@ -562,8 +571,9 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                 match command {
                     Command::Write { key, op, reply } => {
                         let result = core.write(key, op).map_err(Error::from);
-                        if let Ok(applied) = &result {
-                            shared.tracer.write(applied, core.applied());
+                        if let (Ok(applied), true) = (&result, shared.tracer.is_on()) {
+                            let (applied, clock) = (applied.clone(), core.applied().clone());
+                            traces.push(Box::new(move |t| t.write(&applied, &clock)));
                         }
                         wrote |= result.is_ok();
                         replies.push(Reply::Write(reply, result.map(|a| a.event)));
@@ -632,6 +642,9 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
         };
         shared.metrics.commit(commands, started.elapsed());
         if committed.is_ok() {
+            for trace in traces {
+                trace(&shared.tracer);
+            }
             shared.applied.send_if_modified(|current| {
                 let changed = *current != applied;
                 *current = applied.clone();
@@ -660,6 +673,9 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
     }
     debug!("writer stopped");
 }
+
+/// A trace record to make once its group is durable.
+type DeferredTrace = Box<dyn FnOnce(&Tracer)>;
 
 enum Reply {
     Write(oneshot::Sender<Result<Arc<Event>>>, Result<Arc<Event>>),
@@ -898,6 +914,39 @@ pub(crate) mod tests {
         assert_eq!(node.committed().get("n1"), 1);
     }
 
+    /// A trace reader never sees a dot that a crash before the sync would give
+    /// to another write.
+    #[actix_web::test]
+    async fn local_writes_are_traced_once_durable() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = gated_node(&gate, &[("KVNODE_TRACE_BUFFER", "100")]);
+        let kinds = |node: &Node| -> Vec<TraceKind> {
+            let trace = node.tracer().since(0);
+            trace.events.iter().map(|e| e.kind).collect()
+        };
+        let put = Op::Put(Value::from_serialize(&1).unwrap());
+        let write = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.write("k".into(), put).await }
+        });
+        wait_applied(&node, "n1").await;
+        let read = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.read("k", None).await }
+        });
+        assert_eq!(kinds(&node), [], "applied, not yet durable");
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        write.await.unwrap().unwrap();
+        read.await.unwrap().unwrap();
+        assert_eq!(
+            kinds(&node),
+            [TraceKind::Write, TraceKind::Read],
+            "the read shows the write, so comes after it"
+        );
+    }
+
     #[actix_web::test]
     async fn status_counts_only_what_is_on_disk() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
@@ -921,6 +970,36 @@ pub(crate) mod tests {
         let status = node.status();
         assert_eq!(status.applied.get("n1"), 1);
         assert_eq!(status.peers[0].lag, 1, "n2 has acknowledged nothing");
+    }
+
+    /// `stable` counts what every node holds durably, this one included: an
+    /// event its origin has (and acknowledged) but whose sync here is under way
+    /// is not stable yet.
+    #[actix_web::test]
+    async fn status_counts_as_stable_only_what_is_on_disk_here() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = gated_node(&gate, &[]);
+        let event = Event {
+            origin: "n2".into(),
+            seq: 1,
+            key: "k".into(),
+            op: Op::Put(Value::from_serialize(&1).unwrap()),
+            deps: VClock::default(),
+        };
+        let receive = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.receive("n2".into(), None, vec![event]).await }
+        });
+        wait_applied(&node, "n2").await;
+        let mut at_n2 = VClock::default();
+        at_n2.set("n2", 1);
+        node.shared.core().record_ack("n2", &at_n2).unwrap();
+        assert_eq!(node.status().stable.get("n2"), 0, "its sync is held");
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        receive.await.unwrap().unwrap();
+        assert_eq!(node.status().stable.get("n2"), 1);
     }
 
     /// Serves every request with a 400 and counts them.

@@ -6,8 +6,11 @@
 //! is one branch on a boolean and builds nothing.
 //!
 //! Records get their id under the tracer's lock, in the order they are made.
-//! The writer records under the core's lock, so a record's clock is the core's
-//! clock at that step.
+//! Each record's clock is the core's clock at its step, captured under the
+//! core's lock. The writer records deliveries at once, and a group's own writes
+//! once the group is durable: a crash before the sync gives a traced dot to no
+//! other write. A read is recorded once its answer may be shown, so after the
+//! records of the writes it shows.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
