@@ -53,6 +53,8 @@ impl Playground {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let socket = socket_path(&data);
+        // What a supervisor that was killed leaves behind: the next one takes over.
+        drop(UnixListener::bind(&socket).expect("a stale socket"));
         let builder = local_nodes(kvnode(), nodes)
             .dir(dir.path())
             .data_root(&data)
