@@ -80,6 +80,17 @@ pub(crate) fn answer(client: &mut UnixStream, result: Result<Vec<String>, String
 /// Sends `command` to the supervisor listening at `socket`; the lines of its
 /// answer, or its error as an `Err`.
 pub(crate) fn send(socket: &Path, command: &Control) -> anyhow::Result<Vec<String>> {
+    send_within(socket, command, ANSWER_TIMEOUT)
+}
+
+/// Whether a supervisor answers at `socket` (within `timeout`). A socket file
+/// can outlive its supervisor, or be held for a moment by a child forked
+/// before it execs: only an answer counts.
+pub(crate) fn answers(socket: &Path, timeout: Duration) -> bool {
+    send_within(socket, &Control::Status, timeout).is_ok()
+}
+
+fn send_within(socket: &Path, command: &Control, timeout: Duration) -> anyhow::Result<Vec<String>> {
     let mut stream = match UnixStream::connect(socket) {
         Ok(stream) => stream,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
@@ -87,7 +98,7 @@ pub(crate) fn send(socket: &Path, command: &Control) -> anyhow::Result<Vec<Strin
         }
         Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
     };
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
     writeln!(stream, "{}", request_line(command))?;
     let mut lines = BufReader::new(stream).lines();
     let first = lines

@@ -23,6 +23,10 @@ use super::{Control, READY_DEADLINE, STOP_GRACE};
 const TICK: Duration = Duration::from_millis(50);
 /// How long a client that connected has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a supervisor that already listens has to answer a new one.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `pause` and `resume` wait for the kernel to stop or continue a node.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Starts the nodes of `nodes` and supervises them until `stop` says so (or is
 /// dropped), serving control requests at `socket` meanwhile; then stops them.
@@ -288,6 +292,7 @@ impl Supervisor<'_> {
                     return Err(format!("{id} is already paused"));
                 }
                 self.cluster.freeze(n).map_err(|e| e.to_string())?;
+                self.settle(n, true);
                 format!(
                     "{id} is paused (SIGSTOP): it holds its connections and answers nothing \
                      until `cargo xtask cluster resume {id}`"
@@ -298,6 +303,7 @@ impl Supervisor<'_> {
                     return Err(format!("{id} is not paused"));
                 }
                 self.cluster.thaw(n).map_err(|e| e.to_string())?;
+                self.settle(n, false);
                 format!("{id} resumed (SIGCONT)")
             }
             Control::Restart { .. } => {
@@ -339,6 +345,30 @@ impl Supervisor<'_> {
         } else {
             format!("{id} stopped (SIGTERM): it {how}")
         })
+    }
+
+    /// Waits (briefly) until the kernel shows node `n`'s process stopped by
+    /// SIGSTOP, or no longer stopped: a signal is delivered asynchronously, and
+    /// the answer to `pause` should mean that the node answers nothing. Where
+    /// there is no `/proc`, returns at once.
+    fn settle(&self, n: usize, stopped: bool) {
+        let Some(pid) = self.cluster.pid(n) else {
+            return;
+        };
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while Instant::now() < deadline {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return;
+            };
+            // "pid (command) state ...": the command may hold spaces and parentheses.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            if (state == Some("T")) == stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The number of the node called `node` (`node2` or `2`).
@@ -401,7 +431,7 @@ impl ControlSocket {
     /// Listens at `path`, replacing a socket file that nobody listens at (left
     /// behind by a supervisor that was killed).
     fn bind(path: &Path) -> anyhow::Result<Self> {
-        if UnixStream::connect(path).is_ok() {
+        if control::answers(path, LIVENESS_TIMEOUT) {
             bail!(
                 "a cluster is already running: it listens at {} (Ctrl-C in its terminal stops it)",
                 path.display()
