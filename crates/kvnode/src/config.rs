@@ -45,6 +45,10 @@ struct RawConfig {
     cache_bytes: u64,
     #[serde(default = "defaults::log_memory_events")]
     log_memory_events: usize,
+    #[serde(default = "defaults::log_memory_bytes")]
+    log_memory_bytes: usize,
+    #[serde(default = "defaults::max_queued_bytes")]
+    max_queued_bytes: usize,
     #[serde(default = "defaults::repair_after", with = "humantime_serde")]
     repair_after: Duration,
     #[serde(default = "defaults::causal_wait", with = "humantime_serde")]
@@ -73,6 +77,8 @@ struct RawConfig {
     faults: bool,
     #[serde(default)]
     trace_buffer: usize,
+    #[serde(default = "defaults::trace_buffer_bytes")]
+    trace_buffer_bytes: usize,
     #[serde(default)]
     trace_file: Option<PathBuf>,
     #[serde(default)]
@@ -118,6 +124,15 @@ mod defaults {
     }
     pub fn log_memory_events() -> usize {
         crate::storage::durable::DEFAULT_LOG_MEMORY_EVENTS
+    }
+    pub fn log_memory_bytes() -> usize {
+        crate::storage::durable::DEFAULT_LOG_MEMORY_BYTES
+    }
+    pub fn max_queued_bytes() -> usize {
+        64 << 20
+    }
+    pub fn trace_buffer_bytes() -> usize {
+        64 << 20
     }
 
     use std::time::Duration;
@@ -202,7 +217,8 @@ pub mod limits {
     pub const MAX_VALUE_DEPTH: usize = 10_000;
     /// Largest `max_buffered`.
     pub const MAX_BUFFERED: usize = 10_000_000;
-    /// Largest `max_buffered_bytes`: 64 GiB.
+    /// Largest `max_buffered_bytes`, `log_memory_bytes`, `max_queued_bytes` and
+    /// `trace_buffer_bytes`: 64 GiB.
     pub const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024 * 1024;
     /// Longest `causal_wait`: 1 hour.
     pub const MAX_CAUSAL_WAIT: Duration = Duration::from_secs(3600);
@@ -243,6 +259,12 @@ pub struct Config {
     /// Most events of the log kept in memory (default 65 536); while a peer is
     /// down the log grows, and its older events are then read from disk.
     pub log_memory_events: usize,
+    /// Most bytes of the log's events kept in memory (default 64 MiB); the
+    /// bound that counts with large values.
+    pub log_memory_bytes: usize,
+    /// Most bytes of writes and peer batches waiting for the writer (default
+    /// 64 MiB); past it, requests get 503 naming the limit.
+    pub max_queued_bytes: usize,
     /// How long a peer may lack events this node holds (of any origin) before
     /// this node sends them itself (default 10 s).
     pub repair_after: Duration,
@@ -274,6 +296,9 @@ pub struct Config {
     /// How many trace records the node keeps in memory and serves at
     /// `/v1/trace` (default 0: no trace in memory).
     pub trace_buffer: usize,
+    /// Most bytes of trace records kept in memory (default 64 MiB); the oldest
+    /// records go first.
+    pub trace_buffer_bytes: usize,
     /// Appends every trace record to this file, one JSON object per line
     /// (default: none).
     pub trace_file: Option<PathBuf>,
@@ -408,6 +433,9 @@ impl Config {
             ("max_value_depth", raw.max_value_depth),
             ("max_buffered", raw.max_buffered),
             ("max_buffered_bytes", raw.max_buffered_bytes),
+            ("log_memory_bytes", raw.log_memory_bytes),
+            ("max_queued_bytes", raw.max_queued_bytes),
+            ("trace_buffer_bytes", raw.trace_buffer_bytes),
             ("max_batch_events", raw.max_batch_events),
             ("max_batch_bytes", raw.max_batch_bytes),
             ("max_connections", raw.max_connections),
@@ -432,6 +460,21 @@ impl Config {
             (
                 "max_buffered_bytes",
                 raw.max_buffered_bytes,
+                limits::MAX_BUFFERED_BYTES,
+            ),
+            (
+                "log_memory_bytes",
+                raw.log_memory_bytes,
+                limits::MAX_BUFFERED_BYTES,
+            ),
+            (
+                "max_queued_bytes",
+                raw.max_queued_bytes,
+                limits::MAX_BUFFERED_BYTES,
+            ),
+            (
+                "trace_buffer_bytes",
+                raw.trace_buffer_bytes,
                 limits::MAX_BUFFERED_BYTES,
             ),
             (
@@ -561,6 +604,8 @@ impl Config {
             memory: raw.memory,
             cache_bytes: raw.cache_bytes,
             log_memory_events: raw.log_memory_events,
+            log_memory_bytes: raw.log_memory_bytes,
+            max_queued_bytes: raw.max_queued_bytes,
             repair_after: raw.repair_after,
             causal_wait: raw.causal_wait,
             max_key_bytes: raw.max_key_bytes,
@@ -575,6 +620,7 @@ impl Config {
             peer_timeout: raw.peer_timeout,
             faults: raw.faults,
             trace_buffer: raw.trace_buffer,
+            trace_buffer_bytes: raw.trace_buffer_bytes,
             trace_file: raw.trace_file,
             cluster_secret,
             client_token,
@@ -1004,6 +1050,21 @@ mod tests {
             (
                 "KVNODE_MAX_BUFFERED_BYTES",
                 "max_buffered_bytes",
+                limits::MAX_BUFFERED_BYTES,
+            ),
+            (
+                "KVNODE_LOG_MEMORY_BYTES",
+                "log_memory_bytes",
+                limits::MAX_BUFFERED_BYTES,
+            ),
+            (
+                "KVNODE_MAX_QUEUED_BYTES",
+                "max_queued_bytes",
+                limits::MAX_BUFFERED_BYTES,
+            ),
+            (
+                "KVNODE_TRACE_BUFFER_BYTES",
+                "trace_buffer_bytes",
                 limits::MAX_BUFFERED_BYTES,
             ),
         ];

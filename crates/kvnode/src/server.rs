@@ -191,7 +191,8 @@ fn open_store(config: &Config) -> io::Result<(BoxStore, String)> {
     let store = DurableStore::open(&config.data_dir, config.durability)
         .map_err(io::Error::other)?
         .with_cache_bytes(config.cache_bytes)
-        .with_log_memory_events(config.log_memory_events);
+        .with_log_memory_events(config.log_memory_events)
+        .with_log_memory_bytes(config.log_memory_bytes);
     let sync = match config.durability {
         Durability::Fsync => "fsync before every acknowledgement",
         Durability::None => {

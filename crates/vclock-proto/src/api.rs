@@ -246,6 +246,17 @@ pub struct StatusResponse {
     /// when a peer needs them.
     #[serde(default)]
     pub log_in_memory: u64,
+    /// Their bytes (keys, values, clocks), bounded by `log_memory_bytes`.
+    #[serde(default)]
+    pub log_in_memory_bytes: u64,
+    /// Bytes of writes and peer batches handed to the writer and not yet
+    /// answered, bounded by `max_queued_bytes`.
+    #[serde(default)]
+    pub queued_bytes: u64,
+    /// Bytes of the trace records held in memory, bounded by
+    /// `trace_buffer_bytes`.
+    #[serde(default)]
+    pub trace_bytes: u64,
     /// Writes applied by every node (pointwise minimum of acknowledged clocks).
     pub stable: VClock,
     /// Storage syncs (fsync) since the node started; with group commit many

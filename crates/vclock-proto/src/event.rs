@@ -163,6 +163,17 @@ pub struct Event {
 }
 
 impl Event {
+    /// About the memory the event takes: its key, its value's JSON text, and
+    /// its clock (a name and a counter per entry), plus a fixed overhead. The
+    /// measure of the node's limits in bytes.
+    pub fn size_bytes(&self) -> usize {
+        let deps: usize = self.deps.iter().map(|(node, _)| node.len() + 16).sum();
+        128 + self.origin.len()
+            + self.key.len()
+            + self.op.value().map_or(0, |v| v.json().len())
+            + deps
+    }
+
     /// The event's dot, `(origin, seq)`.
     pub fn dot(&self) -> Dot {
         Dot::new(self.origin.clone(), self.seq)

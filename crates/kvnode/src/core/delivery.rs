@@ -65,7 +65,7 @@ pub struct Limits {
     /// How many undeliverable events the buffer may hold. Past it, further
     /// undeliverable events are refused (not acknowledged; the sender resends).
     pub max_buffered: usize,
-    /// How many bytes of events (keys, values and clocks, as [`event_bytes`]
+    /// How many bytes of events (keys, values and clocks, as [`Event::size_bytes`]
     /// counts them) the buffer may hold, with the same effect past it.
     pub max_buffered_bytes: usize,
 }
@@ -77,13 +77,6 @@ impl Default for Limits {
             max_buffered_bytes: 256 << 20,
         }
     }
-}
-
-/// About the memory an event takes: its key, its value's JSON text, and its
-/// clock (a name and a counter per entry), plus a fixed overhead.
-pub fn event_bytes(e: &Event) -> usize {
-    let deps: usize = e.deps.iter().map(|(node, _)| node.len() + 16).sum();
-    128 + e.origin.len() + e.key.len() + e.op.value().map_or(0, |v| v.json().len()) + deps
 }
 
 /// What happened to a batch of received events.
@@ -299,7 +292,7 @@ impl<S: Store> Core<S> {
                 receipt.refused_by = Some(limit);
             } else {
                 self.buffered += 1;
-                self.buffered_bytes += event_bytes(&e);
+                self.buffered_bytes += e.size_bytes();
                 parked.push(e.dot());
                 let e = Arc::new(e);
                 receipt
@@ -477,14 +470,14 @@ impl<S: Store> Core<S> {
     fn buffer_full(&self, e: &Event) -> Option<&'static str> {
         if self.buffered >= self.limits.max_buffered {
             Some("max_buffered")
-        } else if self.buffered_bytes + event_bytes(e) > self.limits.max_buffered_bytes {
+        } else if self.buffered_bytes + e.size_bytes() > self.limits.max_buffered_bytes {
             Some("max_buffered_bytes")
         } else {
             None
         }
     }
 
-    /// Bytes of the buffered events, as [`event_bytes`] counts them.
+    /// Bytes of the buffered events, as [`Event::size_bytes`] counts them.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
     }
@@ -600,7 +593,7 @@ impl<S: Store> Core<S> {
         if let Some(events) = self.buffer.get_mut(origin) {
             if let Some(e) = events.remove(&seq) {
                 self.buffered -= 1;
-                self.buffered_bytes -= event_bytes(&e);
+                self.buffered_bytes -= e.size_bytes();
             }
         }
     }
@@ -942,7 +935,7 @@ mod tests {
         b.receive(vec![(*ea).clone()]).unwrap();
         let eb1 = b.local_write("x".into(), big(600)).unwrap();
         let eb2 = b.local_write("y".into(), big(600)).unwrap();
-        let limit = event_bytes(&eb1) + 100;
+        let limit = eb1.size_bytes() + 100;
         let limits = Limits {
             max_buffered_bytes: limit,
             ..Limits::default()

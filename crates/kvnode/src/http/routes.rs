@@ -159,7 +159,7 @@ pub async fn health(node: web::Data<Node>) -> web::Json<HealthResponse> {
         (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
         (status = 413, description = "The key, the value or the body is over its limit", body = ErrorResponse),
         (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
-        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, the writer's queue is full (max_queued_bytes), or the node is stopping", body = ErrorResponse),
     ))]
 pub async fn write(
     _auth: ClientAuth,
@@ -264,7 +264,7 @@ pub async fn get_key(
         (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
         (status = 413, description = "The key, the value or the body is over its limit", body = ErrorResponse),
         (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
-        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, the writer's queue is full (max_queued_bytes), or the node is stopping", body = ErrorResponse),
     ))]
 pub async fn put_key(
     _auth: ClientAuth,
@@ -337,7 +337,7 @@ impl FromRequest for DeleteBody {
         (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
         (status = 413, description = "The key or the body is over its limit", body = ErrorResponse),
         (status = 415, description = "A body not sent as application/json", body = ErrorResponse),
-        (status = 503, description = "The context was not satisfied within causal_wait, or the node is stopping", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, the writer's queue is full (max_queued_bytes), or the node is stopping", body = ErrorResponse),
     ))]
 pub async fn delete_key(
     _auth: ClientAuth,
@@ -385,7 +385,7 @@ pub(crate) fn check_peer(node: &Node, from: &str) -> Result<()> {
         (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
         (status = 413, description = "More than max_batch_events events, or a body over its limit (keys and values are not held to this node's client limits)", body = ErrorResponse),
         (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
-        (status = 503, description = "The buffer of undeliverable events is full (max_buffered or max_buffered_bytes): send again later", body = ErrorResponse),
+        (status = 503, description = "The buffer of undeliverable events is full (max_buffered or max_buffered_bytes), or the writer's queue is (max_queued_bytes): send again later", body = ErrorResponse),
     ))]
 pub async fn receive_events(
     _auth: PeerAuth,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use vclock_proto::{
     BufferedEvent, Event, NodeId, Op, PeerStatus, StatusResponse, TraceKind, TraceRef, VClock,
 };
@@ -49,12 +49,15 @@ enum Command {
         key: String,
         op: Op,
         reply: oneshot::Sender<Result<Arc<Event>>>,
+        /// Its share of `max_queued_bytes`, given back once its group is done.
+        queued: OwnedSemaphorePermit,
     },
     Receive {
         peer: NodeId,
         cause: Option<TraceRef>,
         events: Vec<Event>,
         reply: oneshot::Sender<Result<(Receipt, VClock)>>,
+        queued: OwnedSemaphorePermit,
     },
     Ack {
         peer: NodeId,
@@ -120,6 +123,9 @@ struct Shared {
     links: Vec<Arc<Link>>,
     metrics: Arc<Metrics>,
     tracer: Tracer,
+    /// Bytes of writes and batches handed to the writer and not yet done, out
+    /// of `max_queued_bytes`.
+    queued: Arc<Semaphore>,
     peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// True once the node is shutting down: senders finish their batch and stop.
     stopping: watch::Sender<bool>,
@@ -171,6 +177,7 @@ impl Node {
         let tracer = Tracer::new(
             config.node_id.clone(),
             config.trace_buffer,
+            config.trace_buffer_bytes,
             config.trace_file.as_deref(),
         )
         .map_err(|e| {
@@ -187,6 +194,9 @@ impl Node {
             .peers()
             .map(|m| Arc::new(Link::new(m.clone())))
             .collect();
+        let queued = Arc::new(Semaphore::new(
+            config.max_queued_bytes.min(Semaphore::MAX_PERMITS),
+        ));
         let shared = Arc::new(Shared {
             config,
             core: Mutex::new(core),
@@ -194,6 +204,7 @@ impl Node {
             links,
             metrics: Arc::new(Metrics::new()),
             tracer,
+            queued,
             peer_tls,
             stopping: watch::channel(false).0,
             started: tokio::time::Instant::now(),
@@ -408,8 +419,16 @@ impl Node {
     /// waits for the answer any more.
     pub async fn write(&self, key: String, op: Op) -> Result<Arc<Event>> {
         let delete = op == Op::Delete;
+        let bytes = 128 + key.len() + op.value().map_or(0, |v| v.json().len());
+        let queued = self.reserve(bytes)?;
         let (reply, answer) = oneshot::channel();
-        self.submit(Command::Write { key, op, reply }).await?;
+        self.submit(Command::Write {
+            key,
+            op,
+            reply,
+            queued,
+        })
+        .await?;
         let event = answer.await.map_err(|_| stopping())??;
         self.shared.metrics.write(delete);
         Ok(event)
@@ -457,12 +476,14 @@ impl Node {
         events: Vec<Event>,
     ) -> Result<(Receipt, VClock)> {
         self.shared.metrics.batch_received(events.len());
+        let queued = self.reserve(events.iter().map(Event::size_bytes).sum())?;
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Receive {
             peer,
             cause,
             events,
             reply,
+            queued,
         })
         .await?;
         answer.await.map_err(|_| stopping())?
@@ -519,6 +540,9 @@ impl Node {
                 .collect(),
             log_len: core.store().log_len(),
             log_in_memory: core.store().log_in_memory(),
+            log_in_memory_bytes: core.store().log_in_memory_bytes(),
+            queued_bytes: self.queued_bytes() as u64,
+            trace_bytes: self.shared.tracer.bytes() as u64,
             // Met with the committed clock: a peer may hold (and have
             // acknowledged) another origin's event that this node has applied
             // but not yet synced.
@@ -533,6 +557,32 @@ impl Node {
             applied,
             peers,
         }
+    }
+
+    /// Takes `bytes` of `max_queued_bytes` (all of it for a larger request, so
+    /// that any one request can pass alone), or refuses with 503 when they are
+    /// taken: a full queue in bytes sheds load rather than hold it.
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit> {
+        let limit = self.config().max_queued_bytes;
+        let wanted = bytes.min(limit).min(Semaphore::MAX_PERMITS);
+        let permits = u32::try_from(wanted).unwrap_or(u32::MAX);
+        self.shared
+            .queued
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "the writer's queue holds {} bytes of requests, and this one needs {bytes}: \
+                     over the limit of max_queued_bytes = {limit}; send again later",
+                    self.queued_bytes()
+                ))
+            })
+    }
+
+    /// Bytes of writes and batches handed to the writer and not yet done.
+    pub fn queued_bytes(&self) -> usize {
+        let limit = self.config().max_queued_bytes.min(Semaphore::MAX_PERMITS);
+        limit.saturating_sub(self.shared.queued.available_permits())
     }
 
     async fn submit(&self, command: Command) -> Result<()> {
@@ -562,6 +612,8 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
         // another write. (Other nodes' events are traced at once, as reads show
         // them at once: their origin holds them, and would send them again.)
         let mut traces: Vec<DeferredTrace> = Vec::new();
+        // The group's shares of `max_queued_bytes`, given back once answered.
+        let mut held = Vec::with_capacity(group.len());
         let mut wrote = false;
         let mut stop = None;
         let commands = group.len();
@@ -569,7 +621,13 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
             let mut core = shared.core();
             for command in group.drain(..) {
                 match command {
-                    Command::Write { key, op, reply } => {
+                    Command::Write {
+                        key,
+                        op,
+                        reply,
+                        queued,
+                    } => {
+                        held.push(queued);
                         let result = core.write(key, op).map_err(Error::from);
                         if let (Ok(applied), true) = (&result, shared.tracer.is_on()) {
                             let (applied, clock) = (applied.clone(), core.applied().clone());
@@ -583,7 +641,9 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                         cause,
                         events,
                         reply,
+                        queued,
                     } => {
+                        held.push(queued);
                         let traced = shared.tracer.is_on().then(|| {
                             let dots: Vec<_> = events.iter().map(Event::dot).collect();
                             (dots, core.applied().clone())
@@ -651,6 +711,8 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                 changed
             });
         }
+        // Given back before the answers, so that an answered client finds room.
+        drop(held);
         for reply in replies.drain(..) {
             reply.send(&committed, &applied);
         }
@@ -970,6 +1032,36 @@ pub(crate) mod tests {
         let status = node.status();
         assert_eq!(status.applied.get("n1"), 1);
         assert_eq!(status.peers[0].lag, 1, "n2 has acknowledged nothing");
+    }
+
+    /// The writer's queue is bounded in bytes: past `max_queued_bytes` a write
+    /// gets 503 naming the limit, and changes nothing; a request larger than
+    /// the whole limit passes alone.
+    #[actix_web::test]
+    async fn the_writers_queue_is_bounded_in_bytes() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = gated_node(&gate, &[("KVNODE_MAX_QUEUED_BYTES", "1000")]);
+        let put = |bytes: usize| Op::Put(Value::from_serialize(&"v".repeat(bytes)).unwrap());
+        let first = actix_web::rt::spawn({
+            let (node, op) = (node.clone(), put(600));
+            async move { node.write("k".into(), op).await }
+        });
+        wait_applied(&node, "n1").await;
+        let held = node.status().queued_bytes;
+        assert_eq!(held, 128 + 1 + 602, "held until its group is done");
+
+        let err = node.write("k".into(), put(600)).await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("max_queued_bytes = 1000"), "{err}");
+        assert_eq!(node.with_core(|c| c.applied().get("n1")), 1, "refused");
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        first.await.unwrap().unwrap();
+        assert_eq!(node.status().queued_bytes, 0);
+        let event = node.write("k".into(), put(5000)).await.unwrap();
+        assert_eq!(event.seq, 2, "a write over the whole limit passes alone");
+        assert_eq!(node.status().queued_bytes, 0);
     }
 
     /// `stable` counts what every node holds durably, this one included: an

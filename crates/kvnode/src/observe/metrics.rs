@@ -47,6 +47,9 @@ pub const NAMES: &[&str] = &[
     "kvnode_buffered_bytes",
     "kvnode_log_events",
     "kvnode_log_events_in_memory",
+    "kvnode_log_bytes_in_memory",
+    "kvnode_queued_bytes",
+    "kvnode_trace_bytes",
     "kvnode_applied",
     "kvnode_stable",
     "kvnode_peer_lag_events",
@@ -562,6 +565,27 @@ pub fn render<'a>(
         "gauge",
         "Logged events held in memory; older ones are read from disk when needed.",
         status.log_in_memory,
+    );
+    single(
+        o,
+        "kvnode_log_bytes_in_memory",
+        "gauge",
+        "Bytes of the logged events held in memory (bounded by log_memory_bytes).",
+        status.log_in_memory_bytes,
+    );
+    single(
+        o,
+        "kvnode_queued_bytes",
+        "gauge",
+        "Bytes of writes and peer batches waiting for the writer (bounded by max_queued_bytes).",
+        status.queued_bytes,
+    );
+    single(
+        o,
+        "kvnode_trace_bytes",
+        "gauge",
+        "Bytes of the trace records held in memory (bounded by trace_buffer_bytes).",
+        status.trace_bytes,
     );
     let mut members: Vec<&str> = std::iter::once(status.node.as_str())
         .chain(status.peers.iter().map(|p| p.node.as_str()))

@@ -33,6 +33,7 @@ pub struct Tracer {
     node: NodeId,
     on: bool,
     capacity: usize,
+    capacity_bytes: usize,
     inner: Mutex<Inner>,
     live: broadcast::Sender<Arc<TraceEvent>>,
     closing: tokio::sync::watch::Sender<bool>,
@@ -42,15 +43,29 @@ pub struct Tracer {
 struct Inner {
     last_id: u64,
     ring: VecDeque<Arc<TraceEvent>>,
+    /// The ring's size, as [`record_bytes`] counts it.
+    bytes: usize,
     file: Option<LineWriter<File>>,
 }
 
+/// About the memory a record takes: its value's JSON text, its key, its clock
+/// and dots, plus a fixed overhead.
+fn record_bytes(e: &TraceEvent) -> usize {
+    let names = |n: usize| n * 24;
+    256 + e.key.as_ref().map_or(0, String::len)
+        + e.value.as_ref().map_or(0, |v| v.json().len())
+        + names(e.clock.iter().count() + e.dots.len() + e.missing.len())
+}
+
 impl Tracer {
-    /// A tracer keeping `capacity` records in memory and appending them to
-    /// `file` if given; off when both are off.
+    /// A tracer keeping the last `capacity` records in memory, at most
+    /// `capacity_bytes` of them as [`record_bytes`] counts them (the newest
+    /// record is always kept), and appending them to `file` if given; off when
+    /// both are off.
     pub fn new(
         node: NodeId,
         capacity: usize,
+        capacity_bytes: usize,
         file: Option<&std::path::Path>,
     ) -> std::io::Result<Self> {
         let file = match file {
@@ -63,9 +78,11 @@ impl Tracer {
             node,
             on: capacity > 0 || file.is_some(),
             capacity,
+            capacity_bytes,
             inner: Mutex::new(Inner {
                 last_id: 0,
                 ring: VecDeque::with_capacity(capacity.min(65_536)),
+                bytes: 0,
                 file,
             }),
             live: broadcast::channel(STREAM_BACKLOG).0,
@@ -75,7 +92,7 @@ impl Tracer {
 
     /// A tracer that records nothing.
     pub fn off(node: NodeId) -> Self {
-        Self::new(node, 0, None).expect("no file to open")
+        Self::new(node, 0, 0, None).expect("no file to open")
     }
 
     /// True when records are kept somewhere. Hooks check this first.
@@ -124,14 +141,25 @@ impl Tracer {
         }
         let event = Arc::new(event);
         if self.capacity > 0 {
-            if inner.ring.len() == self.capacity {
-                inner.ring.pop_front();
-            }
+            inner.bytes += record_bytes(&event);
             inner.ring.push_back(event.clone());
+            while inner.ring.len() > self.capacity
+                || (inner.bytes > self.capacity_bytes && inner.ring.len() > 1)
+            {
+                let Some(oldest) = inner.ring.pop_front() else {
+                    break;
+                };
+                inner.bytes -= record_bytes(&oldest);
+            }
             // Sent under the lock, so that streams see records in id order.
             let _ = self.live.send(event);
         }
         inner.last_id
+    }
+
+    /// Bytes of the records held in memory, as [`record_bytes`] counts them.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     /// The records held in memory with an id above `after`.
@@ -262,7 +290,7 @@ pub fn parse_cause(text: &str) -> Option<TraceRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vclock_proto::{Dot, Event, Op};
+    use vclock_proto::{Dot, Event, Op, Value};
 
     fn applied(origin: &str, seq: u64, from_buffer: bool, before: usize, after: usize) -> Applied {
         let mut deps = VClock::default();
@@ -291,7 +319,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_last_records_in_order() {
-        let t = Tracer::new("n1".into(), 3, None).unwrap();
+        let t = Tracer::new("n1".into(), 3, usize::MAX, None).unwrap();
         for _ in 0..5 {
             t.record(TraceKind::Read, &VClock::default(), |_| {});
         }
@@ -301,9 +329,33 @@ mod tests {
         assert_eq!(t.since(4).events.len(), 1);
     }
 
+    /// With large values the ring's bound in bytes is reached first: it keeps
+    /// as many of the newest records as fit, and always the newest one.
+    #[test]
+    fn the_ring_is_bounded_in_bytes() {
+        let t = Tracer::new("n1".into(), 1000, 10 << 10, None).unwrap();
+        let value = |bytes: usize| Value::from_serialize(&"v".repeat(bytes)).unwrap();
+        for _ in 0..100 {
+            t.record(TraceKind::Write, &VClock::default(), |e| {
+                e.value = Some(value(1000))
+            });
+        }
+        let held = t.since(0).events;
+        assert!((5..10).contains(&held.len()), "{}", held.len());
+        assert_eq!(held.last().unwrap().id, 100);
+        assert!(t.bytes() <= 10 << 10, "{}", t.bytes());
+        assert_eq!(t.bytes(), held.iter().map(record_bytes).sum::<usize>());
+
+        t.record(TraceKind::Write, &VClock::default(), |e| {
+            e.value = Some(value(100 << 10))
+        });
+        let held = t.since(0).events;
+        assert_eq!(held.iter().map(|e| e.id).collect::<Vec<_>>(), [101]);
+    }
+
     #[test]
     fn a_batch_is_traced_step_by_step_with_the_clock_of_each_step() {
-        let t = Tracer::new("n3".into(), 100, None).unwrap();
+        let t = Tracer::new("n3".into(), 100, usize::MAX, None).unwrap();
         let waiting = applied("n2", 1, false, 0, 1).event;
         let missing = vec![vclock_proto::Missing {
             node: "n1".into(),
@@ -357,7 +409,7 @@ mod tests {
     fn the_file_gets_one_json_line_per_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trace.jsonl");
-        let t = Tracer::new("n1".into(), 0, Some(&path)).unwrap();
+        let t = Tracer::new("n1".into(), 0, 0, Some(&path)).unwrap();
         assert!(t.is_on() && !t.in_memory());
         t.write(&applied("n1", 1, false, 2, 1), &VClock::default());
         let text = std::fs::read_to_string(&path).unwrap();

@@ -30,8 +30,9 @@
 //! in-memory log) and the log keys to delete.
 //!
 //! The log's newest events are also kept in memory, at most
-//! [`DEFAULT_LOG_MEMORY_EVENTS`] of them over all origins (see
-//! [`DurableStore::with_log_memory_events`]). While every peer keeps up, the log
+//! [`DEFAULT_LOG_MEMORY_EVENTS`] of them and [`DEFAULT_LOG_MEMORY_BYTES`] over
+//! all origins (see [`DurableStore::with_log_memory_events`] and
+//! [`DurableStore::with_log_memory_bytes`]). While every peer keeps up, the log
 //! is collected long before that, and [`Store::log_after`] never reads the disk.
 //! When a peer is down or partitioned, the log grows: its oldest events then
 //! stay only in the `log` keyspace, so memory stays bounded, and they are read
@@ -73,6 +74,9 @@ pub enum Durability {
 /// tens of MiB.
 pub const DEFAULT_LOG_MEMORY_EVENTS: usize = 65_536;
 
+/// Default of [`DurableStore::with_log_memory_bytes`]: 64 MiB.
+pub const DEFAULT_LOG_MEMORY_BYTES: usize = 64 << 20;
+
 /// One origin's part of the log.
 ///
 /// Its events have contiguous seqs: the oldest ones, `on_disk`, are only in the
@@ -84,6 +88,8 @@ struct OriginLog {
     on_disk: Option<(Seq, Seq)>,
     /// The newest logged events, in seq order.
     events: VecDeque<Arc<Event>>,
+    /// Their size, as [`Event::size_bytes`] counts it.
+    bytes: usize,
     /// How many events at the back of `events` are not in the `log` keyspace yet.
     unsaved: usize,
     /// The highest seq ever appended (to refuse a log that goes back).
@@ -118,8 +124,8 @@ pub struct DurableStore {
     pending_removes: Vec<Vec<u8>>,
     log: BTreeMap<NodeId, OriginLog>,
     log_len: u64,
-    /// Most logged events kept in memory, over all origins.
-    log_memory_events: usize,
+    /// How much of the log is kept in memory, over all origins.
+    keep: Keep,
     /// The `applied` clock of the last commit.
     applied: VClock,
     fsyncs: u64,
@@ -210,24 +216,42 @@ fn parse_log_key(key: &[u8]) -> Option<(&str, Seq)> {
 
 /// Drops the oldest saved events from memory, from the origins that hold the
 /// most, until at most `keep` remain; they stay in the `log` keyspace.
-fn evict(log: &mut BTreeMap<NodeId, OriginLog>, keep: usize) {
-    let held: usize = log.values().map(|l| l.events.len()).sum();
-    let mut excess = held.saturating_sub(keep);
-    while excess > 0 {
+fn evict(log: &mut BTreeMap<NodeId, OriginLog>, keep: Keep) {
+    let mut events: usize = log.values().map(|l| l.events.len()).sum();
+    let mut bytes: usize = log.values().map(|l| l.bytes).sum();
+    while events > keep.events || bytes > keep.bytes {
+        // The oldest saved event of the origin holding the most saved ones.
         let Some(origin) = log.values_mut().max_by_key(|l| l.events.len() - l.unsaved) else {
             return;
         };
-        let n = (origin.events.len() - origin.unsaved).min(excess);
-        if n == 0 {
+        if origin.events.len() == origin.unsaved {
             return;
         }
-        // Seqs are contiguous: the drained events are first..=first + n - 1.
-        if let Some(first) = origin.events.front().map(|e| e.seq) {
-            let last = first + n as Seq - 1;
-            origin.on_disk = Some((origin.on_disk.map_or(first, |(f, _)| f), last));
+        let Some(event) = origin.events.pop_front() else {
+            return;
+        };
+        // Seqs are contiguous: the evicted events are first..=event.seq.
+        origin.on_disk = Some((origin.on_disk.map_or(event.seq, |(f, _)| f), event.seq));
+        let size = event.size_bytes();
+        origin.bytes -= size;
+        events -= 1;
+        bytes -= size;
+    }
+}
+
+/// How much of the log [`evict`] keeps in memory.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    events: usize,
+    bytes: usize,
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Self {
+            events: DEFAULT_LOG_MEMORY_EVENTS,
+            bytes: DEFAULT_LOG_MEMORY_BYTES,
         }
-        origin.events.drain(..n);
-        excess -= n;
     }
 }
 
@@ -318,13 +342,14 @@ impl DurableStore {
                         &format!("log of {origin} jumps from {} to {seq}", entry.last),
                     ));
                 }
+                entry.bytes += event.size_bytes();
                 entry.events.push_back(Arc::new(event));
                 entry.last = seq;
                 log_len += 1;
             }
             entry.chunks.insert(first, last);
             entry.last = entry.last.max(last);
-            evict(&mut log, DEFAULT_LOG_MEMORY_EVENTS);
+            evict(&mut log, Keep::default());
         }
         for entry in log.values_mut() {
             entry.collected = None;
@@ -347,7 +372,7 @@ impl DurableStore {
             pending_removes: Vec::new(),
             log,
             log_len,
-            log_memory_events: DEFAULT_LOG_MEMORY_EVENTS,
+            keep: Keep::default(),
             applied,
             fsyncs: 0,
             journal,
@@ -370,8 +395,17 @@ impl DurableStore {
     /// origins (default [`DEFAULT_LOG_MEMORY_EVENTS`]); older ones are read
     /// from disk when asked for. Events of the open transaction always stay.
     pub fn with_log_memory_events(mut self, events: usize) -> Self {
-        self.log_memory_events = events;
-        evict(&mut self.log, events);
+        self.keep.events = events;
+        evict(&mut self.log, self.keep);
+        self
+    }
+
+    /// Keeps at most `bytes` of the log's newest events in memory, as
+    /// [`Event::size_bytes`] counts them (default [`DEFAULT_LOG_MEMORY_BYTES`]);
+    /// with large values this bound is reached before the count's.
+    pub fn with_log_memory_bytes(mut self, bytes: usize) -> Self {
+        self.keep.bytes = bytes;
+        evict(&mut self.log, self.keep);
         self
     }
 
@@ -476,6 +510,7 @@ impl Store for DurableStore {
             )));
         }
         log.last = event.seq;
+        log.bytes += event.size_bytes();
         log.events.push_back(event);
         log.unsaved += 1;
         self.log_len += 1;
@@ -520,6 +555,7 @@ impl Store for DurableStore {
             let Some(e) = log.events.pop_front() else {
                 break;
             };
+            log.bytes -= e.size_bytes();
             if log.events.len() < log.unsaved {
                 // Appended in this transaction: it never reaches the disk.
                 log.unsaved -= 1;
@@ -549,6 +585,10 @@ impl Store for DurableStore {
 
     fn log_in_memory(&self) -> u64 {
         self.log.values().map(|log| log.events.len() as u64).sum()
+    }
+
+    fn log_in_memory_bytes(&self) -> u64 {
+        self.log.values().map(|log| log.bytes as u64).sum()
     }
 
     fn applied(&self) -> StoreResult<VClock> {
@@ -613,7 +653,7 @@ impl DurableStore {
             log.unsaved = 0;
             log.collected = None;
         }
-        evict(&mut self.log, self.log_memory_events);
+        evict(&mut self.log, self.keep);
         self.applied = applied.clone();
         if !sync {
             return Ok(None);
@@ -1149,6 +1189,41 @@ mod tests {
         assert_eq!(s.log_after("a", 0, usize::MAX).unwrap(), events[45..]);
         assert_eq!(s.log_len(), 5);
         s.append(event("a", 51, "k", "0")).unwrap();
+    }
+
+    /// With large values the bound in bytes is reached long before the count:
+    /// memory holds what fits, the disk the rest, and the count of bytes
+    /// follows every append, eviction and truncation.
+    #[test]
+    fn the_log_in_memory_is_bounded_in_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let big = format!("\"{}\"", "v".repeat(100 << 10));
+        let bound = 450 << 10;
+        let mut s = open(tmp.path()).with_log_memory_bytes(bound);
+        let events: Vec<_> = (1..=40).map(|i| event("a", i, "k", &big)).collect();
+        let size = events[0].size_bytes() as u64;
+        for group in events.chunks(3) {
+            for e in group {
+                s.append(e.clone()).unwrap();
+            }
+            let held = s.log_in_memory_bytes();
+            assert_eq!(held, s.log_in_memory() * size);
+            s.commit(&clock(&[("a", group[group.len() - 1].seq)]))
+                .unwrap();
+            assert!(s.log_in_memory_bytes() <= bound as u64);
+
+            let appended = group[group.len() - 1].seq;
+            assert_eq!(s.log_in_memory(), appended.min(4), "as many as fit");
+        }
+        assert_eq!(s.log_after("a", 0, usize::MAX).unwrap(), events);
+        s.truncate("a", 38).unwrap();
+        assert_eq!(s.log_in_memory_bytes(), 2 * size);
+        s.commit(&clock(&[("a", 40)])).unwrap();
+        drop(s);
+
+        let s = open(tmp.path()).with_log_memory_bytes(size as usize);
+        assert_eq!(s.log_in_memory_bytes(), size);
+        assert_eq!(s.log_after("a", 0, usize::MAX).unwrap(), events[38..]);
     }
 
     // The crash test: a child process commits groups in a loop and reports each

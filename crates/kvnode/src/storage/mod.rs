@@ -49,6 +49,11 @@ pub trait Store {
     fn log_in_memory(&self) -> u64 {
         self.log_len()
     }
+    /// Bytes of the logged events held in memory, as [`Event::size_bytes`]
+    /// counts them (0 for a store that does not count them).
+    fn log_in_memory_bytes(&self) -> u64 {
+        0
+    }
     /// The `applied` clock as of the last commit.
     fn applied(&self) -> StoreResult<VClock>;
     /// Ends the current transaction, recording `applied` with it.
@@ -110,6 +115,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn log_in_memory(&self) -> u64 {
         (**self).log_in_memory()
+    }
+    fn log_in_memory_bytes(&self) -> u64 {
+        (**self).log_in_memory_bytes()
     }
     fn applied(&self) -> StoreResult<VClock> {
         (**self).applied()
@@ -201,6 +209,11 @@ impl Store for MemStore {
 
     fn log_len(&self) -> u64 {
         self.log_len
+    }
+
+    fn log_in_memory_bytes(&self) -> u64 {
+        let events = self.log.values().flatten();
+        events.map(|e| e.size_bytes() as u64).sum()
     }
 
     fn applied(&self) -> StoreResult<VClock> {
