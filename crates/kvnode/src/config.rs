@@ -79,6 +79,10 @@ struct RawConfig {
     trace_buffer: usize,
     #[serde(default = "defaults::trace_buffer_bytes")]
     trace_buffer_bytes: usize,
+    #[serde(default = "defaults::max_trace_streams")]
+    max_trace_streams: usize,
+    #[serde(default = "defaults::trace_stream_idle", with = "humantime_serde")]
+    trace_stream_idle: Duration,
     #[serde(default)]
     trace_file: Option<PathBuf>,
     #[serde(default)]
@@ -133,6 +137,12 @@ mod defaults {
     }
     pub fn trace_buffer_bytes() -> usize {
         64 << 20
+    }
+    pub fn max_trace_streams() -> usize {
+        32
+    }
+    pub fn trace_stream_idle() -> std::time::Duration {
+        std::time::Duration::from_secs(300)
     }
 
     use std::time::Duration;
@@ -299,6 +309,13 @@ pub struct Config {
     /// Most bytes of trace records kept in memory (default 64 MiB); the oldest
     /// records go first.
     pub trace_buffer_bytes: usize,
+    /// Most trace streams open at once, proxied ones included (default 32; at
+    /// most half of `max_connections`, so that peers and clients always keep
+    /// the other half).
+    pub max_trace_streams: usize,
+    /// A trace stream that has had no record for this long ends (default 5
+    /// min); a client reconnects with `after`.
+    pub trace_stream_idle: Duration,
     /// Appends every trace record to this file, one JSON object per line
     /// (default: none).
     pub trace_file: Option<PathBuf>,
@@ -439,6 +456,7 @@ impl Config {
             ("max_batch_events", raw.max_batch_events),
             ("max_batch_bytes", raw.max_batch_bytes),
             ("max_connections", raw.max_connections),
+            ("max_trace_streams", raw.max_trace_streams),
         ] {
             if value == 0 {
                 return err(format!("{name} must be at least 1"));
@@ -500,6 +518,7 @@ impl Config {
             ("header_timeout", raw.header_timeout),
             ("disconnect_timeout", raw.disconnect_timeout),
             ("shutdown_timeout", raw.shutdown_timeout),
+            ("trace_stream_idle", raw.trace_stream_idle),
         ] {
             if value.is_zero() {
                 return err(format!("{name} must be longer than 0"));
@@ -540,6 +559,11 @@ impl Config {
                 Some(raw.shutdown_timeout),
                 limits::MAX_DURATION,
             ),
+            (
+                "trace_stream_idle",
+                Some(raw.trace_stream_idle),
+                limits::MAX_DURATION,
+            ),
         ];
         for (name, value, max) in durations {
             if value.is_some_and(|value| value > max) {
@@ -551,6 +575,13 @@ impl Config {
         }
         if raw.workers == Some(0) {
             return err("workers must be at least 1".into());
+        }
+        if raw.max_trace_streams > raw.max_connections / 2 {
+            return err(format!(
+                "max_trace_streams ({}) must be at most half of max_connections ({}), so that \
+                 peers and clients always keep the other half",
+                raw.max_trace_streams, raw.max_connections
+            ));
         }
         let request_timeout = raw
             .request_timeout
@@ -621,6 +652,8 @@ impl Config {
             faults: raw.faults,
             trace_buffer: raw.trace_buffer,
             trace_buffer_bytes: raw.trace_buffer_bytes,
+            max_trace_streams: raw.max_trace_streams,
+            trace_stream_idle: raw.trace_stream_idle,
             trace_file: raw.trace_file,
             cluster_secret,
             client_token,
@@ -900,6 +933,18 @@ mod tests {
             (
                 &[("NODE_ID", "n"), ("KVNODE_CAUSAL_WIAT", "1s")],
                 "causal_wiat",
+            ),
+            (
+                &[
+                    ("NODE_ID", "n"),
+                    ("KVNODE_MAX_CONNECTIONS", "100"),
+                    ("KVNODE_MAX_TRACE_STREAMS", "51"),
+                ],
+                "max_trace_streams (51) must be at most half of max_connections (100)",
+            ),
+            (
+                &[("NODE_ID", "n"), ("KVNODE_TRACE_STREAM_IDLE", "0s")],
+                "trace_stream_idle must be longer than 0",
             ),
         ];
         for (vars, expected) in cases {

@@ -544,6 +544,40 @@ mod tests {
         assert_eq!(node.committed(), VClock::new());
     }
 
+    /// Trace streams have slots of their own, `max_trace_streams` of them, so
+    /// that idle streams cannot take the connections peers need; a stream with
+    /// no record for `trace_stream_idle` ends and gives its slot back.
+    #[actix_web::test]
+    async fn trace_streams_are_limited_and_end_when_idle() {
+        let node = test_node(&[
+            ("KVNODE_TRACE_BUFFER", "10"),
+            ("KVNODE_MAX_TRACE_STREAMS", "2"),
+            ("KVNODE_TRACE_STREAM_IDLE", "200ms"),
+        ]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let open = || TestRequest::get().uri("/v1/trace/stream").to_request();
+        let first = test::call_service(&app, open()).await;
+        let second = test::call_service(&app, open()).await;
+        assert_eq!(
+            (first.status(), second.status()),
+            (StatusCode::OK, StatusCode::OK)
+        );
+
+        let third = test::call_service(&app, open()).await;
+        assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Json = test::read_body_json(third).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("max_trace_streams"), "{message}");
+
+        // Nothing happens on this node: the stream ends by itself.
+        let text = test::read_body(first).await;
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains("trace_stream_idle"), "{text}");
+        let again = test::call_service(&app, open()).await;
+        assert_eq!(again.status(), StatusCode::OK, "the slot was given back");
+        drop(second);
+    }
+
     /// Values nested deeper than `max_value_depth` are refused on both client
     /// APIs (most JSON parsers, serde_json's included, give up at some depth,
     /// and every client must be able to read what it is given); values at the

@@ -527,9 +527,26 @@ pub async fn trace(
     web::Json(node.tracer().since(query.after.unwrap_or(0)))
 }
 
+/// How often an idle trace stream sends a comment line.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The state of one trace stream.
+struct Follow {
+    backlog: std::collections::VecDeque<std::sync::Arc<TraceEvent>>,
+    live: tokio::sync::broadcast::Receiver<std::sync::Arc<TraceEvent>>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    last: u64,
+    /// When the stream ends if no record comes.
+    quiet_until: tokio::time::Instant,
+    ended: bool,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// The trace records held in memory, then every new one as it is made, as
 /// server-sent events (`id:` the record's id, `data:` the record as JSON). A
-/// comment line is sent every 15 s while nothing happens.
+/// comment line is sent every 15 s while nothing happens; after
+/// `trace_stream_idle` without a record the stream ends (the client reconnects
+/// with `after`). Each stream holds one of `max_trace_streams` slots.
 #[utoipa::path(get, path = "/v1/trace/stream", tag = "operations",
     params(TraceQuery),
     security((), ("client_token" = [])),
@@ -538,6 +555,7 @@ pub async fn trace(
         (status = 400, description = "Malformed query", body = ErrorResponse),
         (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
         (status = 404, description = "The node keeps no trace in memory (trace_buffer is 0)", body = ErrorResponse),
+        (status = 503, description = "Every trace stream slot is taken (max_trace_streams)", body = ErrorResponse),
     ))]
 pub async fn trace_stream(
     _auth: ClientAuth,
@@ -552,52 +570,68 @@ pub async fn trace_stream(
                 .into(),
         ));
     }
+    let slot = node.stream_slot()?;
     let (backlog, live) = node.tracer().follow(query.after.unwrap_or(0));
-    let stopping = node.tracer().closing();
-    let state = (
-        std::collections::VecDeque::from(backlog),
+    let idle = node.config().trace_stream_idle;
+    let state = Follow {
+        backlog: std::collections::VecDeque::from(backlog),
         live,
-        stopping,
-        query.after.unwrap_or(0),
-    );
-    let events = stream::unfold(
-        state,
-        |(mut backlog, mut live, mut stopping, mut last)| async move {
-            let sse = |e: &TraceEvent| {
-                let json = serde_json::to_string(e).unwrap_or_default();
-                web::Bytes::from(format!("id: {}\ndata: {json}\n\n", e.id))
-            };
-            loop {
-                if let Some(e) = backlog.pop_front() {
-                    last = e.id;
-                    let chunk = sse(&e);
-                    return Some((
-                        Ok::<_, actix_web::Error>(chunk),
-                        (backlog, live, stopping, last),
-                    ));
-                }
-                if *stopping.borrow() {
-                    return None;
-                }
-                let chunk = tokio::select! {
-                    received = live.recv() => match received {
-                        Ok(e) if e.id <= last => continue,
-                        Ok(e) => {
-                            last = e.id;
-                            sse(&e)
-                        }
-                        Err(RecvError::Lagged(skipped)) => web::Bytes::from(format!(
-                            ": this stream fell behind and skipped {skipped} records\n\n"
-                        )),
-                        Err(RecvError::Closed) => return None,
-                    },
-                    _ = stopping.changed() => return None,
-                    _ = tokio::time::sleep(Duration::from_secs(15)) => web::Bytes::from_static(b": idle\n\n"),
-                };
-                return Some((Ok(chunk), (backlog, live, stopping, last)));
+        stopping: node.tracer().closing(),
+        last: query.after.unwrap_or(0),
+        quiet_until: tokio::time::Instant::now() + idle,
+        ended: false,
+        _slot: slot,
+    };
+    let events = stream::unfold(state, move |mut f| async move {
+        let sse = |e: &TraceEvent| {
+            let json = serde_json::to_string(e).unwrap_or_default();
+            web::Bytes::from(format!("id: {}\ndata: {json}\n\n", e.id))
+        };
+        if f.ended {
+            return None;
+        }
+        loop {
+            if let Some(e) = f.backlog.pop_front() {
+                f.last = e.id;
+                f.quiet_until = tokio::time::Instant::now() + idle;
+                let chunk = sse(&e);
+                return Some((Ok::<_, actix_web::Error>(chunk), f));
             }
-        },
-    );
+            if *f.stopping.borrow() {
+                return None;
+            }
+            let heartbeat = tokio::time::Instant::now() + HEARTBEAT;
+            let chunk = tokio::select! {
+                received = f.live.recv() => match received {
+                    Ok(e) if e.id <= f.last => continue,
+                    Ok(e) => {
+                        f.last = e.id;
+                        f.quiet_until = tokio::time::Instant::now() + idle;
+                        sse(&e)
+                    }
+                    Err(RecvError::Lagged(skipped)) => web::Bytes::from(format!(
+                        ": this stream fell behind and skipped {skipped} records\n\n"
+                    )),
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = f.stopping.changed() => return None,
+                _ = tokio::time::sleep_until(heartbeat.min(f.quiet_until)) => {
+                    if tokio::time::Instant::now() >= f.quiet_until {
+                        // Frees the slot of a stream nobody may be reading.
+                        f.ended = true;
+                        web::Bytes::from(format!(
+                            ": no record for {idle:?} (trace_stream_idle); closing: reconnect \
+                             with after={}\n\n",
+                            f.last
+                        ))
+                    } else {
+                        web::Bytes::from_static(b": idle\n\n")
+                    }
+                }
+            };
+            return Some((Ok(chunk), f));
+        }
+    });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))

@@ -260,6 +260,8 @@ async fn proxy(
         url.push_str(req.query_string());
     }
     let stream = path == "v1/trace/stream";
+    // A proxied stream holds a connection here as well as at the member.
+    let slot = stream.then(|| node.stream_slot()).transpose()?;
     // A stream stays open: only its head must come within peer_timeout. Other
     // calls may wait up to request_timeout (a causal wait), as at the member.
     let timeout = if stream {
@@ -297,7 +299,12 @@ async fn proxy(
         let stop = async move {
             let _ = closing.wait_for(|closing| *closing).await;
         };
-        Ok(response.streaming(answer.take_until(stop)))
+        Ok(
+            response.streaming(answer.take_until(stop).map(move |chunk| {
+                let _held = &slot;
+                chunk
+            })),
+        )
     } else {
         // Passed on as it comes (a trace can be large), within the timeout.
         Ok(response.streaming(answer.timeout(timeout)))

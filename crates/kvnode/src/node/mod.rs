@@ -126,6 +126,8 @@ struct Shared {
     /// Bytes of writes and batches handed to the writer and not yet done, out
     /// of `max_queued_bytes`.
     queued: Arc<Semaphore>,
+    /// Slots of trace streams, `max_trace_streams` of them.
+    streams: Arc<Semaphore>,
     peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// True once the node is shutting down: senders finish their batch and stop.
     stopping: watch::Sender<bool>,
@@ -197,7 +199,11 @@ impl Node {
         let queued = Arc::new(Semaphore::new(
             config.max_queued_bytes.min(Semaphore::MAX_PERMITS),
         ));
+        let streams = Arc::new(Semaphore::new(
+            config.max_trace_streams.min(Semaphore::MAX_PERMITS),
+        ));
         let shared = Arc::new(Shared {
+            streams,
             config,
             core: Mutex::new(core),
             applied,
@@ -576,6 +582,22 @@ impl Node {
                      over the limit of max_queued_bytes = {limit}; send again later",
                     self.queued_bytes()
                 ))
+            })
+    }
+
+    /// A slot for one trace stream (served or proxied), held until it ends; 503
+    /// naming `max_trace_streams` when every slot is taken.
+    pub fn stream_slot(&self) -> Result<OwnedSemaphorePermit> {
+        self.shared
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                "{} trace streams are open, the limit of max_trace_streams; poll GET /v1/trace \
+                 or try again later",
+                self.config().max_trace_streams
+            ))
             })
     }
 
