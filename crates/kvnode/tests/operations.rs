@@ -7,7 +7,9 @@
 //!   secret stops the node at start.
 //! - [`limits`]: a slow client cannot hold the node: an unfinished request head
 //!   is closed after `header_timeout`, an unfinished body gets a 408 JSON error
-//!   after `request_timeout`, and other clients are served meanwhile.
+//!   after `request_timeout`, and other clients are served meanwhile; idle
+//!   trace streams cannot take the connections peers need; with large values
+//!   and a peer cut off, the log in memory stays within `log_memory_bytes`.
 //! - [`shutdown`]: on SIGTERM a node lets its in-flight request finish, keeps
 //!   what it acknowledged, logs each step and exits 0, within
 //!   `shutdown_timeout` even when a client holds a connection open.
@@ -279,6 +281,77 @@ mod limits {
             "{body}"
         );
         assert_eq!(cluster.clock(1), before);
+    }
+
+    /// Idle trace streams cannot lock peers out: with as many streams asked
+    /// for as the node takes connections, only `max_trace_streams` are
+    /// served, the others get 503 naming the limit, and replication and
+    /// clients go on.
+    #[test]
+    fn trace_streams_cannot_take_the_connections_peers_need() {
+        let cluster = TestCluster::start_with(
+            2,
+            &[
+                ("KVNODE_WORKERS", "1"),
+                ("KVNODE_MAX_CONNECTIONS", "8"),
+                ("KVNODE_MAX_TRACE_STREAMS", "4"),
+                ("KVNODE_TRACE_BUFFER", "100"),
+            ],
+        );
+        // A record in the trace, so that a served stream answers at once.
+        cluster.write(1, "before", json!(1), None);
+        let mut served = Vec::new();
+        let mut refused = 0;
+        for _ in 0..8 {
+            let mut stream = connect(&cluster, 1);
+            stream
+                .write_all(b"GET /v1/trace/stream?after=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut head = [0u8; 512];
+            let n = stream.read(&mut head).unwrap();
+            let head = String::from_utf8_lossy(&head[..n]).into_owned();
+            if head.starts_with("HTTP/1.1 200") {
+                served.push(stream);
+            } else {
+                assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+                let answer = head + &read_all(&mut stream);
+                assert!(answer.contains("max_trace_streams"), "{answer}");
+                refused += 1;
+            }
+        }
+        assert_eq!((served.len(), refused), (4, 4));
+
+        // node2's writes still reach node1, and node1 still serves clients.
+        let written = cluster.write(2, "during", json!("streams open"), None);
+        cluster.wait_converged(&written);
+        assert_eq!(cluster.read(1, "during").0, json!("streams open"));
+        drop(served);
+    }
+
+    /// With large values and a peer cut off, the log held in memory stays
+    /// within `log_memory_bytes`; the rest waits on disk and reaches the peer
+    /// once it is back.
+    #[test]
+    fn the_log_in_memory_stays_within_its_bytes_with_large_values() {
+        let cluster = TestCluster::start_with(2, &[("KVNODE_LOG_MEMORY_BYTES", "3000000")]);
+        cluster.pause(1, 2);
+        let value = json!("v".repeat(900_000));
+        let mut last = None;
+        for i in 0..12 {
+            last = Some(cluster.write(1, &format!("k{i}"), value.clone(), None));
+        }
+        let status: Value = cluster.status(1);
+        assert_eq!(status["log_len"], json!(12), "{}", status["log_len"]);
+        let held = status["log_in_memory_bytes"].as_u64().unwrap();
+        assert!(
+            (900_000..=3_000_000).contains(&held),
+            "log_in_memory_bytes = {held}"
+        );
+        assert!(status["log_in_memory"].as_u64().unwrap() <= 3);
+
+        cluster.resume(1, 2);
+        cluster.wait_converged(&last.unwrap());
+        assert_eq!(cluster.read(2, "k0").0, value, "read back from disk");
     }
 }
 
