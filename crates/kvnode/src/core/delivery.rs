@@ -358,7 +358,10 @@ impl<S: Store> Core<S> {
     /// Drops stable events from the log, and the tombstones of stable deletes
     /// from their keys.
     fn collect(&mut self) -> CoreResult<()> {
+        // Read a chunk at a time, bounded in bytes too: with large values a
+        // long log (after a partition) is read back from disk.
         const CHUNK: usize = 1024;
+        const CHUNK_BYTES: usize = 8 << 20;
         let stable = self.stable();
         for origin in self.nodes.clone() {
             let through = stable.get(&origin);
@@ -366,7 +369,9 @@ impl<S: Store> Core<S> {
                 continue;
             }
             loop {
-                let events = self.store.log_after(&origin, 0, CHUNK)?;
+                let events = self
+                    .store
+                    .log_after_within(&origin, 0, CHUNK, CHUNK_BYTES)?;
                 let stable_events: Vec<_> =
                     events.iter().take_while(|e| e.seq <= through).collect();
                 let Some(last) = stable_events.last().map(|e| e.seq) else {
@@ -381,7 +386,7 @@ impl<S: Store> Core<S> {
                     }
                 }
                 self.store.truncate(&origin, last)?;
-                if last == through || events.len() < CHUNK {
+                if last == through || stable_events.len() < events.len() {
                     break;
                 }
             }
@@ -628,8 +633,9 @@ impl<S: Store> super::replication::NodeView for Core<S> {
         origin: &str,
         after: Seq,
         limit: usize,
+        max_bytes: usize,
     ) -> crate::storage::StoreResult<Vec<Arc<Event>>> {
-        self.store.log_after(origin, after, limit)
+        self.store.log_after_within(origin, after, limit, max_bytes)
     }
 }
 

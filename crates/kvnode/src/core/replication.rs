@@ -81,8 +81,16 @@ pub struct Mutations {
 
 /// What the link reads of its node's replica.
 pub trait NodeView {
-    /// Up to `limit` logged events of `origin` with a seq above `after`, in order.
-    fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>>;
+    /// Up to `limit` logged events of `origin` with a seq above `after`, in
+    /// order, and no more than `max_bytes` of them (at least one); see
+    /// [`crate::storage::Store::log_after_within`].
+    fn log_after(
+        &self,
+        origin: &str,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<Arc<Event>>>;
 
     /// What `peer` is known to have applied, from any of its messages (the
     /// clock log collection counts on).
@@ -328,7 +336,11 @@ impl Link {
         let known = log.acked(&self.peer).map_or(0, |clock| clock.get(&self.me));
         self.sent = self.sent.max(known.min(own));
         let events = if self.sent < own {
-            match log.log_after(&self.me, self.sent, self.settings.max_batch_events) {
+            let (limit, bytes) = (
+                self.settings.max_batch_events,
+                self.settings.max_batch_bytes,
+            );
+            match log.log_after(&self.me, self.sent, limit, bytes) {
                 Ok(mut events) => {
                     events.retain(|e| e.seq <= own);
                     within_bytes(events, self.settings.max_batch_bytes)
@@ -481,8 +493,11 @@ impl Link {
                 continue;
             }
             self.lacking.insert(origin.clone(), (lacks, now));
-            let mut events = match log.log_after(origin, lacks - 1, self.settings.max_batch_events)
-            {
+            let (limit, bytes) = (
+                self.settings.max_batch_events,
+                self.settings.max_batch_bytes,
+            );
+            let mut events = match log.log_after(origin, lacks - 1, limit, bytes) {
                 Ok(events) => events,
                 Err(e) => {
                     self.notices.push(Notice::LogUnreadable(e.to_string()));
@@ -600,6 +615,7 @@ mod tests {
             origin: &str,
             after: Seq,
             limit: usize,
+            _max_bytes: usize,
         ) -> StoreResult<Vec<Arc<Event>>> {
             Ok(self
                 .0

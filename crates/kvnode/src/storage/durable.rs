@@ -48,7 +48,7 @@ use serde::Deserialize;
 use vclock_proto::{Event, NodeId, Seq, VClock};
 
 use crate::storage::journal::JournalAllocator;
-use crate::storage::{PendingSync, Siblings, Store, StoreError, StoreResult};
+use crate::storage::{Budget, PendingSync, Siblings, Store, StoreError, StoreResult};
 
 /// Size of a keyspace's memtable. Smaller than fjall's default (64 MiB): the
 /// write path inserts into the memtable's skip list once per key and chunk, and
@@ -518,23 +518,36 @@ impl Store for DurableStore {
     }
 
     fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>> {
+        self.log_after_within(origin, after, limit, usize::MAX)
+    }
+
+    fn log_after_within(
+        &self,
+        origin: &str,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<Arc<Event>>> {
         self.usable()?;
         let Some(log) = self.log.get(origin) else {
             return Ok(Vec::new());
         };
+        let mut budget = Budget::new(limit, max_bytes);
         let mut events = Vec::new();
         if let Some((first, last)) = log.on_disk {
             let from = (after + 1).max(first);
-            if from <= last {
-                self.read_on_disk(origin, log, from, last, limit, &mut events)?;
+            if from <= last
+                && !self.read_on_disk(origin, log, from, last, &mut budget, &mut events)?
+            {
+                return Ok(events);
             }
         }
         let Some(first) = log.events.front().map(|e| e.seq) else {
             return Ok(events);
         };
         let skip = (after + 1).saturating_sub(first) as usize;
-        let room = limit - events.len();
-        events.extend(log.events.iter().skip(skip).take(room).cloned());
+        let more = log.events.iter().skip(skip).take_while(|e| budget.take(e));
+        events.extend(more.cloned());
         Ok(events)
     }
 
@@ -673,17 +686,18 @@ impl DurableStore {
         })))
     }
 
-    /// Appends to `events` up to `limit` of `origin`'s events with seqs from
-    /// `from` through `to`, read from the chunks on disk.
+    /// Appends to `events` what `budget` takes of `origin`'s events with seqs
+    /// from `from` through `to`, read from the chunks on disk; false when the
+    /// budget ran out first.
     fn read_on_disk(
         &self,
         origin: &str,
         log: &OriginLog,
         from: Seq,
         to: Seq,
-        limit: usize,
+        budget: &mut Budget,
         events: &mut Vec<Arc<Event>>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         // The chunk that holds `from`, then the ones after it.
         let start = log
             .chunks
@@ -691,7 +705,7 @@ impl DurableStore {
             .next_back()
             .map_or(from, |(&first, _)| first);
         for (&first, &last) in log.chunks.range(start..) {
-            if first > to || events.len() >= limit {
+            if first > to {
                 break;
             }
             if last < from {
@@ -713,13 +727,16 @@ impl DurableStore {
                 if event.seq < from {
                     continue;
                 }
-                if event.seq > to || events.len() >= limit {
+                if event.seq > to {
                     break;
+                }
+                if !budget.take(&event) {
+                    return Ok(false);
                 }
                 events.push(Arc::new(event));
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes the pending changes and `applied` as one batch.
@@ -1216,6 +1233,32 @@ mod tests {
             assert_eq!(s.log_in_memory(), appended.min(4), "as many as fit");
         }
         assert_eq!(s.log_after("a", 0, usize::MAX).unwrap(), events);
+        // Reads bounded in bytes stop there, on disk and in memory alike; the
+        // first event comes whatever its size.
+        let mut mem = MemStore::new();
+        for e in &events {
+            mem.append(e.clone()).unwrap();
+        }
+        for (after, limit, bytes, want) in [
+            (0, usize::MAX, 3 * size as usize, 0..3),
+            (0, 2, usize::MAX, 0..2),
+            (5, usize::MAX, 0, 5..6),
+            (35, usize::MAX, 4 * size as usize + 1, 35..39),
+            (38, usize::MAX, size as usize, 38..39),
+            (40, 10, usize::MAX, 40..40),
+        ] {
+            let read = s.log_after_within("a", after, limit, bytes).unwrap();
+            assert_eq!(
+                read,
+                events[want.clone()],
+                "after {after}, {limit}, {bytes}"
+            );
+            let read = mem.log_after_within("a", after, limit, bytes).unwrap();
+            assert_eq!(
+                read, events[want],
+                "in memory: after {after}, {limit}, {bytes}"
+            );
+        }
         s.truncate("a", 38).unwrap();
         assert_eq!(s.log_in_memory_bytes(), 2 * size);
         s.commit(&clock(&[("a", 40)])).unwrap();

@@ -29,6 +29,36 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// overwritten, sorted so that the single-value winner is last.
 pub type Siblings = Vec<Arc<Event>>;
 
+/// How many more events a read of the log may return: at most `events` of
+/// them and `bytes` of their size, but at least one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    events: usize,
+    bytes: usize,
+    taken: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(events: usize, bytes: usize) -> Self {
+        Self {
+            events,
+            bytes,
+            taken: 0,
+        }
+    }
+
+    /// Takes `event` if it fits (the first one always does).
+    pub(crate) fn take(&mut self, event: &Event) -> bool {
+        let size = event.size_bytes();
+        let fits = self.taken < self.events && (self.taken == 0 || size <= self.bytes);
+        if fits {
+            self.taken += 1;
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+        fits
+    }
+}
+
 /// What the causal core needs from storage. Synchronous: the core runs on one
 /// writer path and never awaits.
 pub trait Store {
@@ -40,6 +70,23 @@ pub trait Store {
     fn append(&mut self, event: Arc<Event>) -> StoreResult<()>;
     /// Up to `limit` logged events of `origin` with a seq greater than `after`, in order.
     fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>>;
+    /// Like [`Store::log_after`], but also stops before the event that would
+    /// take the events' size ([`Event::size_bytes`]) over `max_bytes`; the
+    /// first event comes whatever its size. A store that reads its log from
+    /// disk reads no further.
+    fn log_after_within(
+        &self,
+        origin: &str,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<Arc<Event>>> {
+        let mut events = self.log_after(origin, after, limit)?;
+        let mut budget = Budget::new(limit, max_bytes);
+        let keep = events.iter().take_while(|e| budget.take(e)).count();
+        events.truncate(keep);
+        Ok(events)
+    }
     /// Drops logged events of `origin` with a seq up to `through`.
     fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()>;
     /// Number of events in the log.
@@ -106,6 +153,15 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn log_after(&self, origin: &str, after: Seq, limit: usize) -> StoreResult<Vec<Arc<Event>>> {
         (**self).log_after(origin, after, limit)
+    }
+    fn log_after_within(
+        &self,
+        origin: &str,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<Arc<Event>>> {
+        (**self).log_after_within(origin, after, limit, max_bytes)
     }
     fn truncate(&mut self, origin: &str, through: Seq) -> StoreResult<()> {
         (**self).truncate(origin, through)
