@@ -38,7 +38,10 @@ pub mod transport;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vclock_proto::{GetResponse, PutRequest, PutResponse, StatusResponse, VClock, Value};
+use vclock_proto::{
+    GetResponse, PutRequest, PutResponse, StatusResponse, TxnReadRequest, TxnReadResponse, VClock,
+    Value,
+};
 
 pub use transport::{Agent, CallError, Transport};
 
@@ -142,6 +145,22 @@ impl Client {
             .await
     }
 
+    /// Reads every key of `keys` from one causally consistent cut of a node's
+    /// state, after everything `context` counts: no answer shows a write
+    /// without the writes it depends on that the others show.
+    pub async fn txn_read(
+        &self,
+        keys: &[String],
+        context: Option<&VClock>,
+    ) -> Result<TxnReadResponse> {
+        let body = TxnReadRequest {
+            keys: keys.to_vec(),
+            context: context.cloned(),
+        };
+        self.request(awc::http::Method::POST, "/v1/txn/read", Some(&body))
+            .await
+    }
+
     /// Writes `value` to `key` after everything `context` counts. The write
     /// replaces every sibling the node has applied.
     pub async fn put(
@@ -236,6 +255,14 @@ impl Session {
     /// Reads `key`; sees at least everything this session has seen.
     pub async fn get(&mut self, key: &str) -> Result<GetResponse> {
         let answer = self.client.get(key, Some(&self.context)).await?;
+        self.context.merge(&answer.context);
+        Ok(answer)
+    }
+
+    /// Reads `keys` from one causal cut; sees at least everything this
+    /// session has seen.
+    pub async fn txn_read(&mut self, keys: &[String]) -> Result<TxnReadResponse> {
+        let answer = self.client.txn_read(keys, Some(&self.context)).await?;
         self.context.merge(&answer.context);
         Ok(answer)
     }

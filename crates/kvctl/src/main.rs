@@ -103,6 +103,9 @@ enum Command {
         /// The key.
         key: String,
     },
+    /// Transactions over several keys.
+    #[command(subcommand)]
+    Txn(TxnCommand),
     /// Delete a key (a tombstone that replaces what the node has applied).
     #[command(after_help = "Example:\n  kvctl del k")]
     Del {
@@ -145,6 +148,22 @@ enum Command {
     /// round-robin over the nodes. Exits 1 when any request failed.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(kvctl::bench::BenchArgs),
+}
+
+/// `kvctl txn ...`.
+#[derive(Debug, Subcommand)]
+enum TxnCommand {
+    /// Read several keys from one causally consistent cut of a node's state
+    /// (a snapshot): no key shows a write without the writes it depends on
+    /// that the others show. Exits 1 when a key is not found.
+    #[command(
+        after_help = "Examples:\n  kvctl txn get post comments\n  kvctl -o plain txn get a b c\n  kvctl --session s txn get a b"
+    )]
+    Get {
+        /// The keys, each once.
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
+    },
 }
 
 const BENCH_EXAMPLES: &str = "Examples:
@@ -307,6 +326,36 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let answer = client.get(key, context.as_ref()).await?;
             print_get(cli.output, &answer);
             let code = if answer.found { 0 } else { exit::NOT_FOUND };
+            (code, Some(answer.context))
+        }
+        Command::Txn(TxnCommand::Get { keys }) => {
+            let answer = client.txn_read(keys, context.as_ref()).await?;
+            match cli.output {
+                Output::Json => {
+                    println!("{}", serde_json::to_string(&answer).expect("serialisable"))
+                }
+                Output::Plain => {
+                    for read in &answer.reads {
+                        let value = if read.found {
+                            display_value(&read.value)
+                        } else {
+                            String::new()
+                        };
+                        println!("{}\t{value}", read.key);
+                    }
+                }
+                Output::Table => {
+                    println!("snapshot at {}", answer.context);
+                    for read in &answer.reads {
+                        print_get(Output::Table, read);
+                    }
+                }
+            }
+            let code = if answer.reads.iter().all(|r| r.found) {
+                0
+            } else {
+                exit::NOT_FOUND
+            };
             (code, Some(answer.context))
         }
         Command::Status => (status(&client, cli.output).await?, None),

@@ -582,3 +582,62 @@ fn values_nested_at_any_depth_are_shown_as_written() {
         assert_eq!(answer.siblings[0].value.json(), value.as_str());
     }
 }
+
+/// `kvctl txn get` reads several keys from one cut, in every format; a
+/// missing key exits 1; a session carries the cut's clock; a key listed twice
+/// is the node's clear 400 (exit 4).
+#[test]
+fn txn_get_reads_several_keys_from_one_cut() {
+    let cluster = start(kvnode(), &[]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let (n1, n2) = (cluster.url(1), cluster.url(2));
+    expect(
+        state,
+        &["--session", "S", "--node", n1, "put", "post", "hello"],
+        0,
+    );
+    expect(
+        state,
+        &["--session", "S", "--node", n1, "put", "comments", "[1,2]"],
+        0,
+    );
+
+    // At node2, the session waits until both writes are there.
+    let run = expect(
+        state,
+        &[
+            "--session",
+            "S",
+            "--node",
+            n2,
+            "-o",
+            "plain",
+            "txn",
+            "get",
+            "post",
+            "comments",
+        ],
+        0,
+    );
+    assert_eq!(run.stdout, "post\thello\ncomments\t[1,2]\n", "{run:#?}");
+
+    let run = expect(
+        state,
+        &["--node", n2, "-o", "json", "txn", "get", "comments", "post"],
+        0,
+    );
+    let answer: vclock_proto::TxnReadResponse = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("-o json txn get is the answer ({e}): {run:#?}"));
+    let keys: Vec<&str> = answer.reads.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["comments", "post"]);
+    assert!(answer.reads.iter().all(|r| r.context == answer.context));
+    assert_eq!(answer.context.get("node1"), 2);
+
+    let run = expect(state, &["--node", n1, "txn", "get", "post", "missing"], 1);
+    assert!(run.stdout.contains("snapshot at"), "{run:#?}");
+    assert!(run.stdout.contains("missing: not found"), "{run:#?}");
+
+    let run = expect(state, &["--node", n1, "txn", "get", "post", "post"], 4);
+    assert!(run.stderr.contains("listed twice"), "{run:#?}");
+}

@@ -59,6 +59,8 @@ struct RawConfig {
     max_value_bytes: usize,
     #[serde(default = "defaults::max_value_depth")]
     max_value_depth: usize,
+    #[serde(default = "defaults::max_txn_keys")]
+    max_txn_keys: usize,
     #[serde(default = "defaults::max_buffered")]
     max_buffered: usize,
     #[serde(default = "defaults::max_buffered_bytes")]
@@ -168,6 +170,9 @@ mod defaults {
     pub fn max_value_depth() -> usize {
         100
     }
+    pub fn max_txn_keys() -> usize {
+        1000
+    }
     pub fn max_buffered() -> usize {
         100_000
     }
@@ -223,6 +228,8 @@ pub mod limits {
     pub const MAX_BATCH_BYTES: usize = 1024 * 1024 * 1024;
     /// Largest `max_batch_events`.
     pub const MAX_BATCH_EVENTS: usize = 1_000_000;
+    /// Largest `max_txn_keys`.
+    pub const MAX_TXN_KEYS: usize = 100_000;
     /// Largest `max_value_depth`.
     pub const MAX_VALUE_DEPTH: usize = 10_000;
     /// Largest `max_buffered`.
@@ -286,6 +293,8 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Deepest nesting of arrays and objects in a client's value (default 100).
     pub max_value_depth: usize,
+    /// Most keys one transaction reads (default 1000).
+    pub max_txn_keys: usize,
     /// Most events held in the buffer of undeliverable events (default 100 000).
     pub max_buffered: usize,
     /// Most bytes of events (keys, values, clocks) held in that buffer
@@ -448,6 +457,7 @@ impl Config {
             ("max_key_bytes", raw.max_key_bytes),
             ("max_value_bytes", raw.max_value_bytes),
             ("max_value_depth", raw.max_value_depth),
+            ("max_txn_keys", raw.max_txn_keys),
             ("max_buffered", raw.max_buffered),
             ("max_buffered_bytes", raw.max_buffered_bytes),
             ("log_memory_bytes", raw.log_memory_bytes),
@@ -474,6 +484,7 @@ impl Config {
                 raw.max_value_depth,
                 limits::MAX_VALUE_DEPTH,
             ),
+            ("max_txn_keys", raw.max_txn_keys, limits::MAX_TXN_KEYS),
             ("max_buffered", raw.max_buffered, limits::MAX_BUFFERED),
             (
                 "max_buffered_bytes",
@@ -642,6 +653,7 @@ impl Config {
             max_key_bytes: raw.max_key_bytes,
             max_value_bytes: raw.max_value_bytes,
             max_value_depth: raw.max_value_depth,
+            max_txn_keys: raw.max_txn_keys,
             max_buffered: raw.max_buffered,
             max_buffered_bytes: raw.max_buffered_bytes,
             max_batch_events: raw.max_batch_events,

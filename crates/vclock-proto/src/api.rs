@@ -115,6 +115,30 @@ pub struct GetResponse {
     pub context: VClock,
 }
 
+/// Body of `POST /v1/txn/read`: keys to read from one causally consistent cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TxnReadRequest {
+    /// The keys, each listed once (at most `max_txn_keys` of them).
+    pub keys: Vec<String>,
+    /// The causal context to wait for first, as for a single read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<VClock>,
+}
+
+/// Answer to `POST /v1/txn/read`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TxnReadResponse {
+    /// One answer per key, in the order asked, all read at the same moment:
+    /// each one's `context` is the cut's clock.
+    pub reads: Vec<GetResponse>,
+    /// The clock of the cut: every write it counts, and no other, is
+    /// reflected in the answers.
+    pub context: VClock,
+}
+
 /// Body of `PUT /v1/kv/{key}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

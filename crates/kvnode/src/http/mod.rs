@@ -73,6 +73,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint(Method::DELETE, "/v1/kv/{key:.*}", "/v1/kv/{key}", |r| {
         r.to(delete_key)
     }),
+    endpoint(Method::POST, "/v1/txn/read", "/v1/txn/read", |r| {
+        r.to(txn_read)
+    }),
     // Peer API: replication and clock exchange.
     endpoint(Method::POST, "/peer/v1/events", "/peer/v1/events", |r| {
         r.to(receive_events)
@@ -576,6 +579,109 @@ mod tests {
         let again = test::call_service(&app, open()).await;
         assert_eq!(again.status(), StatusCode::OK, "the slot was given back");
         drop(second);
+    }
+
+    /// A snapshot read is one cut: while `x` then `y` are written in turns
+    /// (each `y = i` after `x = i`), no read of both shows `y` ahead of `x`,
+    /// and every answer carries the cut's clock.
+    #[actix_web::test]
+    async fn a_snapshot_read_is_one_causal_cut() {
+        let node = test_node(&[]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let writer = actix_web::rt::spawn({
+            let node = node.clone();
+            async move {
+                for i in 1..=200 {
+                    for key in ["x", "y"] {
+                        let op =
+                            vclock_proto::Op::Put(vclock_proto::Value::from_serialize(&i).unwrap());
+                        node.write(key.into(), op).await.unwrap();
+                    }
+                }
+            }
+        });
+        let mut reads = 0;
+        let mut last_y = 0;
+        while last_y < 200 {
+            let req = TestRequest::post()
+                .uri("/v1/txn/read")
+                .set_json(json!({"keys": ["x", "y"]}));
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let body: Json = test::read_body_json(res).await;
+            // x first: a read that took the keys one at a time would see y
+            // ahead of x whenever a write came in between.
+            let (x, y) = (&body["reads"][0], &body["reads"][1]);
+            assert_eq!((&x["key"], &y["key"]), (&json!("x"), &json!("y")));
+            let (y, x) = (
+                y["value"].as_u64().unwrap_or(0),
+                x["value"].as_u64().unwrap_or(0),
+            );
+            assert!(x >= y && x <= y + 1, "a cut shows x = {x} with y = {y}");
+            assert_eq!(body["context"]["n1"], json!(x + y), "{body}");
+            assert_eq!(body["reads"][0]["context"], body["context"]);
+            last_y = y;
+            reads += 1;
+            // One thread runs both tasks: let the writer go on.
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        assert!(reads > 1);
+    }
+
+    #[actix_web::test]
+    async fn a_snapshot_read_names_what_is_wrong_with_its_keys() {
+        let node = test_node(&[("KVNODE_MAX_TXN_KEYS", "3"), ("KVNODE_MAX_KEY_BYTES", "8")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        for (body, status, says) in [
+            (
+                json!({"keys": []}),
+                StatusCode::BAD_REQUEST,
+                "keys is empty",
+            ),
+            (
+                json!({"keys": ["a", "b", "a"]}),
+                StatusCode::BAD_REQUEST,
+                "listed twice",
+            ),
+            (
+                json!({"keys": ["a", ""]}),
+                StatusCode::BAD_REQUEST,
+                "must not be empty",
+            ),
+            (
+                json!({"keys": ["a", "b", "c", "d"]}),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "max_txn_keys",
+            ),
+            (
+                json!({"keys": ["k".repeat(9)]}),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "max_key_bytes",
+            ),
+            (
+                json!({"keys": ["a"], "context": {"n1": 5}}),
+                StatusCode::CONFLICT,
+                "n1",
+            ),
+            (
+                json!({"keys": "a"}),
+                StatusCode::BAD_REQUEST,
+                "invalid JSON body",
+            ),
+            (
+                json!({"keys": ["a"], "snapshot": true}),
+                StatusCode::BAD_REQUEST,
+                "snapshot",
+            ),
+        ] {
+            let req = TestRequest::post().uri("/v1/txn/read").set_json(&body);
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), status, "{body}");
+            let answer: Json = test::read_body_json(res).await;
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{body}: {message}");
+        }
     }
 
     /// Values nested deeper than `max_value_depth` are refused on both client

@@ -29,6 +29,7 @@ use crate::config::Config;
         crate::http::routes::get_key,
         crate::http::routes::put_key,
         crate::http::routes::delete_key,
+        crate::http::routes::txn_read,
         crate::http::routes::receive_events,
         crate::http::routes::sync_clock,
         crate::http::routes::status,

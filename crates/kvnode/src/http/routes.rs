@@ -14,12 +14,13 @@ use futures_util::{stream, StreamExt};
 use vclock_proto::{
     ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch, FaultsResponse,
     GetResponse, HealthResponse, LinkRequest, Op, PutRequest, PutResponse, ReadQuery, ReadResponse,
-    Sibling, StatusResponse, TraceEvent, TraceQuery, TraceResponse, VClock, Value, WriteRequest,
-    WriteResponse, TRACE_CAUSE_HEADER,
+    Sibling, StatusResponse, TraceEvent, TraceQuery, TraceResponse, TxnReadRequest,
+    TxnReadResponse, VClock, Value, WriteRequest, WriteResponse, TRACE_CAUSE_HEADER,
 };
 
 use super::middleware::submit_write;
 use crate::config::{Config, Secret};
+use crate::core::ReadResult;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::observe::metrics;
@@ -232,6 +233,11 @@ pub async fn get_key(
     check_key(node.config(), &key)?;
     let context = parse_context(&query)?;
     let result = node.read(&key, context.as_ref()).await?;
+    Ok(web::Json(get_response(key, result)))
+}
+
+/// The native answer for one key.
+fn get_response(key: String, result: ReadResult) -> GetResponse {
     let winner = result.winner().cloned();
     let siblings = result
         .siblings
@@ -243,13 +249,80 @@ pub async fn get_key(
             value: e.op.value().cloned().unwrap_or_else(Value::null),
         })
         .collect();
-    Ok(web::Json(GetResponse {
+    GetResponse {
         key,
         found: winner.is_some(),
         value: winner.unwrap_or_else(Value::null),
         siblings,
         context: result.applied,
+    }
+}
+
+/// Reads several keys from one causally consistent cut of this node's state,
+/// after an optional causal context.
+#[utoipa::path(post, path = "/v1/txn/read", tag = "native", request_body = TxnReadRequest,
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Every key's siblings and winner, and the cut's clock", body = TxnReadResponse),
+        (status = 400, description = "Malformed body, no keys, an empty or repeated key, or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "A key is over max_key_bytes, more keys than max_txn_keys, or the body is over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait", body = ErrorResponse),
+    ))]
+pub async fn txn_read(
+    _auth: ClientAuth,
+    node: web::Data<Node>,
+    body: web::Json<TxnReadRequest>,
+) -> Result<web::Json<TxnReadResponse>> {
+    let TxnReadRequest { keys, context } = body.into_inner();
+    check_txn_keys(node.config(), keys.iter().map(String::as_str))?;
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let results = node.read_keys(&names, context.as_ref()).await?;
+    let context = results
+        .first()
+        .map(|r| r.applied.clone())
+        .unwrap_or_default();
+    let reads = keys
+        .into_iter()
+        .zip(results)
+        .map(|(k, r)| get_response(k, r));
+    Ok(web::Json(TxnReadResponse {
+        reads: reads.collect(),
+        context,
     }))
+}
+
+/// The keys of a transaction: at least one, at most `max_txn_keys`, each
+/// valid and listed once.
+pub(crate) fn check_txn_keys<'k>(
+    config: &Config,
+    keys: impl ExactSizeIterator<Item = &'k str>,
+) -> Result<()> {
+    let count = keys.len();
+    if count == 0 {
+        return Err(Error::BadRequest(
+            "keys is empty: list at least one key".into(),
+        ));
+    }
+    if count > config.max_txn_keys {
+        return Err(Error::TooLarge(format!(
+            "{count} keys, more than the limit of {} (max_txn_keys)",
+            config.max_txn_keys
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    for key in keys {
+        check_key(config, key)?;
+        if !seen.insert(key) {
+            return Err(Error::BadRequest(format!(
+                "the key {key:?} is listed twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes a key; with a context, replaces every sibling the context covers.

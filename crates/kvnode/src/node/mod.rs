@@ -442,11 +442,34 @@ impl Node {
 
     /// A client read: waits for `context`, then reads siblings and clock together.
     pub async fn read(&self, key: &str, context: Option<&VClock>) -> Result<ReadResult> {
+        let mut results = self.read_keys(&[key], context).await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Internal("a read of one key read none".into()))
+    }
+
+    /// A snapshot read: waits for `context`, then reads every key of `keys`
+    /// at one moment of the node's state, under the core's lock. The writer
+    /// applies events in causal order under that lock, so the answers form a
+    /// causally consistent cut: no key shows a write without every write it
+    /// depends on that the other keys show. Every result has the cut's clock.
+    pub async fn read_keys(
+        &self,
+        keys: &[&str],
+        context: Option<&VClock>,
+    ) -> Result<Vec<ReadResult>> {
         if let Some(context) = context {
             self.wait_for(context).await?;
         }
         let mut published = self.watch_committed();
-        let result = self.shared.core().read(key)?;
+        let (results, applied) = {
+            let core = self.shared.core();
+            let results = keys.iter().map(|key| core.read(key));
+            (
+                results.collect::<core::CoreResult<Vec<_>>>()?,
+                core.applied().clone(),
+            )
+        };
         // The core may hold a group whose sync is under way. This node's own
         // writes are shown only once durable: a crash of the machine must not
         // take back a write a client saw, nor let the node reuse its seqs.
@@ -454,7 +477,7 @@ impl Node {
         // disk, and this node acknowledges them only after its own sync, so
         // a crash here loses nothing the origin could not send again.
         let me = self.id();
-        let own = result.applied.get(me);
+        let own = applied.get(me);
         while published.borrow_and_update().get(me) < own {
             if published.changed().await.is_err() {
                 return Err(stopping());
@@ -463,14 +486,16 @@ impl Node {
         // Traced once shown, so after the records of the writes it shows.
         let tracer = &self.shared.tracer;
         if tracer.is_on() {
-            tracer.record(TraceKind::Read, &result.applied, |e| {
-                e.key = Some(key.to_owned());
-                e.value = result.winner().cloned();
-                e.siblings = Some(result.siblings.len() as u64);
-            });
+            for (key, result) in keys.iter().zip(&results) {
+                tracer.record(TraceKind::Read, &result.applied, |e| {
+                    e.key = Some((*key).to_owned());
+                    e.value = result.winner().cloned();
+                    e.siblings = Some(result.siblings.len() as u64);
+                });
+            }
         }
         self.shared.metrics.read();
-        Ok(result)
+        Ok(results)
     }
 
     /// A batch from `peer` (whose trace record of the send is `cause`): what
