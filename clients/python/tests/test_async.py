@@ -28,6 +28,11 @@ async def test_put_get_delete(cluster: LiveCluster, key: str) -> None:
         assert not gone.found and all(s.deleted for s in gone.siblings)
         status = await client.status(cluster.url(2))
         assert status.node == cluster.id(2)
+        session = client.session(deleted.timestamp)
+        await session.put(f"{key}/a", 1)
+        snap = await session.snapshot([key, f"{key}/a"])
+        assert snap.values == {key: None, f"{key}/a": 1}
+        assert covers(session.context, snap.context)
 
 
 async def test_concurrent_tasks_share_a_session_across_nodes(cluster: LiveCluster, key: str) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from causal_kv import Client, Dot, GetResult, covers
+from causal_kv import BadRequest, Client, Dot, GetResult, InvalidValue, covers
 from conftest import LiveCluster, poll
 
 VALUES: list[Any] = [
@@ -111,3 +111,28 @@ def test_connections_are_kept_alive_and_reused(cluster: LiveCluster, key: str) -
             response = client._http.get(cluster.url(1) + "/health")
             ports.add(response.extensions["network_stream"].get_extra_info("client_addr"))
         assert len(ports) == 1, ports
+
+
+def test_a_snapshot_reads_several_keys_from_one_cut(cluster: LiveCluster, key: str) -> None:
+    with Client([cluster.url(1)]) as at1, Client([cluster.url(2)]) as at2:
+        session = at1.session()
+        session.put(f"{key}/post", {"title": "hello"})
+        session.put(f"{key}/comments", ["first!"])
+        # At node2, the session waits until both writes are there.
+        later = at2.session(session.context)
+        snap = later.snapshot([f"{key}/comments", f"{key}/post", f"{key}/none"])
+        assert [r.key for r in snap.reads] == [f"{key}/comments", f"{key}/post", f"{key}/none"]
+        assert snap.values == {f"{key}/comments": ["first!"], f"{key}/post": {"title": "hello"}, f"{key}/none": None}
+        assert snap[f"{key}/post"].found and not snap[f"{key}/none"].found
+        assert all(r.context == snap.context for r in snap.reads)
+        assert covers(snap.context, session.context) and snap.node == cluster.url(2)
+        assert covers(later.context, snap.context)
+        with pytest.raises(KeyError):
+            snap["other"]
+
+
+def test_a_snapshot_of_a_key_listed_twice_is_refused(client: Client, key: str) -> None:
+    with pytest.raises(BadRequest, match="listed twice"):
+        client.snapshot([key, key])
+    with pytest.raises(InvalidValue):
+        client.snapshot(key)

@@ -9,9 +9,9 @@ from typing import Generic, Mapping, TypeVar
 
 from . import session_file
 from ._wire import check_clock
-from .types import Clock, GetResult, WriteResult, merge
+from .types import Clock, GetResult, Snapshot, WriteResult, merge
 
-A = TypeVar("A", GetResult, WriteResult)
+A = TypeVar("A", GetResult, Snapshot, WriteResult)
 C = TypeVar("C")
 
 
@@ -50,7 +50,7 @@ class SessionState:
 
     def seen(self, answer: A) -> A:
         """Observes an answer's clock (a read's context, a write's timestamp); returns the answer."""
-        self.observe(answer.context if isinstance(answer, GetResult) else answer.timestamp)
+        self.observe(answer.timestamp if isinstance(answer, WriteResult) else answer.context)
         return answer
 
     def save(self, path: str | os.PathLike[str]) -> Clock:

@@ -167,6 +167,16 @@ def get(key: str, context: Mapping[str, int] | None) -> Call[t.GetResult]:
     return Call("GET", _kv_path(key), _get_result, params=params)
 
 
+def snapshot(keys: Sequence[str], context: Mapping[str, int] | None) -> Call[t.Snapshot]:
+    if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
+        raise errors.InvalidValue("keys is a list of non-empty strings")
+    body: dict[str, Any] = {"keys": list(keys)}
+    ctx = check_clock(context)
+    if ctx is not None:
+        body["context"] = ctx
+    return Call("POST", "/v1/txn/read", _snapshot, body=encode_json(body), headers=JSON_HEADERS)
+
+
 def put(key: str, value: Any, context: Mapping[str, int] | None) -> Call[t.WriteResult]:
     body: dict[str, Any] = {"value": value}
     ctx = check_clock(context)
@@ -239,6 +249,10 @@ def _get_result(raw: Any, url: str) -> t.GetResult:
         context=_clock(raw["context"]),
         node=url,
     )
+
+
+def _snapshot(raw: Any, url: str) -> t.Snapshot:
+    return t.Snapshot(tuple(_get_result(r, url) for r in raw["reads"]), _clock(raw["context"]), url)
 
 
 def _write_result(raw: Any, url: str) -> t.WriteResult:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 from types import TracebackType
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import httpx
 
 from . import _wire
 from ._session import A, SessionBase
-from .types import Clock, GetResult, Links, Status, WriteResult
+from .types import Clock, GetResult, Links, Snapshot, Status, WriteResult
 
 T = TypeVar("T")
 
@@ -28,6 +28,10 @@ class AsyncClient(_wire.Nodes[httpx.AsyncClient]):
     async def get(self, key: str, context: Mapping[str, int] | None = None) -> GetResult:
         """See `Client.get`."""
         return await self._call(_wire.get(key, context))
+
+    async def snapshot(self, keys: Sequence[str], context: Mapping[str, int] | None = None) -> Snapshot:
+        """See `Client.snapshot`."""
+        return await self._call(_wire.snapshot(keys, context))
 
     async def put(self, key: str, value: Any, context: Mapping[str, int] | None = None) -> WriteResult:
         """See `Client.put`."""
@@ -88,6 +92,10 @@ class AsyncSession(SessionBase[AsyncClient]):
     async def get(self, key: str) -> GetResult:
         """See `Session.get`."""
         return await self._seen(await self.client.get(key, await self._snapshot()))
+
+    async def snapshot(self, keys: Sequence[str]) -> Snapshot:
+        """See `Session.snapshot`."""
+        return await self._seen(await self.client.snapshot(keys, await self._snapshot()))
 
     async def put(self, key: str, value: Any) -> WriteResult:
         """See `Session.put`."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import httpx
 
 from . import _wire
 from ._session import SessionBase
-from .types import GetResult, Links, Status, WriteResult
+from .types import GetResult, Links, Snapshot, Status, WriteResult
 
 T = TypeVar("T")
 
@@ -31,6 +31,11 @@ class Client(_wire.Nodes[httpx.Client]):
     def get(self, key: str, context: Mapping[str, int] | None = None) -> GetResult:
         """Reads `key` with every sibling, after everything `context` counts."""
         return self._call(_wire.get(key, context))
+
+    def snapshot(self, keys: Sequence[str], context: Mapping[str, int] | None = None) -> Snapshot:
+        """Reads every key of `keys` from one causally consistent cut of a
+        node's state, after everything `context` counts."""
+        return self._call(_wire.snapshot(keys, context))
 
     def put(self, key: str, value: Any, context: Mapping[str, int] | None = None) -> WriteResult:
         """Writes `value` (any JSON value) to `key`, after everything `context`
@@ -103,6 +108,11 @@ class Session(SessionBase[Client]):
         answer's `value` is the winner's; a put in this session afterwards
         replaces every sibling it lists."""
         return self._state.seen(self.client.get(key, self._state.snapshot()))
+
+    def snapshot(self, keys: Sequence[str]) -> Snapshot:
+        """Reads `keys` from one causal cut, seeing at least everything this
+        session has seen."""
+        return self._state.seen(self.client.snapshot(keys, self._state.snapshot()))
 
     def put(self, key: str, value: Any) -> WriteResult:
         """Writes `value` to `key`, after everything this session has seen."""

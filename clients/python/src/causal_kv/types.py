@@ -88,6 +88,32 @@ class GetResult:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A snapshot read: several keys read from one causally consistent cut of
+    a node's state. No key shows a write without every write it depends on
+    that another key shows; every read's `context` is the cut's clock."""
+
+    reads: tuple[GetResult, ...]
+    """One read per key, in the order asked."""
+    context: Clock
+    """The cut's clock."""
+    node: str
+    """The URL of the node that answered."""
+
+    def __getitem__(self, key: str) -> GetResult:
+        """The read of `key`."""
+        for read in self.reads:
+            if read.key == key:
+                return read
+        raise KeyError(key)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Each key's winning value (``None`` when not found)."""
+        return {read.key: read.value for read in self.reads}
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """The answer to a put or a delete."""
 
