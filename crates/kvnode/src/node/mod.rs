@@ -462,6 +462,26 @@ impl Node {
             self.wait_for(context).await?;
         }
         let mut published = self.watch_committed();
+        // Test only: each key read on its own, a pause apart, with its own
+        // clock; the last one read is the latest.
+        #[cfg(feature = "fractured-snapshots")]
+        let (results, applied) = {
+            #[cfg(not(debug_assertions))]
+            compile_error!("the fractured-snapshots feature is for tests only and cannot be built in release mode");
+            let mut results = Vec::with_capacity(keys.len());
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                }
+                results.push(self.shared.core().read(key)?);
+            }
+            let applied = results
+                .last()
+                .map(|r| r.applied.clone())
+                .unwrap_or_default();
+            (results, applied)
+        };
+        #[cfg(not(feature = "fractured-snapshots"))]
         let (results, applied) = {
             let core = self.shared.core();
             let results = keys.iter().map(|key| core.read(key));
