@@ -120,7 +120,7 @@ enum Command {
     /// has the same clock, read every key everywhere, then check the history.
     /// Exits 1 when it finds a violation or the nodes do not converge.
     #[command(
-        after_help = "Examples:\n  kvctl check\n  kvctl check --api compat --sessions 16 --ops 500 --history run.json\n  kvctl check --replay run.json"
+        after_help = "Examples:\n  kvctl check\n  kvctl check --api compat --sessions 16 --ops 500 --history run.json\n  kvctl check --txn\n  kvctl check --replay run.json"
     )]
     Check(CheckArgs),
     /// Write every node's trace as one log to open in ShiViz.
@@ -191,6 +191,10 @@ struct CheckArgs {
     /// Share of writes, 0 to 1.
     #[arg(long, default_value_t = 0.5)]
     write_ratio: f64,
+    /// Half of the reads are snapshot reads of 2 to 4 keys (POST
+    /// /v1/txn/read, native API), each checked as a causally consistent cut.
+    #[arg(long, conflicts_with = "replay")]
+    txn: bool,
     /// Seed of the random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -481,7 +485,12 @@ async fn check(client: &Client, args: &CheckArgs, output: Output) -> Result<u8, 
                 seed: args.seed,
                 token: client.transport().token().map(str::to_owned),
             };
-            let history = check::run(&workload).await;
+            let mix = if args.txn {
+                check::Mix::txn()
+            } else {
+                check::Mix::default()
+            };
+            let history = check::run_with(&workload, mix).await;
             if history.ops.iter().all(|o| o.outcome != Outcome::Ok) {
                 let errors: Vec<(String, String)> = history
                     .ops
@@ -507,8 +516,13 @@ async fn check(client: &Client, args: &CheckArgs, output: Output) -> Result<u8, 
         None if history.quiescent => "yes",
         None => "no (the nodes did not reach the same clock in time)",
     };
+    let snapshots = if report.snapshots_checked > 0 {
+        format!(" snapshots_checked={}", report.snapshots_checked)
+    } else {
+        String::new()
+    };
     let summary = format!(
-        "ops={} ok={} failed={} unknown={} reads_checked={} violations={} converged={converged}",
+        "ops={} ok={} failed={} unknown={} reads_checked={}{snapshots} violations={} converged={converged}",
         history.ops.len(),
         count(Outcome::Ok),
         count(Outcome::Failed),

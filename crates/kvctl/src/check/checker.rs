@@ -37,6 +37,13 @@
 //! - `overwritten_sibling`: two siblings of one read where one saw the other,
 //!   or a node that keeps, after quiescence, a value an acknowledged write
 //!   overwrote.
+//! - Snapshot reads (`POST /v1/txn/read`, recorded as one read per key,
+//!   unordered among themselves): each of their reads is checked as any read,
+//!   and together they must form one causally consistent cut.
+//!   `snapshot_not_closed`: the snapshot shows for one key a write `wA` and for
+//!   another key nothing, or only values older than a write `wB` of that key
+//!   that happened before `wA` (in CO or by their timestamps);
+//!   `snapshot_clocks_differ`: its reads carry different clocks.
 //! - After quiescence: `lost_write` (an acknowledged write neither present nor
 //!   overwritten on some node), `divergence` (nodes disagree on clocks or
 //!   siblings).
@@ -78,6 +85,9 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// Reads the session checks applied to.
     pub reads_checked: usize,
+    /// Snapshot reads checked for being one causally consistent cut.
+    #[serde(default)]
+    pub snapshots_checked: usize,
     /// Whether the final states agree (None when there are none).
     pub converged: Option<bool>,
 }
@@ -147,6 +157,29 @@ impl<'a> Index<'a> {
             OpKind::Write { value, .. } => value,
             OpKind::Read { .. } => "",
         }
+    }
+
+    /// What a read that showed the values of `sources` showed, for people:
+    /// `"v1" (#3), "v2" (#5)`, or `nothing`.
+    fn shown(&self, sources: &[usize]) -> String {
+        if sources.is_empty() {
+            return "nothing".to_owned();
+        }
+        sources
+            .iter()
+            .map(|&s| format!("{:?} (#{s})", self.value(s)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// True when a read that showed the values of `sources` (none: the key
+    /// is absent) shows nothing as new as write `w`: every value is older
+    /// than `w`, in CO (`past`) or by the timestamps.
+    fn all_older(&self, past: &[Option<Bits>], sources: &[usize], w: usize) -> bool {
+        let co_before = |a: usize, b: usize| past[b].as_ref().is_some_and(|p| p.contains(a));
+        sources
+            .iter()
+            .all(|&s| s != w && (co_before(s, w) || self.ts_before(s, w)))
     }
 
     /// True when write `a` is strictly before write `b` by their timestamps.
@@ -272,32 +305,22 @@ pub fn check(history: &History) -> Report {
             }
             // w is in the read's causal past: the read must show w or a value
             // that is not older than w.
-            let all_older = !sources.is_empty()
-                && sources
-                    .iter()
-                    .all(|&s| co_before(s, w) || index.ts_before(s, w));
+            let all_older = !sources.is_empty() && index.all_older(&past, sources, w);
             if shows_absent || all_older {
                 // A session guarantee is broken; name it by how w came into
                 // the read's past.
                 let kind = if index.op(w).session == op.session {
                     "read_your_writes"
-                } else if ops[..op.id]
-                    .iter()
-                    .any(|o| o.session == op.session && reads_from[o.id].contains(&w))
-                {
+                } else if ops[..op.id].iter().any(|o| {
+                    o.session == op.session
+                        && (o.snapshot.is_none() || o.snapshot != op.snapshot)
+                        && reads_from[o.id].contains(&w)
+                }) {
                     "monotonic_reads"
                 } else {
                     "causal_read"
                 };
-                let shown = if shows_absent {
-                    "nothing".to_owned()
-                } else {
-                    sources
-                        .iter()
-                        .map(|&s| format!("{:?} (#{s})", index.value(s)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let shown = index.shown(sources);
                 let mut involved = vec![w, op.id];
                 involved.extend(sources);
                 v.push(Violation {
@@ -354,6 +377,8 @@ pub fn check(history: &History) -> Report {
             }
         }
     }
+
+    report.snapshots_checked = check_snapshots(&index, &reads_from, &past, v);
 
     if !history.final_states.is_empty() {
         report.converged = Some(check_final(&index, v));
@@ -467,6 +492,95 @@ fn check_read_clock(
     }
 }
 
+/// Checks every snapshot read (the answered reads that share an
+/// [`Op::snapshot`]) as one cut: its reads carry one clock, and it is causally
+/// closed. Returns how many snapshots were checked.
+fn check_snapshots(
+    index: &Index<'_>,
+    reads_from: &[Vec<usize>],
+    past: &[Option<Bits>],
+    v: &mut Vec<Violation>,
+) -> usize {
+    let mut snapshots: BTreeMap<usize, Vec<&Op>> = BTreeMap::new();
+    for op in &index.history.ops {
+        if let (Some(first), Outcome::Ok, OpKind::Read { .. }) = (op.snapshot, op.outcome, &op.kind)
+        {
+            snapshots.entry(first).or_default().push(op);
+        }
+    }
+    let precedes = |a: usize, b: usize| {
+        past[b].as_ref().is_some_and(|p| p.contains(a)) || index.ts_before(a, b)
+    };
+    for (&first, reads) in &snapshots {
+        let clock = |op: &Op| match &op.kind {
+            OpKind::Read { clock, .. } => clock.clone().unwrap_or_default(),
+            OpKind::Write { .. } => VClock::new(),
+        };
+        let first_clock = clock(reads[0]);
+        for read in &reads[1..] {
+            let other = clock(read);
+            if other.compare(&first_clock) != Causality::Equal {
+                v.push(Violation {
+                    kind: "snapshot_clocks_differ".into(),
+                    message: format!(
+                        "snapshot #{first} at {}: its read #{} of {} has clock {first_clock}, its read #{} of {} has {other}",
+                        reads[0].node, reads[0].id, reads[0].key, read.id, read.key
+                    ),
+                    ops: vec![reads[0].id, read.id],
+                });
+            }
+        }
+        // Causally closed: for every write wA shown, every write wB to
+        // another key of the snapshot that happened before wA is shown too,
+        // or a value not older than it. (A wB in that read's own causal past
+        // is the read's own violation, found above.)
+        for a in reads {
+            for b in reads {
+                if a.key == b.key {
+                    continue;
+                }
+                let shown_b = &reads_from[b.id];
+                let in_own_past = |w: usize| past[b.id].as_ref().is_none_or(|p| p.contains(w));
+                for &wa in &reads_from[a.id] {
+                    for &wb in index.acked_writes.get(b.key.as_str()).into_iter().flatten() {
+                        if !precedes(wb, wa)
+                            || shown_b.contains(&wb)
+                            || in_own_past(wb)
+                            || !index.all_older(past, shown_b, wb)
+                        {
+                            continue;
+                        }
+                        let shown = index.shown(shown_b);
+                        let stamp = |w: usize| {
+                            index
+                                .timestamp(w)
+                                .map_or_else(|| "no timestamp".to_owned(), |ts| ts.to_string())
+                        };
+                        let mut involved = vec![wb, wa, a.id, b.id];
+                        involved.extend(shown_b);
+                        v.push(Violation {
+                            kind: "snapshot_not_closed".into(),
+                            message: format!(
+                                "snapshot #{first} at {} showed {:?} (#{wa}, {}) for {} but {shown} for {}, although write #{wb} of {:?} ({}) to {} happened before #{wa}",
+                                a.node,
+                                index.value(wa),
+                                stamp(wa),
+                                a.key,
+                                b.key,
+                                index.value(wb),
+                                stamp(wb),
+                                b.key,
+                            ),
+                            ops: involved,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    snapshots.len()
+}
+
 /// The causal past (CO) of every operation; `None` for operations on a cycle.
 fn causal_past(ops: &[Op], reads_from: &[Vec<usize>], v: &mut Vec<Violation>) -> Vec<Option<Bits>> {
     let n = ops.len();
@@ -474,15 +588,32 @@ fn causal_past(ops: &[Op], reads_from: &[Vec<usize>], v: &mut Vec<Violation>) ->
     // read from. An op without an answer may take effect at any time, and the
     // session goes on without knowing it did (its next context lacks it): as
     // Jepsen takes such a process as crashed, nothing later in the session
-    // follows it, only what came before it.
+    // follows it, only what came before it. The reads of one snapshot are
+    // not ordered among themselves: each follows what came before the
+    // snapshot, and what comes after follows them all.
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut last: HashMap<usize, usize> = HashMap::new();
+    #[derive(Default)]
+    struct Tail {
+        /// What the session's next op follows.
+        last: Vec<usize>,
+        /// What the current snapshot's reads follow, and its id.
+        before: Vec<usize>,
+        snapshot: Option<usize>,
+    }
+    let mut tails: HashMap<usize, Tail> = HashMap::new();
     for op in ops {
-        if let Some(&prev) = last.get(&op.session) {
-            preds[op.id].push(prev);
+        let tail = tails.entry(op.session).or_default();
+        let same_snapshot = op.snapshot.is_some() && op.snapshot == tail.snapshot;
+        if !same_snapshot {
+            tail.before = tail.last.clone();
         }
+        tail.snapshot = op.snapshot;
+        preds[op.id].extend(&tail.before);
         if op.outcome != Outcome::Unknown {
-            last.insert(op.session, op.id);
+            if !same_snapshot {
+                tail.last.clear();
+            }
+            tail.last.push(op.id);
         }
         preds[op.id].extend(&reads_from[op.id]);
     }
@@ -722,6 +853,9 @@ mod tests {
         entries.iter().map(|&(n, s)| (n, s)).collect()
     }
 
+    /// One key of a snapshot: the key, the values shown, the clock.
+    type KeyRead<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, u64)]);
+
     /// Builds a history the way the workload records one: ids follow the
     /// calls, and each op's context is what its session had received before
     /// it (the merge of its acknowledged writes' timestamps and its reads'
@@ -797,6 +931,7 @@ mod tests {
                 kind,
                 context: sent,
                 api: None,
+                snapshot: None,
                 outcome,
                 invoked_ms: 2.0 * id as f64,
                 completed_ms: 2.0 * id as f64 + 1.0,
@@ -860,6 +995,20 @@ mod tests {
                 clock: Some(vc(clock)),
             };
             self.op(session, node, key, kind, Outcome::Ok)
+        }
+
+        /// A snapshot read at `node`, sent with the session's context: per
+        /// key, the values shown and the clock that key's answer carried.
+        fn snapshot(mut self, session: usize, node: &str, reads: &[KeyRead<'_>]) -> Self {
+            let first = self.history.ops.len();
+            let sent = self.contexts.entry(session).or_default().clone();
+            for &(key, values, clock) in reads {
+                self = self.read(session, node, key, values, clock);
+                let op = self.history.ops.last_mut().expect("just pushed");
+                op.snapshot = Some(first);
+                op.context = sent.clone();
+            }
+            self
         }
 
         /// `node`'s state after quiescence: its applied clock (then `holds`).
@@ -1495,6 +1644,161 @@ mod tests {
             .check();
         assert_valid(&report);
         assert_eq!(report.converged, Some(true));
+    }
+
+    // ---- Snapshot reads ------------------------------------------------------
+
+    #[test]
+    fn closed_snapshots_pass() {
+        // Session 0 writes x then y. One snapshot shows both, another only
+        // x (y came after it), a third neither.
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .write(0, "n1", "x", "a", &[("n1", 1)])
+            .write(0, "n1", "y", "b", &[("n1", 2)])
+            .snapshot(
+                1,
+                "n2",
+                &[("y", &["b"], &[("n1", 2)]), ("x", &["a"], &[("n1", 2)])],
+            )
+            .snapshot(
+                2,
+                "n2",
+                &[("x", &["a"], &[("n1", 1)]), ("y", &[], &[("n1", 1)])],
+            )
+            .snapshot(3, "n1", &[("x", &[], &[]), ("y", &[], &[("n2", 0)])])
+            .check();
+        assert_valid(&report);
+        assert_eq!((report.reads_checked, report.snapshots_checked), (6, 3));
+    }
+
+    #[test]
+    fn snapshot_not_closed() {
+        // Session 0 writes x twice, then y. The snapshot (y read first) shows
+        // y's "b" but x's first value: x's "a1", which happened before "b",
+        // is missing. Read key by key, the reads also carry different clocks.
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .write(0, "n1", "x", "a0", &[("n1", 1)])
+            .write(0, "n1", "x", "a1", &[("n1", 2)])
+            .write(0, "n1", "y", "b", &[("n1", 3)])
+            .snapshot(
+                1,
+                "n2",
+                &[("y", &["b"], &[("n1", 3)]), ("x", &["a0"], &[("n1", 1)])],
+            )
+            .check();
+        let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["snapshot_clocks_differ", "snapshot_not_closed"],
+            "{report:#?}"
+        );
+        let v = &report.violations[1];
+        assert_eq!(v.ops, vec![1, 2, 3, 4, 0]);
+        assert!(
+            v.message
+                .contains("\"b\" (#2, {n1:3}) for y but \"a0\" (#0) for x")
+                && v.message.contains("write #1 of \"a1\""),
+            "{}",
+            v.message
+        );
+        assert_eq!(report.snapshots_checked, 1);
+
+        // The same snapshot showing nothing for x is not closed either; with
+        // x's "a1" it is.
+        let history = |x: &[&str]| {
+            HistoryBuilder::native(&["n1", "n2"])
+                .write(0, "n1", "x", "a0", &[("n1", 1)])
+                .write(0, "n1", "x", "a1", &[("n1", 2)])
+                .write(0, "n1", "y", "b", &[("n1", 3)])
+                .snapshot(
+                    1,
+                    "n2",
+                    &[("y", &["b"], &[("n1", 3)]), ("x", x, &[("n1", 3)])],
+                )
+                .check()
+        };
+        let report = history(&[]);
+        let kinds: BTreeSet<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
+        assert!(kinds.contains("snapshot_not_closed"), "{report:#?}");
+        assert_valid(&history(&["a1"]));
+    }
+
+    #[test]
+    fn a_snapshot_read_breaks_read_your_writes() {
+        // Session 0 wrote x twice; its snapshot at a lagging node shows the
+        // first value: the read of x is checked as any read.
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .write(0, "n1", "x", "a", &[("n1", 1)])
+            .write(0, "n1", "x", "b", &[("n1", 2)])
+            .snapshot(
+                0,
+                "n2",
+                &[("y", &[], &[("n1", 1)]), ("x", &["a"], &[("n1", 1)])],
+            )
+            .check();
+        let (ignored, rest): (Vec<&Violation>, Vec<&Violation>) = report
+            .violations
+            .iter()
+            .partition(|v| v.kind == "read_ignores_context");
+        assert_eq!(ignored.len(), 2, "both reads lack n1:2: {report:#?}");
+        let kinds: Vec<&str> = rest.iter().map(|v| v.kind.as_str()).collect();
+        assert_eq!(kinds, ["read_your_writes"], "{report:#?}");
+        assert_eq!(rest[0].ops, vec![1, 3, 0]);
+    }
+
+    #[test]
+    fn snapshot_clocks_differ() {
+        let report = HistoryBuilder::native(&["n1"])
+            .write(0, "n1", "x", "a", &[("n1", 1)])
+            .write(1, "n1", "z", "c", &[("n1", 2)])
+            .snapshot(
+                2,
+                "n1",
+                &[("x", &["a"], &[("n1", 1)]), ("y", &[], &[("n1", 2)])],
+            )
+            .check();
+        let v = only(&report, "snapshot_clocks_differ", 1);
+        assert_eq!(v[0].ops, vec![2, 3]);
+        assert!(
+            v[0].message.contains("{n1:1}") && v[0].message.contains("{n1:2}"),
+            "{}",
+            v[0].message
+        );
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_old_histories_load() {
+        let history = HistoryBuilder::native(&["n1"])
+            .write(0, "n1", "x", "a", &[("n1", 1)])
+            .snapshot(
+                1,
+                "n1",
+                &[("x", &["a"], &[("n1", 1)]), ("y", &[], &[("n1", 1)])],
+            )
+            .build();
+        let text = serde_json::to_string(&history).unwrap();
+        assert_eq!(text.matches("\"snapshot\":1").count(), 2, "{text}");
+        let replayed: History = serde_json::from_str(&text).unwrap();
+        assert_eq!(replayed, history);
+        assert_eq!(check(&replayed).snapshots_checked, 1);
+
+        // A history and a report from before snapshot reads.
+        let old = r#"{"api": "native", "nodes": ["n1"], "keys": ["k"], "ops": [
+            {"id": 0, "session": 0, "node": "n1", "key": "k", "kind": "write",
+             "value": "v", "timestamp": {"n1": 1}, "context": {}, "outcome": "ok",
+             "invoked_ms": 0.0, "completed_ms": 1.0},
+            {"id": 1, "session": 1, "node": "n1", "key": "k", "kind": "read",
+             "values": ["v"], "clock": {"n1": 1}, "context": {}, "outcome": "ok",
+             "invoked_ms": 2.0, "completed_ms": 3.0}]}"#;
+        let old: History = serde_json::from_str(old).unwrap();
+        assert!(old.ops.iter().all(|o| o.snapshot.is_none()));
+        let report = check(&old);
+        assert_valid(&report);
+        assert_eq!((report.reads_checked, report.snapshots_checked), (1, 0));
+        let old_report: Report =
+            serde_json::from_str(r#"{"violations": [], "reads_checked": 3, "converged": null}"#)
+                .unwrap();
+        assert_eq!(old_report.snapshots_checked, 0);
     }
 
     // ---- Replay --------------------------------------------------------------

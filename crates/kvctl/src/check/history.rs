@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use vclock_proto::{GetResponse, ReadResponse, VClock, Value};
+use vclock_proto::{GetResponse, ReadResponse, TxnReadResponse, VClock, Value};
 
 /// Which API the workload used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +97,12 @@ pub struct Op {
     /// The API it went through, when not the history's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<Api>,
+    /// For a read that is part of a snapshot read (`POST /v1/txn/read`): the
+    /// id of the snapshot's first read. A snapshot is recorded as one read
+    /// per key, one after another in its session, all sent at once with the
+    /// same context; they are not ordered among themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<usize>,
     /// How it ended.
     pub outcome: Outcome,
     /// When it was sent, in ms since the start of the run.
@@ -133,6 +139,16 @@ pub fn value_text(value: &Value) -> Option<String> {
             .map(|tree| tree.to_string())
             .unwrap_or_else(|_| crate::compact_json(json)),
     )
+}
+
+/// The values of a read's siblings that are not deleted, as recorded.
+fn live_values(answer: &GetResponse) -> Vec<Option<String>> {
+    answer
+        .siblings
+        .iter()
+        .filter(|s| !s.deleted)
+        .map(|s| value_text(&s.value))
+        .collect()
 }
 
 /// One sibling seen in the final reads.
@@ -239,6 +255,8 @@ pub struct Recorder {
 #[must_use = "an invocation is completed with Recorder::written, read or failed"]
 pub struct Invocation {
     id: usize,
+    /// How many operations it is: one, or a snapshot's reads.
+    len: usize,
     api: Option<Api>,
 }
 
@@ -295,12 +313,17 @@ impl Recorder {
             kind,
             context: context.clone(),
             api: None,
+            snapshot: None,
             outcome: Outcome::Unknown,
             invoked_ms,
             completed_ms: invoked_ms,
             error: None,
         });
-        Invocation { id, api: None }
+        Invocation {
+            id,
+            len: 1,
+            api: None,
+        }
     }
 
     /// Session `session` sends a write of the unique `value` to `key` at
@@ -336,21 +359,64 @@ impl Recorder {
         self.invoke(session, node, key, kind, context)
     }
 
-    fn complete(&self, call: Invocation, outcome: Outcome, fill: impl FnOnce(&mut Op)) {
+    /// Session `session` sends a snapshot read of `keys` (`POST
+    /// /v1/txn/read`) to `node` with its `context`: recorded as one read per
+    /// key, marked as one snapshot.
+    pub fn invoke_snapshot(
+        &self,
+        session: usize,
+        node: &str,
+        keys: &[String],
+        context: &VClock,
+    ) -> Invocation {
+        let invoked_ms = self.now_ms();
+        let mut ops = self.ops();
+        let first = ops.len();
+        for key in keys {
+            let id = ops.len();
+            ops.push(Op {
+                id,
+                session,
+                node: node.to_owned(),
+                key: key.clone(),
+                kind: OpKind::Read {
+                    values: Vec::new(),
+                    clock: None,
+                },
+                context: context.clone(),
+                api: None,
+                snapshot: Some(first),
+                outcome: Outcome::Unknown,
+                invoked_ms,
+                completed_ms: invoked_ms,
+                error: None,
+            });
+        }
+        Invocation {
+            id: first,
+            len: keys.len(),
+            api: None,
+        }
+    }
+
+    /// Completes every operation of `call` (one, or a snapshot's reads):
+    /// `fill` gets each with its index in the call.
+    fn complete(&self, call: Invocation, outcome: Outcome, mut fill: impl FnMut(usize, &mut Op)) {
         let completed_ms = self.now_ms();
         let mut ops = self.ops();
-        let op = &mut ops[call.id];
-        op.api = call.api.filter(|&api| api != self.api);
-        op.outcome = outcome;
-        op.completed_ms = completed_ms;
-        fill(op);
+        for (i, op) in ops[call.id..call.id + call.len].iter_mut().enumerate() {
+            op.api = call.api.filter(|&api| api != self.api);
+            op.outcome = outcome;
+            op.completed_ms = completed_ms;
+            fill(i, op);
+        }
     }
 
     /// The write was acknowledged with `timestamp`.
     pub fn written(&self, call: Invocation, timestamp: VClock) {
-        self.complete(call, Outcome::Ok, |op| {
+        self.complete(call, Outcome::Ok, |_, op| {
             if let OpKind::Write { timestamp: ts, .. } = &mut op.kind {
-                *ts = Some(timestamp);
+                *ts = Some(timestamp.clone());
             }
         });
     }
@@ -358,10 +424,29 @@ impl Recorder {
     /// The read answered `values` (see [`OpKind::Read`]) with `clock`, the
     /// node's applied clock.
     pub fn read(&self, call: Invocation, values: Vec<Option<String>>, clock: VClock) {
-        self.complete(call, Outcome::Ok, |op| {
+        self.complete(call, Outcome::Ok, |_, op| {
             op.kind = OpKind::Read {
-                values,
-                clock: Some(clock),
+                values: values.clone(),
+                clock: Some(clock.clone()),
+            };
+        });
+    }
+
+    /// The snapshot read answered `answer`: per key, every sibling that is
+    /// not deleted and the clock that key's answer carries.
+    pub fn snapshot(&self, call: Invocation, answer: &TxnReadResponse) {
+        self.complete(call, Outcome::Ok, |i, op| {
+            op.kind = match answer.reads.get(i) {
+                Some(read) => OpKind::Read {
+                    values: live_values(read),
+                    clock: Some(read.context.clone()),
+                },
+                // An answer without this key: it shows nothing, with the
+                // snapshot's clock.
+                None => OpKind::Read {
+                    values: Vec::new(),
+                    clock: Some(answer.context.clone()),
+                },
             };
         });
     }
@@ -369,13 +454,7 @@ impl Recorder {
     /// The read (`GET /v1/kv/{key}`) answered `answer`: every sibling that is
     /// not deleted, and the node's clock.
     pub fn read_siblings(&self, call: Invocation, answer: &GetResponse) {
-        let values = answer
-            .siblings
-            .iter()
-            .filter(|s| !s.deleted)
-            .map(|s| value_text(&s.value))
-            .collect();
-        self.read(call, values, answer.context.clone());
+        self.read(call, live_values(answer), answer.context.clone());
     }
 
     /// The read (`GET /read?key=`, the compatibility API) answered `answer`.
@@ -392,7 +471,7 @@ impl Recorder {
     pub fn failed(&self, call: Invocation, outcome: Outcome, error: impl Into<String>) {
         debug_assert_ne!(outcome, Outcome::Ok, "a failure has no answer to record");
         let error = error.into();
-        self.complete(call, outcome, |op| op.error = Some(error));
+        self.complete(call, outcome, |_, op| op.error = Some(error.clone()));
     }
 
     /// The history so far: every operation in invocation order, the keys they
@@ -549,6 +628,79 @@ mod tests {
             ["read_ignores_context", "read_your_writes"],
             "{report:#?}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_is_recorded_as_one_read_per_key() {
+        use vclock_proto::{Dot, Sibling};
+
+        let get = |key: &str, value: Option<&str>, clock: &VClock| GetResponse {
+            key: key.into(),
+            found: value.is_some(),
+            value: Value::from_serialize(&value).unwrap(),
+            siblings: value
+                .map(|v| Sibling {
+                    dot: Dot {
+                        origin: "n1".into(),
+                        seq: 1,
+                    },
+                    timestamp: vc(&[("n1", 1)]),
+                    deleted: false,
+                    value: Value::from_serialize(&v).unwrap(),
+                })
+                .into_iter()
+                .collect(),
+            context: clock.clone(),
+        };
+        let recorder = Recorder::new(Api::Compat, ["n1"]);
+        let call = recorder.invoke_write(0, "n1", "x", "a", &VClock::new());
+        recorder.written(call, vc(&[("n1", 1)]));
+        let keys = ["x".to_owned(), "y".to_owned()];
+        let sent = vc(&[("n1", 1)]);
+        let call = recorder
+            .invoke_snapshot(0, "n1", &keys, &sent)
+            .via(Api::Native);
+        let unanswered = recorder.invoke_snapshot(1, "n1", &keys, &VClock::new());
+        let clock = vc(&[("n1", 1)]);
+        recorder.snapshot(
+            call,
+            &TxnReadResponse {
+                reads: vec![get("x", Some("a"), &clock), get("y", None, &clock)],
+                context: clock.clone(),
+            },
+        );
+        recorder.failed(unanswered, Outcome::Unknown, "timed out");
+
+        let history = recorder.into_history();
+        let ops = &history.ops;
+        assert_eq!(ops.len(), 5);
+        for (op, key) in ops[1..3].iter().zip(&keys) {
+            assert_eq!(
+                (&op.key, op.snapshot, op.outcome, op.api, &op.context),
+                (key, Some(1), Outcome::Ok, Some(Api::Native), &sent)
+            );
+        }
+        assert_eq!(
+            ops[1].kind,
+            OpKind::Read {
+                values: vec![Some("a".into())],
+                clock: Some(clock.clone())
+            }
+        );
+        assert_eq!(
+            ops[2].kind,
+            OpKind::Read {
+                values: vec![],
+                clock: Some(clock)
+            }
+        );
+        for op in &ops[3..] {
+            assert_eq!((op.snapshot, op.outcome), (Some(3), Outcome::Unknown));
+            assert_eq!(op.error.as_deref(), Some("timed out"));
+        }
+        let report = super::super::check(&history);
+        assert!(report.violations.is_empty(), "{report:#?}");
+        assert_eq!(report.snapshots_checked, 1);
     }
 
     #[test]

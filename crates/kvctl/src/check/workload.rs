@@ -1,4 +1,5 @@
-//! The checking workload: concurrent sessions of unique writes and reads.
+//! The checking workload: concurrent sessions of unique writes and reads,
+//! and with a [`Mix`] that asks for them, snapshot reads of several keys.
 
 use std::time::{Duration, Instant};
 
@@ -6,7 +7,8 @@ use awc::http::Method;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vclock_proto::{
-    GetResponse, PutRequest, PutResponse, ReadResponse, VClock, Value, WriteRequest, WriteResponse,
+    GetResponse, PutRequest, PutResponse, ReadResponse, TxnReadRequest, TxnReadResponse, VClock,
+    Value, WriteRequest, WriteResponse,
 };
 
 use super::history::{Api, FinalState, History, Invocation, Outcome, Recorder};
@@ -39,6 +41,22 @@ pub struct Workload {
     pub token: Option<String>,
 }
 
+/// What else a workload's sessions do beside single-key writes and reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Mix {
+    /// Share of the operations that are not writes done as snapshot reads
+    /// (`POST /v1/txn/read`, through the native API whatever the workload's)
+    /// of 2 to 4 of the workload's keys, 0..=1.
+    pub snapshots: f64,
+}
+
+impl Mix {
+    /// Half of the reads are snapshot reads (`kvctl check --txn`).
+    pub fn txn() -> Self {
+        Self { snapshots: 0.5 }
+    }
+}
+
 impl Workload {
     /// How the workload's requests are sent: its timeout and token.
     pub fn transport(&self) -> Transport {
@@ -51,13 +69,23 @@ impl Workload {
 /// Runs the workload and returns its history (with the final state of every
 /// node when they reached the same clock in time).
 pub async fn run(workload: &Workload) -> History {
-    let mut history = run_sessions(workload).await;
+    run_with(workload, Mix::default()).await
+}
+
+/// As [`run`], with the operations of `mix` among the sessions'.
+pub async fn run_with(workload: &Workload, mix: Mix) -> History {
+    let mut history = run_sessions_with(workload, mix).await;
     finish(workload, &mut history).await;
     history
 }
 
 /// Runs the sessions only: the history has no final state yet.
 pub async fn run_sessions(workload: &Workload) -> History {
+    run_sessions_with(workload, Mix::default()).await
+}
+
+/// As [`run_sessions`], with the operations of `mix` among the sessions'.
+pub async fn run_sessions_with(workload: &Workload, mix: Mix) -> History {
     let agent = workload.transport().agent();
     // Fresh keys and values for every run, so that earlier runs cannot be
     // mistaken for this one's writes.
@@ -73,7 +101,7 @@ pub async fn run_sessions(workload: &Workload) -> History {
     let sessions = (0..workload.sessions).map(|s| {
         let rng =
             StdRng::seed_from_u64(workload.seed.wrapping_mul(1_000_003).wrapping_add(s as u64));
-        session(workload, &agent, &keys, &run_id, s, rng, &recorder)
+        session(workload, mix, &agent, &keys, &run_id, s, rng, &recorder)
     });
     futures_util::future::join_all(sessions).await;
     let mut history = recorder.into_history();
@@ -109,8 +137,10 @@ enum Read {
     Siblings(GetResponse),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     workload: &Workload,
+    mix: Mix,
     agent: &Agent,
     keys: &[String],
     run: &str,
@@ -157,6 +187,30 @@ async fn session(
                 Ok(timestamp) => {
                     context.merge(&timestamp);
                     recorder.written(call, timestamp);
+                }
+                Err(e) => record_failure(recorder, call, &e),
+            }
+        } else if mix.snapshots > 0.0 && rng.random_bool(mix.snapshots.min(1.0)) {
+            let count = rng.random_range(2..=4).min(keys.len());
+            let picked: Vec<String> = rand::seq::index::sample(&mut rng, keys.len(), count)
+                .into_iter()
+                .map(|k| keys[k].clone())
+                .collect();
+            let call = recorder
+                .invoke_snapshot(id, node, &picked, &context)
+                .via(Api::Native);
+            let body = TxnReadRequest {
+                keys: picked,
+                context: Some(context.clone()),
+            };
+            let url = format!("{node}/v1/txn/read");
+            match agent
+                .call::<_, TxnReadResponse>(Method::POST, &url, Some(&body))
+                .await
+            {
+                Ok(answer) => {
+                    context.merge(&answer.context);
+                    recorder.snapshot(call, &answer);
                 }
                 Err(e) => record_failure(recorder, call, &e),
             }
