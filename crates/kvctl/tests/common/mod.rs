@@ -13,8 +13,11 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Builds kvnode (with `features`) and returns a copy of the binary.
+/// Builds kvnode (with `features`) and returns a copy of the binary. One
+/// build at a time: each build replaces the binary the copy is made from.
 pub fn build_kvnode(features: &[&str], name: &str) -> PathBuf {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let target = workspace().join("target/check-nodes");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
