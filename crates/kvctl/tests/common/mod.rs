@@ -13,11 +13,16 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Builds kvnode (with `features`) and returns a copy of the binary. One
-/// build at a time: each build replaces the binary the copy is made from.
+/// Builds kvnode (with `features`) and returns a copy of the binary, named
+/// `kvnode-{name}`. One build at a time (each build replaces the binary the
+/// copy is made from), and one per name in a test process: a copy that a
+/// running node executes cannot be written again.
 pub fn build_kvnode(features: &[&str], name: &str) -> PathBuf {
-    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, copy)) = built.iter().find(|(n, _)| n == name) {
+        return copy.clone();
+    }
     let target = workspace().join("target/check-nodes");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
@@ -40,6 +45,7 @@ pub fn build_kvnode(features: &[&str], name: &str) -> PathBuf {
     assert!(status.success(), "building kvnode {features:?} failed");
     let copy = target.join(format!("kvnode-{name}"));
     std::fs::copy(target.join("debug/kvnode"), &copy).expect("copy the binary");
+    built.push((name.to_owned(), copy.clone()));
     copy
 }
 
