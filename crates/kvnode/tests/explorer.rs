@@ -432,13 +432,22 @@ fn scenario_2_from_the_page() {
     }
     assert!(page.count("line.msg") >= 4, "arrows for the batches");
 
-    // Point at the buffered dot: the screenshot shows what it waited for.
-    let hovered = page
-        .tab
-        .find_element(&buffered)
-        .and_then(|e| e.move_mouse_over().map(|_| ()));
-    if let Err(e) = hovered {
-        page.fail(&format!("cannot point at {buffered}: {e:#}"));
+    // Point at the buffered dot: the screenshot shows what it waited for. A
+    // record arriving meanwhile (a resent batch) redraws the diagram and
+    // replaces the element found: find it again until the pointer lands.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hovered = page
+            .tab
+            .find_element(&buffered)
+            .and_then(|e| e.move_mouse_over().map(|_| ()));
+        match hovered {
+            Ok(()) => break,
+            Err(e) if Instant::now() >= deadline => {
+                page.fail(&format!("cannot point at {buffered}: {e:#}"))
+            }
+            Err(_) => std::thread::sleep(PAGE_POLL),
+        }
     }
     page.wait(
         "the details of the buffered write",
