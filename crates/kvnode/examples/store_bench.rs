@@ -58,6 +58,7 @@ fn run(dir: &Path, durability: Durability, group: u64, secs: f64, keep_log: Opti
                 seq,
                 key: key.clone(),
                 op: Op::Put(value.clone()),
+                also: Vec::new(),
                 deps: deps.clone(),
             });
             let mut siblings = store.siblings(&key).expect("siblings");

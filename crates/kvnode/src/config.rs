@@ -61,6 +61,8 @@ struct RawConfig {
     max_value_depth: usize,
     #[serde(default = "defaults::max_txn_keys")]
     max_txn_keys: usize,
+    #[serde(default = "defaults::max_txn_bytes")]
+    max_txn_bytes: usize,
     #[serde(default = "defaults::max_buffered")]
     max_buffered: usize,
     #[serde(default = "defaults::max_buffered_bytes")]
@@ -173,6 +175,9 @@ mod defaults {
     pub fn max_txn_keys() -> usize {
         1000
     }
+    pub fn max_txn_bytes() -> usize {
+        16 * 1024 * 1024
+    }
     pub fn max_buffered() -> usize {
         100_000
     }
@@ -230,6 +235,8 @@ pub mod limits {
     pub const MAX_BATCH_EVENTS: usize = 1_000_000;
     /// Largest `max_txn_keys`.
     pub const MAX_TXN_KEYS: usize = 100_000;
+    /// Largest `max_txn_bytes`: 1 GiB.
+    pub const MAX_TXN_BYTES: usize = 1024 * 1024 * 1024;
     /// Largest `max_value_depth`.
     pub const MAX_VALUE_DEPTH: usize = 10_000;
     /// Largest `max_buffered`.
@@ -293,8 +300,10 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Deepest nesting of arrays and objects in a client's value (default 100).
     pub max_value_depth: usize,
-    /// Most keys one transaction reads (default 1000).
+    /// Most keys one transaction reads or writes (default 1000).
     pub max_txn_keys: usize,
+    /// Most bytes of keys and values' JSON one transaction writes (default 16 MiB).
+    pub max_txn_bytes: usize,
     /// Most events held in the buffer of undeliverable events (default 100 000).
     pub max_buffered: usize,
     /// Most bytes of events (keys, values, clocks) held in that buffer
@@ -458,6 +467,7 @@ impl Config {
             ("max_value_bytes", raw.max_value_bytes),
             ("max_value_depth", raw.max_value_depth),
             ("max_txn_keys", raw.max_txn_keys),
+            ("max_txn_bytes", raw.max_txn_bytes),
             ("max_buffered", raw.max_buffered),
             ("max_buffered_bytes", raw.max_buffered_bytes),
             ("log_memory_bytes", raw.log_memory_bytes),
@@ -485,6 +495,7 @@ impl Config {
                 limits::MAX_VALUE_DEPTH,
             ),
             ("max_txn_keys", raw.max_txn_keys, limits::MAX_TXN_KEYS),
+            ("max_txn_bytes", raw.max_txn_bytes, limits::MAX_TXN_BYTES),
             ("max_buffered", raw.max_buffered, limits::MAX_BUFFERED),
             (
                 "max_buffered_bytes",
@@ -654,6 +665,7 @@ impl Config {
             max_value_bytes: raw.max_value_bytes,
             max_value_depth: raw.max_value_depth,
             max_txn_keys: raw.max_txn_keys,
+            max_txn_bytes: raw.max_txn_bytes,
             max_buffered: raw.max_buffered,
             max_buffered_bytes: raw.max_buffered_bytes,
             max_batch_events: raw.max_batch_events,

@@ -127,6 +127,7 @@ proptest! {
                             seq,
                             key: "k0".into(),
                             op: Op::Delete,
+                            also: Vec::new(),
                             deps,
                         };
                         b.receive(vec![future]).unwrap();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Missing, NodeId, Seq, VClock};
-use crate::event::{Dot, Event, Value};
+use crate::event::{Dot, Event, Value, Write};
 
 // ---- Compatibility API -------------------------------------------------------
 
@@ -139,6 +139,21 @@ pub struct TxnReadResponse {
     pub context: VClock,
 }
 
+/// Body of `POST /v1/txn/write`: an atomic transaction of writes to distinct
+/// keys, e.g. `{"writes":[{"key":"a","op":{"put":1}},{"key":"b","op":"delete"}]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TxnWriteRequest {
+    /// The writes, each to another key (at most `max_txn_keys` of them, and
+    /// `max_txn_bytes` of keys and values together).
+    pub writes: Vec<Write>,
+    /// The causal context to wait for first, as for a single write; each
+    /// write replaces the siblings of its key that the context covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<VClock>,
+}
+
 /// Body of `PUT /v1/kv/{key}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -161,7 +176,8 @@ pub struct DeleteRequest {
     pub context: Option<VClock>,
 }
 
-/// Answer to `PUT` and `DELETE` on `/v1/kv/{key}`.
+/// Answer to `PUT` and `DELETE` on `/v1/kv/{key}`, and to `POST /v1/txn/write`
+/// (then the one dot of every write of the transaction).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PutResponse {
@@ -169,6 +185,15 @@ pub struct PutResponse {
     pub dot: Dot,
     /// The write's timestamp; also a context that covers the write.
     pub timestamp: VClock,
+}
+
+impl From<&Event> for PutResponse {
+    fn from(event: &Event) -> Self {
+        Self {
+            dot: event.dot(),
+            timestamp: event.timestamp(),
+        }
+    }
 }
 
 // ---- Errors ------------------------------------------------------------------

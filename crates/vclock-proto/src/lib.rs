@@ -9,7 +9,8 @@
 //!   is the JSON object `{"node1":2,"node2":1,"node3":0}`, as in the prototype this
 //!   store replaces.
 //! - A write is an [`Event`]: its origin node, its `seq` among that node's writes,
-//!   the key, the [`Op`], and `deps`, the origin's `applied` clock just before the
+//!   the key, the [`Op`] (or, for an atomic transaction, several keys and
+//!   their writes), and `deps`, the origin's `applied` clock just before the
 //!   write. `(origin, seq)` is its [`Dot`]; `deps` with `[origin] = seq` is its
 //!   timestamp.
 //! - Values are kept as the JSON text the client sent ([`Value`]), so they come
@@ -31,5 +32,5 @@ mod trace;
 
 pub use api::*;
 pub use clock::{Causality, Missing, NodeId, Seq, VClock};
-pub use event::{Dot, Event, Op, Value};
+pub use event::{Dot, Event, Op, Value, Write};
 pub use trace::{TraceEvent, TraceKind, TraceQuery, TraceRef, TraceResponse, TRACE_CAUSE_HEADER};

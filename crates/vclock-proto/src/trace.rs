@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Missing, NodeId, VClock};
-use crate::event::{Dot, Value};
+use crate::event::{Dot, Value, Write};
 
 /// What a trace record is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,6 +113,11 @@ pub struct TraceEvent {
     /// How many siblings the key has after the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub siblings: Option<u64>,
+    /// For a transaction (`write`, `deliver`, `deliver_from_buffer`,
+    /// `buffered`): every key it writes, and what it does to each; `key` and
+    /// `value` are then those of its first write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<Write>,
 }
 
 impl TraceEvent {
@@ -132,6 +137,7 @@ impl TraceEvent {
             dots: Vec::new(),
             missing: Vec::new(),
             siblings: None,
+            writes: Vec::new(),
         }
     }
 }

@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use vclock_proto::{Dot, Event, Missing, NodeId, Op, Seq, VClock};
+use vclock_proto::{Dot, Event, Missing, NodeId, Op, Seq, VClock, Write};
 
 use super::context::{check_context, ContextCheck};
 use crate::storage::{PendingSync, Siblings, Store, StoreError};
@@ -119,10 +119,18 @@ pub struct Applied {
     pub event: Arc<Event>,
     /// True when it had waited in the buffer.
     pub from_buffer: bool,
-    /// The key's siblings before it was applied.
-    pub siblings_before: usize,
-    /// The key's siblings after it was applied.
-    pub siblings_after: usize,
+    /// How many siblings each key it wrote had before and after it was
+    /// applied, in the order of [`Event::writes`].
+    pub siblings: Vec<SiblingCount>,
+}
+
+/// How many siblings a key had before and after an event wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiblingCount {
+    /// Before the event.
+    pub before: usize,
+    /// After the event.
+    pub after: usize,
 }
 
 /// The answer to a read: the siblings and the clock, taken together.
@@ -229,14 +237,28 @@ impl<S: Store> Core<S> {
 
     /// [`Self::local_write`], telling also what the write did to its key.
     pub fn write(&mut self, key: String, op: Op) -> CoreResult<Applied> {
-        let event = Arc::new(Event {
-            origin: self.id.clone(),
-            seq: self.applied.get(&self.id) + 1,
-            key,
-            op,
-            deps: self.applied.clone(),
-        });
-        self.apply(event, false)
+        self.write_all(vec![Write { key, op }])
+    }
+
+    /// Accepts an atomic transaction from a client: one event, one dot, every
+    /// write applied here now and at every replica in one step. The keys must
+    /// be distinct and not empty (the caller checks its client limits).
+    pub fn write_all(&mut self, writes: Vec<Write>) -> CoreResult<Applied> {
+        let seq = self.applied.get(&self.id) + 1;
+        let event = Event::of_writes(self.id.clone(), seq, writes, self.applied.clone());
+        let Some(event) = event else {
+            return Err(CoreError::InvalidEvent {
+                dot: Dot::new(self.id.clone(), seq),
+                reason: "a transaction needs at least one write".into(),
+            });
+        };
+        if let Some(reason) = invalid_writes(&event) {
+            return Err(CoreError::InvalidEvent {
+                dot: event.dot(),
+                reason,
+            });
+        }
+        self.apply(Arc::new(event), false)
     }
 
     /// Takes a batch of events from a peer (rule 2). The batch is validated as a
@@ -377,12 +399,15 @@ impl<S: Store> Core<S> {
                 let Some(last) = stable_events.last().map(|e| e.seq) else {
                     break;
                 };
-                for e in stable_events.iter().filter(|e| e.op == Op::Delete) {
-                    let mut siblings = self.store.siblings(&e.key)?;
-                    let before = siblings.len();
-                    siblings.retain(|s| !(s.origin == e.origin && s.seq == e.seq));
-                    if siblings.len() != before {
-                        self.store.set_siblings(&e.key, siblings)?;
+                for e in &stable_events {
+                    let deletes = e.writes().filter(|(_, op)| **op == Op::Delete);
+                    for (key, _) in deletes {
+                        let mut siblings = self.store.siblings(key)?;
+                        let before = siblings.len();
+                        siblings.retain(|s| !(s.origin == e.origin && s.seq == e.seq));
+                        if siblings.len() != before {
+                            self.store.set_siblings(key, siblings)?;
+                        }
                     }
                 }
                 self.store.truncate(&origin, last)?;
@@ -519,8 +544,8 @@ impl<S: Store> Core<S> {
         if e.seq == 0 {
             return invalid("seq must be at least 1".into());
         }
-        if e.key.is_empty() {
-            return invalid("empty key".into());
+        if let Some(reason) = invalid_writes(e) {
+            return invalid(reason);
         }
         if let Some(unknown) = e.deps.nodes().find(|n| !self.is_member(n)) {
             return invalid(format!("deps name {unknown}, not a member of the cluster"));
@@ -603,24 +628,56 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Applies one event whose dependencies are all applied (rule 3).
+    /// Applies one event whose dependencies are all applied (rule 3): every
+    /// write of a transaction in this one step, so that no read, which takes
+    /// the core as a whole, sees part of it.
     fn apply(&mut self, e: Arc<Event>, from_buffer: bool) -> CoreResult<Applied> {
-        let mut siblings = self.store.siblings(&e.key)?;
-        let siblings_before = siblings.len();
-        siblings.retain(|s| !e.saw(&s.origin, s.seq));
-        siblings.push(e.clone());
-        siblings.sort_by_cached_key(|s| (s.timestamp().sum(), s.origin.clone()));
-        let siblings_after = siblings.len();
-        self.store.set_siblings(&e.key, siblings)?;
+        let mut counts = Vec::with_capacity(e.key_count());
+        for (key, _) in e.writes() {
+            // A key's siblings hold the event's write to that key alone.
+            let write = if e.is_txn() {
+                Arc::new(e.for_key(key).expect("the event writes its own keys"))
+            } else {
+                e.clone()
+            };
+            counts.push(self.apply_write(key, write)?);
+        }
         self.applied.set(&e.origin, e.seq);
         self.store.append(e.clone())?;
         Ok(Applied {
             event: e,
             from_buffer,
-            siblings_before,
-            siblings_after,
+            siblings: counts,
         })
     }
+
+    /// Makes `write` a sibling of `key`, dropping the siblings it saw.
+    fn apply_write(&mut self, key: &str, write: Arc<Event>) -> CoreResult<SiblingCount> {
+        let mut siblings = self.store.siblings(key)?;
+        let before = siblings.len();
+        siblings.retain(|s| !write.saw(&s.origin, s.seq));
+        siblings.push(write);
+        siblings.sort_by_cached_key(|s| (s.timestamp().sum(), s.origin.clone()));
+        let after = siblings.len();
+        self.store.set_siblings(key, siblings)?;
+        Ok(SiblingCount { before, after })
+    }
+}
+
+/// What is wrong with an event's writes, if anything: every key must be named
+/// and written once.
+fn invalid_writes(e: &Event) -> Option<String> {
+    if e.writes().any(|(key, _)| key.is_empty()) {
+        return Some("empty key".into());
+    }
+    if e.is_txn() {
+        let mut keys: Vec<&str> = e.writes().map(|(key, _)| key).collect();
+        keys.sort_unstable();
+        if let Some(twice) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Some(format!("writes key {:?} twice", twice[0]));
+        }
+    }
+    None
 }
 
 impl<S: Store> super::replication::NodeView for Core<S> {
@@ -874,6 +931,106 @@ mod tests {
             assert_eq!(read.siblings.len(), 2);
             assert_eq!(read.winner().unwrap().json(), "2");
         }
+    }
+
+    fn writes(list: &[(&str, Option<i64>)]) -> Vec<Write> {
+        let op = |v: Option<i64>| v.map_or(Op::Delete, put);
+        list.iter()
+            .map(|&(key, v)| Write {
+                key: key.into(),
+                op: op(v),
+            })
+            .collect()
+    }
+
+    /// A transaction is one event: applied (or buffered) whole at every
+    /// replica, each of its keys holding the write to that key alone under
+    /// the transaction's dot, siblings and winners per key as for single
+    /// writes, and its tombstones collected once stable.
+    #[test]
+    fn a_transaction_is_applied_whole_everywhere() {
+        let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
+        let ec = c.local_write("y".into(), put(7)).unwrap();
+        a.receive(vec![(*ec).clone()]).unwrap();
+        let txn = a
+            .write_all(writes(&[("x", Some(1)), ("y", None), ("z", Some(3))]))
+            .unwrap();
+        let e = txn.event.clone();
+        assert_eq!((e.seq, e.key_count()), (1, 3));
+        assert_eq!(txn.siblings.len(), 3);
+
+        // b lacks c:1, on which the transaction depends: all of it waits.
+        let receipt = b.receive(vec![(*e).clone()]).unwrap();
+        assert_eq!(receipt.buffered.len(), 1);
+        assert_eq!(receipt.buffered[0].0, Dot::new("a", 1));
+        for key in ["x", "y", "z"] {
+            assert!(b.read(key).unwrap().siblings.is_empty(), "{key}");
+        }
+        // A concurrent write of b to z: z gets two siblings, x none extra.
+        let concurrent = b.local_write("z".into(), put(30)).unwrap();
+        let receipt = b.receive(vec![(*ec).clone()]).unwrap();
+        assert_eq!(receipt.from_buffer, vec![Dot::new("a", 1)]);
+        let Some(Step::Applied(applied)) = receipt.steps.last() else {
+            panic!("{:?}", receipt.steps);
+        };
+        let counts: Vec<_> = applied
+            .siblings
+            .iter()
+            .map(|c| (c.before, c.after))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![(0, 1), (1, 1), (1, 2)],
+            "x new, y replaced, z concurrent"
+        );
+        a.receive(vec![(*concurrent).clone()]).unwrap();
+
+        for node in [&a, &b] {
+            let x = node.read("x").unwrap();
+            assert_eq!((x.siblings.len(), x.winner().unwrap().json()), (1, "1"));
+            assert_eq!(x.siblings[0].dot(), e.dot());
+            assert!(!x.siblings[0].is_txn(), "a key holds its own write");
+            let y = node.read("y").unwrap();
+            assert_eq!((y.siblings.len(), y.winner()), (1, None), "deleted");
+            assert_eq!(node.read("z").unwrap().siblings.len(), 2);
+        }
+        let logged = a.store().log_after("a", 0, 10).unwrap();
+        assert_eq!(*logged[0], *e, "the log keeps the whole transaction");
+
+        // Stable everywhere: y's tombstone goes.
+        c.receive(vec![(*e).clone(), (*concurrent).clone()])
+            .unwrap();
+        a.record_ack("b", &b.applied().clone()).unwrap();
+        a.record_ack("c", &c.applied().clone()).unwrap();
+        assert!(
+            a.read("y").unwrap().siblings.is_empty(),
+            "tombstone collected"
+        );
+        assert_eq!(a.read("x").unwrap().siblings.len(), 1);
+    }
+
+    #[test]
+    fn a_transaction_writing_a_key_twice_or_an_empty_key_is_refused() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        for bad in [
+            writes(&[("x", Some(1)), ("x", Some(2))]),
+            writes(&[("x", Some(1)), ("", Some(2))]),
+            Vec::new(),
+        ] {
+            let err = a.write_all(bad).unwrap_err();
+            assert!(matches!(err, CoreError::InvalidEvent { .. }), "{err}");
+        }
+        assert_eq!(a.applied().get("a"), 0, "no dot was taken");
+
+        let good = a
+            .write_all(writes(&[("x", Some(1)), ("y", Some(2))]))
+            .unwrap()
+            .event;
+        let mut twice = (*good).clone();
+        twice.also[0].key = "x".into();
+        let err = b.receive(vec![twice]).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        assert_eq!(b.applied().get("a"), 0);
     }
 
     #[test]

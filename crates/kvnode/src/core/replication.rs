@@ -343,7 +343,7 @@ impl Link {
             match log.log_after(&self.me, self.sent, limit, bytes) {
                 Ok(mut events) => {
                     events.retain(|e| e.seq <= own);
-                    within_bytes(events, self.settings.max_batch_bytes)
+                    events
                 }
                 Err(e) => {
                     self.notices.push(Notice::LogUnreadable(e.to_string()));
@@ -505,7 +505,6 @@ impl Link {
                 }
             };
             events.retain(|e| e.seq <= have);
-            let events = within_bytes(events, self.settings.max_batch_bytes);
             let Some(first) = events.first() else {
                 continue;
             };
@@ -548,21 +547,6 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(5))
 }
 
-/// Keeps the longest prefix of `events` (at least one) of about `max_bytes` on the wire.
-fn within_bytes(mut events: Vec<Arc<Event>>, max_bytes: usize) -> Vec<Arc<Event>> {
-    let mut bytes = 0usize;
-    let keep = events
-        .iter()
-        .take_while(|e| {
-            bytes += e.key.len() + e.op.value().map_or(0, |v| v.json().len()) + 64 * e.deps.len();
-            bytes <= max_bytes
-        })
-        .count()
-        .max(1);
-    events.truncate(keep);
-    events
-}
-
 #[cfg(test)]
 mod tests {
     use vclock_proto::{Op, Value};
@@ -591,13 +575,13 @@ mod tests {
         fn with(mut self, origin: &str, n: Seq) -> Self {
             let events = (1..=n)
                 .map(|seq| {
-                    Arc::new(Event {
-                        origin: origin.into(),
+                    Arc::new(Event::single(
+                        origin,
                         seq,
-                        key: "k".into(),
-                        op: Op::Put(Value::from_serialize(&seq).unwrap()),
-                        deps: clock(&[(origin, seq - 1)]),
-                    })
+                        "k",
+                        Op::Put(Value::from_serialize(&seq).unwrap()),
+                        clock(&[(origin, seq - 1)]),
+                    ))
                 })
                 .collect();
             self.0.insert(origin.into(), events);
@@ -615,8 +599,9 @@ mod tests {
             origin: &str,
             after: Seq,
             limit: usize,
-            _max_bytes: usize,
+            max_bytes: usize,
         ) -> StoreResult<Vec<Arc<Event>>> {
+            let mut budget = crate::storage::Budget::new(limit, max_bytes);
             Ok(self
                 .0
                 .get(origin)
@@ -624,7 +609,7 @@ mod tests {
                     events
                         .iter()
                         .filter(|e| e.seq > after)
-                        .take(limit)
+                        .take_while(|e| budget.take(e))
                         .cloned()
                         .collect()
                 })

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::{HttpMessage, HttpRequest, ResponseError};
-use vclock_proto::{Op, VClock};
+use vclock_proto::{VClock, Write};
 
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -123,17 +123,17 @@ impl Submitted {
     }
 }
 
-/// Waits for `context`, then hands the write to the writer and waits for it.
+/// Waits for `context`, then hands the writes (one, or an atomic
+/// transaction) to the writer and waits for their event.
 pub async fn submit_write(
     req: &HttpRequest,
     node: &Node,
-    key: String,
-    op: Op,
+    writes: Vec<Write>,
     context: Option<&VClock>,
 ) -> Result<Arc<vclock_proto::Event>> {
     if let Some(context) = context {
         node.wait_for(context).await?;
     }
     Submitted::mark(req);
-    node.write(key, op).await
+    node.write_all(writes).await
 }

@@ -76,6 +76,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint(Method::POST, "/v1/txn/read", "/v1/txn/read", |r| {
         r.to(txn_read)
     }),
+    endpoint(Method::POST, "/v1/txn/write", "/v1/txn/write", |r| {
+        r.to(txn_write)
+    }),
     // Peer API: replication and clock exchange.
     endpoint(Method::POST, "/peer/v1/events", "/peer/v1/events", |r| {
         r.to(receive_events)
@@ -119,7 +122,19 @@ pub fn configure(node: Arc<Node>) -> impl FnOnce(&mut web::ServiceConfig) {
             .max_key_bytes
             .saturating_add(config.max_value_bytes)
             .saturating_add(ENVELOPE_BYTES);
-        let peer_limit = config.max_batch_bytes.max(client_limit).saturating_mul(2);
+        // A transaction's body: its keys and values, plus room for the JSON
+        // around each write and around the whole.
+        let txn_limit = config
+            .max_txn_bytes
+            .max(config.max_txn_keys.saturating_mul(config.max_key_bytes))
+            .saturating_add(config.max_txn_keys.saturating_mul(64))
+            .saturating_add(ENVELOPE_BYTES)
+            .max(client_limit);
+        let peer_limit = config
+            .max_batch_bytes
+            .max(client_limit)
+            .max(txn_limit)
+            .saturating_mul(2);
         let metrics = node.metrics().clone();
         metrics.register_routes(route_labels());
         let document = ApiDocument(openapi::document_for(&config).to_string());
@@ -144,6 +159,10 @@ pub fn configure(node: Arc<Node>) -> impl FnOnce(&mut web::ServiceConfig) {
             let mut resource = web::resource(pattern).default_service(web::to(method_not_allowed));
             if pattern == "/peer/v1/events" {
                 resource = resource.app_data(json_config(peer_limit, "2 x max_batch_bytes"));
+            }
+            if pattern.starts_with("/v1/txn/") {
+                let setting = "max_txn_bytes + 64 bytes per write + 64 KiB";
+                resource = resource.app_data(json_config(txn_limit, setting));
             }
             let mut label = pattern;
             for e in ENDPOINTS.iter().filter(|e| e.pattern == pattern) {
@@ -682,6 +701,157 @@ mod tests {
             let message = answer["error"]["message"].as_str().unwrap();
             assert!(message.contains(says), "{body}: {message}");
         }
+    }
+
+    /// An atomic write is one event: every key it writes shows its one dot,
+    /// and no snapshot read taken while transactions keep rewriting the same
+    /// keys shows the keys from different transactions.
+    #[actix_web::test]
+    async fn a_transaction_is_written_under_one_dot_and_seen_whole() {
+        let node = test_node(&[]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let txn = |i: u64| {
+            json!({"writes": [
+                {"key": "a", "op": {"put": i}},
+                {"key": "b", "op": {"put": i}},
+                {"key": "c", "op": if i.is_multiple_of(2) { json!("delete") } else { json!({"put": i}) }},
+            ]})
+        };
+        let req = TestRequest::post().uri("/v1/txn/write").set_json(txn(1));
+        let res = test::call_service(&app, req.to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let answer: Json = test::read_body_json(res).await;
+        assert_eq!(answer["dot"], json!({"origin": "n1", "seq": 1}), "{answer}");
+        assert_eq!(answer["timestamp"], json!({"n1": 1, "n2": 0, "n3": 0}));
+        for key in ["a", "b", "c"] {
+            let req = TestRequest::get().uri(&format!("/v1/kv/{key}"));
+            let body: Json = test::call_and_read_body_json(&app, req.to_request()).await;
+            assert_eq!(body["siblings"][0]["dot"], answer["dot"], "{body}");
+            assert_eq!(body["value"], json!(1));
+        }
+
+        let writer = actix_web::rt::spawn({
+            let app_node = node.clone();
+            async move {
+                for i in 2..=100u64 {
+                    let writes = txn(i)["writes"].clone();
+                    let writes = serde_json::from_value(writes).unwrap();
+                    app_node.write_all(writes).await.unwrap();
+                }
+            }
+        });
+        let mut last = 0;
+        while last < 100 {
+            let req = TestRequest::post()
+                .uri("/v1/txn/read")
+                .set_json(json!({"keys": ["a", "b", "c"]}));
+            let body: Json = test::call_and_read_body_json(&app, req.to_request()).await;
+            let dots: Vec<&Json> = (0..3)
+                .map(|i| &body["reads"][i]["siblings"][0]["dot"])
+                .collect();
+            assert!(
+                dots[0] == dots[1] && dots[1] == dots[2],
+                "a torn transaction: {body}"
+            );
+            last = body["reads"][0]["value"].as_u64().unwrap();
+            let deleted = body["reads"][2]["siblings"][0]["deleted"]
+                .as_bool()
+                .unwrap();
+            assert_eq!(deleted, last.is_multiple_of(2), "{body}");
+            assert_eq!(body["context"]["n1"], json!(last));
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        let req = TestRequest::get().uri("/metrics").to_request();
+        let metrics = test::call_and_read_body(&app, req).await;
+        let metrics = String::from_utf8_lossy(&metrics);
+        assert!(
+            metrics.contains("kvnode_writes_total{op=\"txn\"} 100"),
+            "{metrics}"
+        );
+    }
+
+    /// Each bad transaction is refused with a message naming what is wrong,
+    /// and writes nothing.
+    #[actix_web::test]
+    async fn a_bad_transaction_is_refused_and_writes_nothing() {
+        let node = test_node(&[
+            ("KVNODE_MAX_TXN_KEYS", "3"),
+            ("KVNODE_MAX_KEY_BYTES", "8"),
+            ("KVNODE_MAX_TXN_BYTES", "20"),
+            ("KVNODE_MAX_VALUE_DEPTH", "2"),
+        ]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let put = |key: &str, value: Json| json!({"key": key, "op": {"put": value}});
+        for (body, status, says) in [
+            (
+                json!({"writes": []}),
+                StatusCode::BAD_REQUEST,
+                "writes is empty",
+            ),
+            (
+                json!({"writes": [put("a", json!(1)), put("a", json!(2))]}),
+                StatusCode::BAD_REQUEST,
+                "listed twice",
+            ),
+            (
+                json!({"writes": [put("a", json!(1)), put("", json!(2))]}),
+                StatusCode::BAD_REQUEST,
+                "must not be empty",
+            ),
+            (
+                json!({"writes": [put("a", json!(1)), put("b", json!(1)), put("c", json!(1)), put("d", json!(1))]}),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "max_txn_keys",
+            ),
+            (
+                json!({"writes": [put("a", json!("x".repeat(10))), put("b", json!("y".repeat(10)))]}),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "max_txn_bytes",
+            ),
+            (
+                json!({"writes": [put(&"k".repeat(9), json!(1))]}),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "max_key_bytes",
+            ),
+            (
+                json!({"writes": [put("a", json!([[[1]]]))]}),
+                StatusCode::BAD_REQUEST,
+                "max_value_depth",
+            ),
+            (
+                json!({"writes": [{"key": "a", "op": "put"}]}),
+                StatusCode::BAD_REQUEST,
+                "invalid JSON body",
+            ),
+            (
+                json!({"writes": [{"key": "a", "op": "delete", "value": 1}]}),
+                StatusCode::BAD_REQUEST,
+                "value",
+            ),
+            (
+                json!({"writes": [put("a", json!(1))], "context": {"n1": 5}}),
+                StatusCode::CONFLICT,
+                "n1",
+            ),
+            (
+                json!({"writes": [put("a", json!(1))], "atomic": true}),
+                StatusCode::BAD_REQUEST,
+                "atomic",
+            ),
+        ] {
+            let req = TestRequest::post().uri("/v1/txn/write").set_json(&body);
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), status, "{body}");
+            let answer: Json = test::read_body_json(res).await;
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{body}: {message}");
+        }
+        assert_eq!(
+            node.status().applied,
+            VClock::default(),
+            "nothing was written"
+        );
     }
 
     /// Values nested deeper than `max_value_depth` are refused on both client

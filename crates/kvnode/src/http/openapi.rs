@@ -30,6 +30,7 @@ use crate::config::Config;
         crate::http::routes::put_key,
         crate::http::routes::delete_key,
         crate::http::routes::txn_read,
+        crate::http::routes::txn_write,
         crate::http::routes::receive_events,
         crate::http::routes::sync_clock,
         crate::http::routes::status,
@@ -109,7 +110,7 @@ pub fn document_for(config: &Config) -> serde_json::Value {
         "maxLength": config.max_key_bytes,
         "description": "A key: 1 to max_key_bytes bytes of UTF-8",
     });
-    for schema in ["WriteRequest", "Event"] {
+    for schema in ["WriteRequest", "Event", "Write"] {
         schemas[schema]["properties"]["key"] = key.clone();
     }
     if let Some(paths) = document["paths"].as_object_mut() {

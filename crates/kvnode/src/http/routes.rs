@@ -13,9 +13,10 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::{stream, StreamExt};
 use vclock_proto::{
     ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch, FaultsResponse,
-    GetResponse, HealthResponse, LinkRequest, Op, PutRequest, PutResponse, ReadQuery, ReadResponse,
+    GetResponse, HealthResponse, LinkRequest, PutRequest, PutResponse, ReadQuery, ReadResponse,
     Sibling, StatusResponse, TraceEvent, TraceQuery, TraceResponse, TxnReadRequest,
-    TxnReadResponse, VClock, Value, WriteRequest, WriteResponse, TRACE_CAUSE_HEADER,
+    TxnReadResponse, TxnWriteRequest, VClock, Value, Write, WriteRequest, WriteResponse,
+    TRACE_CAUSE_HEADER,
 };
 
 use super::middleware::submit_write;
@@ -175,7 +176,7 @@ pub async fn write(
     } = body.into_inner();
     check_key(node.config(), &key)?;
     check_value(node.config(), &value)?;
-    let event = submit_write(&req, &node, key, Op::Put(value), context.as_ref()).await?;
+    let event = submit_write(&req, &node, vec![Write::put(key, value)], context.as_ref()).await?;
     Ok(web::Json(WriteResponse {
         status: "success".into(),
         timestamp: event.timestamp(),
@@ -295,6 +296,52 @@ pub async fn txn_read(
     }))
 }
 
+/// Writes several keys in one atomic transaction, after an optional causal
+/// context: one event with one dot, which every replica applies as a whole.
+#[utoipa::path(post, path = "/v1/txn/write", tag = "native", request_body = TxnWriteRequest,
+    security((), ("client_token" = [])),
+    responses(
+        (status = 200, description = "Every write applied and committed under one dot", body = PutResponse),
+        (status = 400, description = "Malformed body, no writes, an empty or repeated key, a value nested too deep, or an invalid context", body = ErrorResponse),
+        (status = 401, description = "The client token is missing or wrong", body = ErrorResponse),
+        (status = 408, description = "The request took longer than request_timeout", body = ErrorResponse),
+        (status = 409, description = "The context counts writes that were never made", body = ErrorResponse),
+        (status = 413, description = "A key or value is over its limit, more writes than max_txn_keys, more bytes than max_txn_bytes, or the body is over its limit", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "The context was not satisfied within causal_wait, the writer's queue is full (max_queued_bytes), or the node is stopping", body = ErrorResponse),
+    ))]
+pub async fn txn_write(
+    _auth: ClientAuth,
+    req: HttpRequest,
+    node: web::Data<Node>,
+    body: web::Json<TxnWriteRequest>,
+) -> Result<web::Json<PutResponse>> {
+    let TxnWriteRequest { writes, context } = body.into_inner();
+    let config = node.config();
+    if writes.is_empty() {
+        return Err(Error::BadRequest(
+            "writes is empty: list at least one write".into(),
+        ));
+    }
+    check_txn_keys(config, writes.iter().map(|w| w.key.as_str()))?;
+    let mut bytes = 0usize;
+    for w in &writes {
+        if let Some(value) = w.op.value() {
+            check_value(config, value)?;
+        }
+        bytes += w.key.len() + w.op.value().map_or(0, |v| v.json().len());
+    }
+    if bytes > config.max_txn_bytes {
+        return Err(Error::TooLarge(format!(
+            "the transaction writes {bytes} bytes of keys and values, more than the limit of {} \
+             bytes (max_txn_bytes)",
+            config.max_txn_bytes
+        )));
+    }
+    let event = submit_write(&req, &node, writes, context.as_ref()).await?;
+    Ok(web::Json(PutResponse::from(&*event)))
+}
+
 /// The keys of a transaction: at least one, at most `max_txn_keys`, each
 /// valid and listed once.
 pub(crate) fn check_txn_keys<'k>(
@@ -350,11 +397,8 @@ pub async fn put_key(
     check_key(node.config(), &key)?;
     let PutRequest { value, context } = body.into_inner();
     check_value(node.config(), &value)?;
-    let event = submit_write(&req, &node, key, Op::Put(value), context.as_ref()).await?;
-    Ok(web::Json(PutResponse {
-        dot: event.dot(),
-        timestamp: event.timestamp(),
-    }))
+    let event = submit_write(&req, &node, vec![Write::put(key, value)], context.as_ref()).await?;
+    Ok(web::Json(PutResponse::from(&*event)))
 }
 
 /// The optional body of a delete ([`DeleteRequest`]): `None` when the request
@@ -429,11 +473,8 @@ pub async fn delete_key(
         }
         (query, body) => query.or(body),
     };
-    let event = submit_write(&req, &node, key, Op::Delete, context.as_ref()).await?;
-    Ok(web::Json(PutResponse {
-        dot: event.dot(),
-        timestamp: event.timestamp(),
-    }))
+    let event = submit_write(&req, &node, vec![Write::delete(key)], context.as_ref()).await?;
+    Ok(web::Json(PutResponse::from(&*event)))
 }
 
 // ---- peer API --------------------------------------------------------------------

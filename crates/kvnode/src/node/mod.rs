@@ -21,6 +21,7 @@ use log::{debug, error, info, warn};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use vclock_proto::{
     BufferedEvent, Event, NodeId, Op, PeerStatus, StatusResponse, TraceKind, TraceRef, VClock,
+    Write,
 };
 
 use crate::config::{Config, Member};
@@ -45,9 +46,9 @@ const QUEUE: usize = 16 * 1024;
 pub type BoxStore = Box<dyn Store + Send>;
 
 enum Command {
+    /// One write, or an atomic transaction of writes to distinct keys.
     Write {
-        key: String,
-        op: Op,
+        writes: Vec<Write>,
         reply: oneshot::Sender<Result<Arc<Event>>>,
         /// Its share of `max_queued_bytes`, given back once its group is done.
         queued: OwnedSemaphorePermit,
@@ -424,19 +425,36 @@ impl Node {
     /// hands it to the writer, which applies and commits it even if nobody
     /// waits for the answer any more.
     pub async fn write(&self, key: String, op: Op) -> Result<Arc<Event>> {
-        let delete = op == Op::Delete;
-        let bytes = 128 + key.len() + op.value().map_or(0, |v| v.json().len());
+        self.write_all(vec![Write { key, op }]).await
+    }
+
+    /// A client's atomic transaction, once its context is satisfied: one
+    /// event, one dot, for every write of `writes` (distinct keys, checked
+    /// against the client limits by the caller). Like [`Self::write`], it is
+    /// applied and committed even if nobody waits for the answer any more.
+    pub async fn write_all(&self, writes: Vec<Write>) -> Result<Arc<Event>> {
+        let (txn, delete) = (writes.len() > 1, writes.iter().all(|w| w.op == Op::Delete));
+        // Measured as the event will be, before it exists, with an entry
+        // in its clock for every node.
+        let bytes = Event::size_of(
+            self.id(),
+            writes.iter().map(|w| (w.key.as_str(), &w.op)),
+            self.node_ids.iter().map(String::as_str),
+        );
         let queued = self.reserve(bytes)?;
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Write {
-            key,
-            op,
+            writes,
             reply,
             queued,
         })
         .await?;
         let event = answer.await.map_err(|_| stopping())??;
-        self.shared.metrics.write(delete);
+        if txn {
+            self.shared.metrics.txn_write();
+        } else {
+            self.shared.metrics.write(delete);
+        }
         Ok(event)
     }
 
@@ -689,13 +707,12 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
             for command in group.drain(..) {
                 match command {
                     Command::Write {
-                        key,
-                        op,
+                        writes,
                         reply,
                         queued,
                     } => {
                         held.push(queued);
-                        let result = core.write(key, op).map_err(Error::from);
+                        let result = core.write_all(writes).map_err(Error::from);
                         if let (Ok(applied), true) = (&result, shared.tracer.is_on()) {
                             let (applied, clock) = (applied.clone(), core.applied().clone());
                             traces.push(Box::new(move |t| t.write(&applied, &clock)));
@@ -963,6 +980,7 @@ pub(crate) mod tests {
             seq: 1,
             key: "k".into(),
             op: Op::Put(Value::from_serialize(&2).unwrap()),
+            also: Vec::new(),
             deps,
         };
         let receive = actix_web::rt::spawn({
@@ -1115,7 +1133,13 @@ pub(crate) mod tests {
         });
         wait_applied(&node, "n1").await;
         let held = node.status().queued_bytes;
-        assert_eq!(held, 128 + 1 + 602, "held until its group is done");
+        // The event's measure: overhead, origin, key, value, and a clock
+        // entry (name and counter) for each of the two nodes.
+        assert_eq!(
+            held,
+            128 + 2 + 1 + 602 + 2 * (2 + 16),
+            "held until its group is done"
+        );
 
         let err = node.write("k".into(), put(600)).await.unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
@@ -1143,6 +1167,7 @@ pub(crate) mod tests {
             seq: 1,
             key: "k".into(),
             op: Op::Put(Value::from_serialize(&1).unwrap()),
+            also: Vec::new(),
             deps: VClock::default(),
         };
         let receive = actix_web::rt::spawn({

@@ -212,6 +212,7 @@ pub struct Metrics {
     in_flight: AtomicI64,
     writes_put: AtomicU64,
     writes_delete: AtomicU64,
+    writes_txn: AtomicU64,
     reads: AtomicU64,
     received_batches: AtomicU64,
     received_events: AtomicU64,
@@ -236,6 +237,7 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             writes_put: AtomicU64::new(0),
             writes_delete: AtomicU64::new(0),
+            writes_txn: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             received_batches: AtomicU64::new(0),
             received_events: AtomicU64::new(0),
@@ -320,6 +322,11 @@ impl Metrics {
             &self.writes_put
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client's atomic transaction of several writes was committed.
+    pub fn txn_write(&self) {
+        self.writes_txn.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A client read was answered.
@@ -468,7 +475,7 @@ pub fn render<'a>(
         o,
         "kvnode_writes_total",
         "counter",
-        "Client writes committed, by operation.",
+        "Client writes committed, by operation (a transaction counts once, as txn).",
     );
     let _ = writeln!(
         o,
@@ -479,6 +486,11 @@ pub fn render<'a>(
         o,
         "kvnode_writes_total{{op=\"delete\"}} {}",
         metrics.writes_delete.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "kvnode_writes_total{{op=\"txn\"}} {}",
+        metrics.writes_txn.load(Ordering::Relaxed)
     );
     let counters = [
         (

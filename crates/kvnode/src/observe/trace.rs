@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::error;
 use tokio::sync::broadcast;
-use vclock_proto::{NodeId, TraceEvent, TraceKind, TraceRef, TraceResponse, VClock};
+use vclock_proto::{Event, NodeId, TraceEvent, TraceKind, TraceRef, TraceResponse, VClock};
 
 use crate::core::{Applied, Step};
 
@@ -48,13 +48,31 @@ struct Inner {
     file: Option<LineWriter<File>>,
 }
 
-/// About the memory a record takes: its value's JSON text, its key, its clock
-/// and dots, plus a fixed overhead.
+/// About the memory a record takes: its value's JSON text, its key, a
+/// transaction's writes, its clock and dots, plus a fixed overhead.
 fn record_bytes(e: &TraceEvent) -> usize {
     let names = |n: usize| n * 24;
+    let writes: usize = e
+        .writes
+        .iter()
+        .map(|w| 32 + w.key.len() + w.op.value().map_or(0, |v| v.json().len()))
+        .sum();
     256 + e.key.as_ref().map_or(0, String::len)
         + e.value.as_ref().map_or(0, |v| v.json().len())
+        + writes
         + names(e.clock.iter().count() + e.dots.len() + e.missing.len())
+}
+
+/// A transaction's writes, for its records (none for a single write).
+fn txn_writes(event: &Event) -> Vec<vclock_proto::Write> {
+    if !event.is_txn() {
+        return Vec::new();
+    }
+    let writes = event.writes().map(|(key, op)| vclock_proto::Write {
+        key: key.to_owned(),
+        op: op.clone(),
+    });
+    writes.collect()
 }
 
 impl Tracer {
@@ -246,6 +264,7 @@ impl Tracer {
                         e.key = Some(event.key.clone());
                         e.dot = Some(event.dot());
                         e.missing = missing.clone();
+                        e.writes = txn_writes(event);
                     });
                 }
             }
@@ -254,24 +273,26 @@ impl Tracer {
 
     fn applied(&self, kind: TraceKind, applied: &Applied, clock: &VClock) {
         let event = &applied.event;
+        let first = applied.siblings.first().map(|count| count.after as u64);
         self.record(kind, clock, |e| {
             e.key = Some(event.key.clone());
             e.dot = Some(event.dot());
             e.value = event.op.value().cloned();
-            e.siblings = Some(applied.siblings_after as u64);
+            e.siblings = first;
+            e.writes = txn_writes(event);
         });
-        let conflict = if applied.siblings_after > 1 {
-            Some(TraceKind::Siblings)
-        } else if applied.siblings_before > 1 {
-            Some(TraceKind::Resolved)
-        } else {
-            None
-        };
-        if let Some(kind) = conflict {
-            self.record(kind, clock, |e| {
-                e.key = Some(event.key.clone());
+        for ((key, _), count) in event.writes().zip(&applied.siblings) {
+            let conflict = if count.after > 1 {
+                TraceKind::Siblings
+            } else if count.before > 1 {
+                TraceKind::Resolved
+            } else {
+                continue;
+            };
+            self.record(conflict, clock, |e| {
+                e.key = Some(key.to_owned());
                 e.dot = Some(event.dot());
-                e.siblings = Some(applied.siblings_after as u64);
+                e.siblings = Some(count.after as u64);
             });
         }
     }
@@ -290,22 +311,16 @@ pub fn parse_cause(text: &str) -> Option<TraceRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::SiblingCount;
     use vclock_proto::{Dot, Event, Op, Value};
 
     fn applied(origin: &str, seq: u64, from_buffer: bool, before: usize, after: usize) -> Applied {
         let mut deps = VClock::default();
         deps.set(origin, seq - 1);
         Applied {
-            event: Arc::new(Event {
-                origin: origin.into(),
-                seq,
-                key: "x".into(),
-                op: Op::Delete,
-                deps,
-            }),
+            event: Arc::new(Event::single(origin, seq, "x", Op::Delete, deps)),
             from_buffer,
-            siblings_before: before,
-            siblings_after: after,
+            siblings: vec![SiblingCount { before, after }],
         }
     }
 

@@ -798,6 +798,7 @@ mod tests {
             seq,
             key: key.into(),
             op: Op::Put(Value::from_json(value).unwrap()),
+            also: Vec::new(),
             deps: [(origin, seq - 1)].into_iter().collect(),
         })
     }
