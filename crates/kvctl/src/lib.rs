@@ -39,8 +39,8 @@ pub mod transport;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vclock_proto::{
-    GetResponse, PutRequest, PutResponse, StatusResponse, TxnReadRequest, TxnReadResponse, VClock,
-    Value,
+    GetResponse, PutRequest, PutResponse, StatusResponse, TxnReadRequest, TxnReadResponse,
+    TxnWriteRequest, VClock, Value, Write,
 };
 
 pub use transport::{Agent, CallError, Transport};
@@ -161,6 +161,22 @@ impl Client {
             .await
     }
 
+    /// Writes every write of `writes` (each to another key) as one atomic
+    /// transaction, after everything `context` counts: one dot, applied whole
+    /// at every node.
+    pub async fn txn_write(
+        &self,
+        writes: &[Write],
+        context: Option<&VClock>,
+    ) -> Result<PutResponse> {
+        let body = TxnWriteRequest {
+            writes: writes.to_vec(),
+            context: context.cloned(),
+        };
+        self.request(awc::http::Method::POST, "/v1/txn/write", Some(&body))
+            .await
+    }
+
     /// Writes `value` to `key` after everything `context` counts. The write
     /// replaces every sibling the node has applied.
     pub async fn put(
@@ -264,6 +280,14 @@ impl Session {
     pub async fn txn_read(&mut self, keys: &[String]) -> Result<TxnReadResponse> {
         let answer = self.client.txn_read(keys, Some(&self.context)).await?;
         self.context.merge(&answer.context);
+        Ok(answer)
+    }
+
+    /// Writes `writes` as one atomic transaction, after everything this
+    /// session has seen.
+    pub async fn txn_write(&mut self, writes: &[Write]) -> Result<PutResponse> {
+        let answer = self.client.txn_write(writes, Some(&self.context)).await?;
+        self.context.merge(&answer.timestamp);
         Ok(answer)
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kvctl::session_file::SessionFile;
 use kvctl::{Client, Error, Transport};
-use vclock_proto::{GetResponse, PutResponse, Value};
+use vclock_proto::{GetResponse, PutResponse, Value, Write};
 
 const DEFAULT_NODES: &str = "http://127.0.0.1:5001,http://127.0.0.1:5002,http://127.0.0.1:5003";
 
@@ -164,6 +164,28 @@ enum TxnCommand {
         #[arg(required = true, num_args = 1..)]
         keys: Vec<String>,
     },
+    /// Write several keys as one atomic transaction: one dot, applied whole
+    /// at every node, so no reader ever sees part of it.
+    #[command(
+        after_help = "Each KEY=VALUE is split at its first =; VALUE is JSON if it parses as JSON, else a string.\n\nExamples:\n  kvctl txn put post='{\"title\":\"hi\"}' comments='[]'\n  kvctl txn put a=1 b=2 --del c\n  kvctl --session s txn put balance=90 ledger/7=-10"
+    )]
+    Put {
+        /// The puts, as KEY=VALUE.
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_assignment, allow_negative_numbers = true)]
+        puts: Vec<(String, String)>,
+        /// Keys to delete in the same transaction (repeat for several).
+        #[arg(long = "del", value_name = "KEY")]
+        deletes: Vec<String>,
+    },
+}
+
+/// Splits `KEY=VALUE` at its first `=`.
+fn parse_assignment(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some(("", _)) => Err(format!("{text:?} has an empty key")),
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 const BENCH_EXAMPLES: &str = "Examples:
@@ -361,6 +383,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 exit::NOT_FOUND
             };
             (code, Some(answer.context))
+        }
+        Command::Txn(TxnCommand::Put { puts, deletes }) => {
+            let puts = puts
+                .iter()
+                .map(|(k, v)| Write::put(k, kvctl::parse_value(v)));
+            let writes: Vec<Write> = puts.chain(deletes.iter().map(Write::delete)).collect();
+            if writes.is_empty() {
+                return Err(Failure {
+                    code: 2,
+                    message: "nothing to write: give KEY=VALUE or --del KEY".into(),
+                });
+            }
+            let answer = client.txn_write(&writes, context.as_ref()).await?;
+            print_put(cli.output, &answer);
+            (0, Some(answer.timestamp))
         }
         Command::Status => (status(&client, cli.output).await?, None),
         Command::Check(args) => (check(&client, args, cli.output).await?, None),

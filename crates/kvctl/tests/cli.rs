@@ -641,3 +641,84 @@ fn txn_get_reads_several_keys_from_one_cut() {
     let run = expect(state, &["--node", n1, "txn", "get", "post", "post"], 4);
     assert!(run.stderr.contains("listed twice"), "{run:#?}");
 }
+
+/// `kvctl txn put` writes puts and deletes under one dot, which the other
+/// node shows on every key; bad arguments are refused before anything is sent.
+#[test]
+fn txn_put_writes_several_keys_under_one_dot() {
+    let cluster = start(kvnode(), &[]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let (n1, n2) = (cluster.url(1), cluster.url(2));
+    expect(state, &["--node", n1, "put", "draft", "old"], 0);
+    let run = expect(
+        state,
+        &[
+            "--session",
+            "S",
+            "--node",
+            n1,
+            "-o",
+            "json",
+            "txn",
+            "put",
+            "post={\"t\":\"hi\"}",
+            "count=-3",
+            "note=a=b",
+            "--del",
+            "draft",
+        ],
+        0,
+    );
+    let answer: vclock_proto::PutResponse = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("-o json txn put is the answer ({e}): {run:#?}"));
+    assert_eq!(answer.dot, vclock_proto::Dot::new("node1", 2));
+
+    // The session waits at node2 for the transaction, then sees all of it.
+    let run = expect(
+        state,
+        &[
+            "--session",
+            "S",
+            "--node",
+            n2,
+            "-o",
+            "json",
+            "txn",
+            "get",
+            "post",
+            "count",
+            "note",
+            "draft",
+        ],
+        1,
+    );
+    let read: vclock_proto::TxnReadResponse = serde_json::from_str(&run.stdout).unwrap();
+    let values: Vec<String> = read
+        .reads
+        .iter()
+        .map(|r| r.value.json().to_owned())
+        .collect();
+    assert_eq!(
+        values,
+        [r#"{"t":"hi"}"#, "-3", r#""a=b""#, "null"],
+        "{run:#?}"
+    );
+    for r in &read.reads {
+        assert_eq!(r.siblings[0].dot, answer.dot, "{r:?}");
+    }
+    assert!(read.reads[3].siblings[0].deleted);
+
+    for (args, says) in [
+        (&["txn", "put", "novalue"][..], "not KEY=VALUE"),
+        (&["txn", "put", "=1"][..], "empty key"),
+        (&["txn", "put"][..], "nothing to write"),
+    ] {
+        let mut all = vec!["--node", n1];
+        all.extend_from_slice(args);
+        let run = expect(state, &all, 2);
+        assert!(run.stderr.contains(says), "{args:?}: {run:#?}");
+    }
+    let run = expect(state, &["--node", n1, "txn", "put", "a=1", "--del", "a"], 4);
+    assert!(run.stderr.contains("listed twice"), "{run:#?}");
+}
