@@ -214,7 +214,9 @@ struct CheckArgs {
     #[arg(long, default_value_t = 0.5)]
     write_ratio: f64,
     /// Half of the reads are snapshot reads of 2 to 4 keys (POST
-    /// /v1/txn/read, native API), each checked as a causally consistent cut.
+    /// /v1/txn/read, native API), each checked as a causally consistent cut,
+    /// and half of the writes atomic writes of 2 to 4 keys (POST
+    /// /v1/txn/write), each checked for being seen whole.
     #[arg(long, conflicts_with = "replay")]
     txn: bool,
     /// Seed of the random choices.
@@ -553,11 +555,13 @@ async fn check(client: &Client, args: &CheckArgs, output: Output) -> Result<u8, 
         None if history.quiescent => "yes",
         None => "no (the nodes did not reach the same clock in time)",
     };
-    let snapshots = if report.snapshots_checked > 0 {
-        format!(" snapshots_checked={}", report.snapshots_checked)
-    } else {
-        String::new()
-    };
+    let mut snapshots = String::new();
+    if report.snapshots_checked > 0 {
+        snapshots += &format!(" snapshots_checked={}", report.snapshots_checked);
+    }
+    if report.atomic_writes > 0 {
+        snapshots += &format!(" atomic_writes={}", report.atomic_writes);
+    }
     let summary = format!(
         "ops={} ok={} failed={} unknown={} reads_checked={}{snapshots} violations={} converged={converged}",
         history.ops.len(),

@@ -59,4 +59,7 @@ pub mod storage;
 pub mod tls;
 
 mod probe;
+
+#[cfg(feature = "broken-causality")]
+pub(crate) mod broken;
 pub use probe::probe_health;

@@ -44,6 +44,14 @@
 //!   another key nothing, or only values older than a write `wB` of that key
 //!   that happened before `wA` (in CO or by their timestamps);
 //!   `snapshot_clocks_differ`: its reads carry different clocks.
+//! - Atomic writes (`POST /v1/txn/write`, recorded as one write per key,
+//!   unordered among themselves, sharing one timestamp): reading any of a
+//!   transaction's writes puts all of them in the reader's causal past, so
+//!   the checks above apply to every key it wrote. `fractured_read`: a read
+//!   or a snapshot shows part of a transaction, and for another key it wrote
+//!   nothing, or only values older than its write there (a read after one
+//!   that showed part of it in the same session, or a snapshot showing part
+//!   of it).
 //! - After quiescence: `lost_write` (an acknowledged write neither present nor
 //!   overwritten on some node), `divergence` (nodes disagree on clocks or
 //!   siblings).
@@ -88,6 +96,10 @@ pub struct Report {
     /// Snapshot reads checked for being one causally consistent cut.
     #[serde(default)]
     pub snapshots_checked: usize,
+    /// Atomic writes of several keys in the history, each checked for being
+    /// seen whole.
+    #[serde(default)]
+    pub atomic_writes: usize,
     /// Whether the final states agree (None when there are none).
     pub converged: Option<bool>,
 }
@@ -120,14 +132,20 @@ struct Index<'a> {
     /// key -> its acknowledged writes (ordered, so that reports are the same
     /// on every replay).
     acked_writes: BTreeMap<&'a str, Vec<usize>>,
+    /// A transaction's first write -> all of its writes.
+    txns: HashMap<usize, Vec<usize>>,
 }
 
 impl<'a> Index<'a> {
     fn new(history: &'a History) -> Self {
         let mut writer = HashMap::new();
         let mut acked_writes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut txns: HashMap<usize, Vec<usize>> = HashMap::new();
         for op in &history.ops {
             if let OpKind::Write { value, .. } = &op.kind {
+                if let Some(first) = op.txn {
+                    txns.entry(first).or_default().push(op.id);
+                }
                 writer.insert(value.as_str(), op.id);
                 if op.outcome == Outcome::Ok {
                     acked_writes.entry(op.key.as_str()).or_default().push(op.id);
@@ -138,7 +156,18 @@ impl<'a> Index<'a> {
             history,
             writer,
             acked_writes,
+            txns,
         }
+    }
+
+    /// The writes of `w`'s transaction other than `w` (none for a single write).
+    fn txn_mates(&self, w: usize) -> impl Iterator<Item = usize> + '_ {
+        let members = self.op(w).txn.and_then(|first| self.txns.get(&first));
+        members
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |&m| m != w)
     }
 
     fn op(&self, id: usize) -> &'a Op {
@@ -245,7 +274,7 @@ pub fn check(history: &History) -> Report {
     }
 
     // The causal past of every operation (CO), with cycle detection.
-    let past = causal_past(ops, &reads_from, v);
+    let past = causal_past(&index, &reads_from, v);
 
     // Writes: the timestamp covers the context.
     for op in ops {
@@ -309,14 +338,20 @@ pub fn check(history: &History) -> Report {
             if shows_absent || all_older {
                 // A session guarantee is broken; name it by how w came into
                 // the read's past.
+                let read_before = |ws: &mut dyn Iterator<Item = usize>| {
+                    let ws: Vec<usize> = ws.collect();
+                    ops[..op.id].iter().any(|o| {
+                        o.session == op.session
+                            && (o.snapshot.is_none() || o.snapshot != op.snapshot)
+                            && reads_from[o.id].iter().any(|r| ws.contains(r))
+                    })
+                };
                 let kind = if index.op(w).session == op.session {
                     "read_your_writes"
-                } else if ops[..op.id].iter().any(|o| {
-                    o.session == op.session
-                        && (o.snapshot.is_none() || o.snapshot != op.snapshot)
-                        && reads_from[o.id].contains(&w)
-                }) {
+                } else if read_before(&mut std::iter::once(w)) {
                     "monotonic_reads"
+                } else if read_before(&mut index.txn_mates(w)) {
+                    "fractured_read"
                 } else {
                     "causal_read"
                 };
@@ -379,6 +414,7 @@ pub fn check(history: &History) -> Report {
     }
 
     report.snapshots_checked = check_snapshots(&index, &reads_from, &past, v);
+    report.atomic_writes = index.txns.len();
 
     if !history.final_states.is_empty() {
         report.converged = Some(check_final(&index, v));
@@ -543,7 +579,8 @@ fn check_snapshots(
                 let in_own_past = |w: usize| past[b.id].as_ref().is_none_or(|p| p.contains(w));
                 for &wa in &reads_from[a.id] {
                     for &wb in index.acked_writes.get(b.key.as_str()).into_iter().flatten() {
-                        if !precedes(wb, wa)
+                        let fractured = index.txn_mates(wa).any(|m| m == wb);
+                        if !(fractured || precedes(wb, wa))
                             || shown_b.contains(&wb)
                             || in_own_past(wb)
                             || !index.all_older(past, shown_b, wb)
@@ -558,6 +595,22 @@ fn check_snapshots(
                         };
                         let mut involved = vec![wb, wa, a.id, b.id];
                         involved.extend(shown_b);
+                        if fractured {
+                            v.push(Violation {
+                                kind: "fractured_read".into(),
+                                message: format!(
+                                    "snapshot #{first} at {} showed {:?} (#{wa}) for {} but {shown} for {}, although the same atomic write wrote {:?} (#{wb}) to {}",
+                                    a.node,
+                                    index.value(wa),
+                                    a.key,
+                                    b.key,
+                                    index.value(wb),
+                                    b.key,
+                                ),
+                                ops: involved,
+                            });
+                            continue;
+                        }
                         v.push(Violation {
                             kind: "snapshot_not_closed".into(),
                             message: format!(
@@ -582,32 +635,40 @@ fn check_snapshots(
 }
 
 /// The causal past (CO) of every operation; `None` for operations on a cycle.
-fn causal_past(ops: &[Op], reads_from: &[Vec<usize>], v: &mut Vec<Violation>) -> Vec<Option<Bits>> {
+fn causal_past(
+    index: &Index<'_>,
+    reads_from: &[Vec<usize>],
+    v: &mut Vec<Violation>,
+) -> Vec<Option<Bits>> {
+    let ops = &index.history.ops;
     let n = ops.len();
     // Predecessors: the previous answered op of the session, and the writes
     // read from. An op without an answer may take effect at any time, and the
     // session goes on without knowing it did (its next context lacks it): as
     // Jepsen takes such a process as crashed, nothing later in the session
-    // follows it, only what came before it. The reads of one snapshot are
-    // not ordered among themselves: each follows what came before the
-    // snapshot, and what comes after follows them all.
+    // follows it, only what came before it. The reads of one snapshot, and
+    // the writes of one transaction, are not ordered among themselves: each
+    // follows what came before the group, and what comes after follows them
+    // all. A read of one write of a transaction follows all of its writes.
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
     #[derive(Default)]
     struct Tail {
         /// What the session's next op follows.
         last: Vec<usize>,
-        /// What the current snapshot's reads follow, and its id.
+        /// What the current snapshot's reads (or transaction's writes)
+        /// follow, and its id.
         before: Vec<usize>,
         snapshot: Option<usize>,
     }
     let mut tails: HashMap<usize, Tail> = HashMap::new();
     for op in ops {
         let tail = tails.entry(op.session).or_default();
-        let same_snapshot = op.snapshot.is_some() && op.snapshot == tail.snapshot;
+        let group = op.snapshot.or(op.txn);
+        let same_snapshot = group.is_some() && group == tail.snapshot;
         if !same_snapshot {
             tail.before = tail.last.clone();
         }
-        tail.snapshot = op.snapshot;
+        tail.snapshot = group;
         preds[op.id].extend(&tail.before);
         if op.outcome != Outcome::Unknown {
             if !same_snapshot {
@@ -615,7 +676,10 @@ fn causal_past(ops: &[Op], reads_from: &[Vec<usize>], v: &mut Vec<Violation>) ->
             }
             tail.last.push(op.id);
         }
-        preds[op.id].extend(&reads_from[op.id]);
+        for &w in &reads_from[op.id] {
+            preds[op.id].push(w);
+            preds[op.id].extend(index.txn_mates(w));
+        }
     }
     #[derive(Clone, Copy, PartialEq)]
     enum State {
@@ -932,6 +996,7 @@ mod tests {
                 context: sent,
                 api: None,
                 snapshot: None,
+                txn: None,
                 outcome,
                 invoked_ms: 2.0 * id as f64,
                 completed_ms: 2.0 * id as f64 + 1.0,
@@ -1006,6 +1071,26 @@ mod tests {
                 self = self.read(session, node, key, values, clock);
                 let op = self.history.ops.last_mut().expect("just pushed");
                 op.snapshot = Some(first);
+                op.context = sent.clone();
+            }
+            self
+        }
+
+        /// An acknowledged atomic write of `writes` (key, value) at `node`,
+        /// sent with the session's context, which got timestamp `ts`.
+        fn txn(
+            mut self,
+            session: usize,
+            node: &str,
+            writes: &[(&str, &str)],
+            ts: &[(&str, u64)],
+        ) -> Self {
+            let first = self.history.ops.len();
+            let sent = self.contexts.entry(session).or_default().clone();
+            for &(key, value) in writes {
+                self = self.write(session, node, key, value, ts);
+                let op = self.history.ops.last_mut().expect("just pushed");
+                op.txn = Some(first);
                 op.context = sent.clone();
             }
             self
@@ -1744,6 +1829,102 @@ mod tests {
         let kinds: Vec<&str> = rest.iter().map(|v| v.kind.as_str()).collect();
         assert_eq!(kinds, ["read_your_writes"], "{report:#?}");
         assert_eq!(rest[0].ops, vec![1, 3, 0]);
+    }
+
+    #[test]
+    fn a_transaction_seen_whole_is_valid() {
+        // Session 0 writes y, then x and y atomically; every later read,
+        // alone or in a snapshot, shows all of the transaction or none.
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .write(0, "n1", "y", "b0", &[("n1", 1)])
+            .txn(0, "n1", &[("x", "a"), ("y", "b1")], &[("n1", 2)])
+            .snapshot(
+                1,
+                "n2",
+                &[("x", &[], &[("n1", 1)]), ("y", &["b0"], &[("n1", 1)])],
+            )
+            .snapshot(
+                1,
+                "n2",
+                &[("y", &["b1"], &[("n1", 2)]), ("x", &["a"], &[("n1", 2)])],
+            )
+            .read(2, "n2", "x", &["a"], &[("n1", 2)])
+            .read(2, "n1", "y", &["b1"], &[("n1", 2)])
+            .read(0, "n2", "y", &["b1"], &[("n1", 2)])
+            .final_state("n1", &[("n1", 2)])
+            .holds("n1", "x", "a", &[("n1", 2)])
+            .holds("n1", "y", "b1", &[("n1", 2)])
+            .final_state("n2", &[("n1", 2)])
+            .holds("n2", "x", "a", &[("n1", 2)])
+            .holds("n2", "y", "b1", &[("n1", 2)])
+            .check();
+        assert_valid(&report);
+        assert_eq!(report.snapshots_checked, 2);
+    }
+
+    #[test]
+    fn fractured_snapshot() {
+        // The snapshot shows the transaction's x but y from before it; its
+        // clock counts the transaction, so y's answer also lacks a write its
+        // clock counts.
+        let report = HistoryBuilder::native(&["n1", "n2"])
+            .write(0, "n1", "y", "b0", &[("n1", 1)])
+            .txn(0, "n1", &[("x", "a"), ("y", "b1")], &[("n1", 2)])
+            .snapshot(
+                1,
+                "n2",
+                &[("x", &["a"], &[("n1", 2)]), ("y", &["b0"], &[("n1", 2)])],
+            )
+            .check();
+        let kinds: BTreeSet<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            BTreeSet::from(["fractured_read", "clock_without_value"]),
+            "{report:#?}"
+        );
+        let v = report
+            .violations
+            .iter()
+            .find(|v| v.kind == "fractured_read")
+            .unwrap();
+        assert_eq!(v.ops, vec![2, 1, 3, 4, 0]);
+        assert!(
+            v.message
+                .contains("showed \"a\" (#1) for x but \"b0\" (#0) for y")
+                && v.message.contains("wrote \"b1\" (#2) to y"),
+            "{}",
+            v.message
+        );
+    }
+
+    #[test]
+    fn fractured_read_across_reads() {
+        // Session 1 reads the transaction's x, then y at a node that shows
+        // y from before the transaction.
+        let report = HistoryBuilder::native(&["n1", "n2", "n3"])
+            .write(0, "n1", "y", "b0", &[("n1", 1)])
+            .txn(0, "n1", &[("x", "a"), ("y", "b1")], &[("n1", 2)])
+            .read(1, "n2", "x", &["a"], &[("n1", 2)])
+            .read(1, "n3", "y", &["b0"], &[("n1", 1)])
+            .check();
+        let v = only_lagging(&report, "fractured_read", 1);
+        assert_eq!(v[0].ops, vec![2, 4, 0]);
+        assert!(
+            v[0].message.contains("write #2 of \"b1\""),
+            "{}",
+            v[0].message
+        );
+
+        // Without the transaction (two single writes), the same reads break
+        // causality, under the name for it.
+        let report = HistoryBuilder::native(&["n1", "n2", "n3"])
+            .write(0, "n1", "y", "b0", &[("n1", 1)])
+            .write(0, "n1", "y", "b1", &[("n1", 2)])
+            .write(0, "n1", "x", "a", &[("n1", 3)])
+            .read(1, "n2", "x", &["a"], &[("n1", 3)])
+            .read(1, "n3", "y", &["b0"], &[("n1", 1)])
+            .check();
+        only_lagging(&report, "causal_read", 1);
     }
 
     #[test]

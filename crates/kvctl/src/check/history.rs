@@ -103,6 +103,13 @@ pub struct Op {
     /// same context; they are not ordered among themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<usize>,
+    /// For a write that is part of an atomic write (`POST /v1/txn/write`):
+    /// the id of the transaction's first write. A transaction is recorded as
+    /// one write per key, one after another in its session, unordered among
+    /// themselves and all acknowledged with the transaction's one timestamp;
+    /// reading any of them puts all of them in the reader's causal past.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<usize>,
     /// How it ended.
     pub outcome: Outcome,
     /// When it was sent, in ms since the start of the run.
@@ -249,13 +256,25 @@ pub struct Recorder {
     ops: Mutex<Vec<Op>>,
 }
 
+/// How the operations of one call are grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Group {
+    /// One operation.
+    None,
+    /// A snapshot's reads.
+    Snapshot,
+    /// A transaction's writes.
+    Txn,
+}
+
 /// An operation sent and not answered yet; complete it with the [`Recorder`]
 /// that made it.
 #[derive(Debug)]
 #[must_use = "an invocation is completed with Recorder::written, read or failed"]
 pub struct Invocation {
     id: usize,
-    /// How many operations it is: one, or a snapshot's reads.
+    /// How many operations it is: one, a snapshot's reads or a transaction's
+    /// writes.
     len: usize,
     api: Option<Api>,
 }
@@ -302,26 +321,50 @@ impl Recorder {
         kind: OpKind,
         context: &VClock,
     ) -> Invocation {
+        self.invoke_group(
+            session,
+            node,
+            vec![(key.to_owned(), kind)],
+            context,
+            Group::None,
+        )
+    }
+
+    /// Records `ops` (key and kind) sent together to `node` as one call:
+    /// marked as one snapshot or one transaction when `group` says so.
+    fn invoke_group(
+        &self,
+        session: usize,
+        node: &str,
+        ops_sent: Vec<(String, OpKind)>,
+        context: &VClock,
+        group: Group,
+    ) -> Invocation {
         let invoked_ms = self.now_ms();
         let mut ops = self.ops();
-        let id = ops.len();
-        ops.push(Op {
-            id,
-            session,
-            node: node.to_owned(),
-            key: key.to_owned(),
-            kind,
-            context: context.clone(),
-            api: None,
-            snapshot: None,
-            outcome: Outcome::Unknown,
-            invoked_ms,
-            completed_ms: invoked_ms,
-            error: None,
-        });
+        let first = ops.len();
+        let len = ops_sent.len();
+        for (key, kind) in ops_sent {
+            let id = ops.len();
+            ops.push(Op {
+                id,
+                session,
+                node: node.to_owned(),
+                key,
+                kind,
+                context: context.clone(),
+                api: None,
+                snapshot: (group == Group::Snapshot).then_some(first),
+                txn: (group == Group::Txn).then_some(first),
+                outcome: Outcome::Unknown,
+                invoked_ms,
+                completed_ms: invoked_ms,
+                error: None,
+            });
+        }
         Invocation {
-            id,
-            len: 1,
+            id: first,
+            len,
             api: None,
         }
     }
@@ -369,34 +412,36 @@ impl Recorder {
         keys: &[String],
         context: &VClock,
     ) -> Invocation {
-        let invoked_ms = self.now_ms();
-        let mut ops = self.ops();
-        let first = ops.len();
-        for key in keys {
-            let id = ops.len();
-            ops.push(Op {
-                id,
-                session,
-                node: node.to_owned(),
-                key: key.clone(),
-                kind: OpKind::Read {
-                    values: Vec::new(),
-                    clock: None,
-                },
-                context: context.clone(),
-                api: None,
-                snapshot: Some(first),
-                outcome: Outcome::Unknown,
-                invoked_ms,
-                completed_ms: invoked_ms,
-                error: None,
-            });
-        }
-        Invocation {
-            id: first,
-            len: keys.len(),
-            api: None,
-        }
+        let reads = keys.iter().map(|key| {
+            let kind = OpKind::Read {
+                values: Vec::new(),
+                clock: None,
+            };
+            (key.clone(), kind)
+        });
+        self.invoke_group(session, node, reads.collect(), context, Group::Snapshot)
+    }
+
+    /// Session `session` sends an atomic write (`POST /v1/txn/write`) of
+    /// `writes`, each a key and the unique value written to it, to `node`
+    /// with its `context`: recorded as one write per key, marked as one
+    /// transaction. Complete it with [`Self::written`] and the transaction's
+    /// timestamp.
+    pub fn invoke_txn_write(
+        &self,
+        session: usize,
+        node: &str,
+        writes: &[(String, String)],
+        context: &VClock,
+    ) -> Invocation {
+        let writes = writes.iter().map(|(key, value)| {
+            let kind = OpKind::Write {
+                value: value.clone(),
+                timestamp: None,
+            };
+            (key.clone(), kind)
+        });
+        self.invoke_group(session, node, writes.collect(), context, Group::Txn)
     }
 
     /// Completes every operation of `call` (one, or a snapshot's reads):
@@ -412,7 +457,8 @@ impl Recorder {
         }
     }
 
-    /// The write was acknowledged with `timestamp`.
+    /// The write (every write of a transaction) was acknowledged with
+    /// `timestamp`.
     pub fn written(&self, call: Invocation, timestamp: VClock) {
         self.complete(call, Outcome::Ok, |_, op| {
             if let OpKind::Write { timestamp: ts, .. } = &mut op.kind {

@@ -1,5 +1,6 @@
 //! The checking workload: concurrent sessions of unique writes and reads,
-//! and with a [`Mix`] that asks for them, snapshot reads of several keys.
+//! and with a [`Mix`] that asks for them, snapshot reads and atomic writes
+//! of several keys.
 
 use std::time::{Duration, Instant};
 
@@ -7,8 +8,8 @@ use awc::http::Method;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vclock_proto::{
-    GetResponse, PutRequest, PutResponse, ReadResponse, TxnReadRequest, TxnReadResponse, VClock,
-    Value, WriteRequest, WriteResponse,
+    GetResponse, PutRequest, PutResponse, ReadResponse, TxnReadRequest, TxnReadResponse,
+    TxnWriteRequest, VClock, Value, Write, WriteRequest, WriteResponse,
 };
 
 use super::history::{Api, FinalState, History, Invocation, Outcome, Recorder};
@@ -48,13 +49,28 @@ pub struct Mix {
     /// (`POST /v1/txn/read`, through the native API whatever the workload's)
     /// of 2 to 4 of the workload's keys, 0..=1.
     pub snapshots: f64,
+    /// Share of the writes done as atomic writes (`POST /v1/txn/write`,
+    /// through the native API whatever the workload's) of 2 to 4 of the
+    /// workload's keys, 0..=1.
+    pub txn_writes: f64,
 }
 
 impl Mix {
-    /// Half of the reads are snapshot reads (`kvctl check --txn`).
+    /// Half of the reads are snapshot reads, half of the writes atomic
+    /// writes of several keys (`kvctl check --txn`).
     pub fn txn() -> Self {
-        Self { snapshots: 0.5 }
+        Self {
+            snapshots: 0.5,
+            txn_writes: 0.5,
+        }
     }
+}
+
+/// `count` distinct keys of `keys` (at most all of them), picked at random.
+fn pick_keys(rng: &mut StdRng, keys: &[String], count: usize) -> Vec<String> {
+    let count = count.min(keys.len());
+    let picked = rand::seq::index::sample(rng, keys.len(), count).into_iter();
+    picked.map(|k| keys[k].clone()).collect()
 }
 
 impl Workload {
@@ -153,7 +169,41 @@ async fn session(
     for _ in 0..workload.ops_per_session {
         let node = &workload.nodes[rng.random_range(0..workload.nodes.len())];
         let key = &keys[rng.random_range(0..keys.len())];
-        if rng.random_bool(workload.write_ratio.clamp(0.0, 1.0)) {
+        let write = rng.random_bool(workload.write_ratio.clamp(0.0, 1.0));
+        if write && mix.txn_writes > 0.0 && rng.random_bool(mix.txn_writes.min(1.0)) {
+            let count = rng.random_range(2..=4);
+            let writes: Vec<(String, String)> = pick_keys(&mut rng, keys, count)
+                .into_iter()
+                .map(|key| {
+                    written += 1;
+                    (key, format!("{run}-s{id}-{written}"))
+                })
+                .collect();
+            let call = recorder
+                .invoke_txn_write(id, node, &writes, &context)
+                .via(Api::Native);
+            let writes = writes.into_iter().map(|(key, value)| {
+                Write::put(
+                    key,
+                    Value::from_serialize(&value).expect("strings serialise"),
+                )
+            });
+            let body = TxnWriteRequest {
+                writes: writes.collect(),
+                context: Some(context.clone()),
+            };
+            let url = format!("{node}/v1/txn/write");
+            match agent
+                .call::<_, PutResponse>(Method::POST, &url, Some(&body))
+                .await
+            {
+                Ok(answer) => {
+                    context.merge(&answer.timestamp);
+                    recorder.written(call, answer.timestamp);
+                }
+                Err(e) => record_failure(recorder, call, &e),
+            }
+        } else if write {
             written += 1;
             let value = format!("{run}-s{id}-{written}");
             let call = recorder.invoke_write(id, node, key, &value, &context);
@@ -191,11 +241,8 @@ async fn session(
                 Err(e) => record_failure(recorder, call, &e),
             }
         } else if mix.snapshots > 0.0 && rng.random_bool(mix.snapshots.min(1.0)) {
-            let count = rng.random_range(2..=4).min(keys.len());
-            let picked: Vec<String> = rand::seq::index::sample(&mut rng, keys.len(), count)
-                .into_iter()
-                .map(|k| keys[k].clone())
-                .collect();
+            let count = rng.random_range(2..=4);
+            let picked = pick_keys(&mut rng, keys, count);
             let call = recorder
                 .invoke_snapshot(id, node, &picked, &context)
                 .via(Api::Native);

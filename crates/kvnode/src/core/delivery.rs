@@ -168,6 +168,9 @@ pub struct Core<S> {
     collected: VClock,
     limits: Limits,
     store: S,
+    /// Test only (`torn-txns`): writes of transactions not applied yet.
+    #[cfg(feature = "broken-causality")]
+    torn: Vec<Arc<Event>>,
 }
 
 impl<S: Store> Core<S> {
@@ -201,6 +204,8 @@ impl<S: Store> Core<S> {
             collected: VClock::new(),
             limits,
             store,
+            #[cfg(feature = "broken-causality")]
+            torn: Vec::new(),
         })
     }
 
@@ -244,6 +249,7 @@ impl<S: Store> Core<S> {
     /// write applied here now and at every replica in one step. The keys must
     /// be distinct and not empty (the caller checks its client limits).
     pub fn write_all(&mut self, writes: Vec<Write>) -> CoreResult<Applied> {
+        self.finish_torn()?;
         let seq = self.applied.get(&self.id) + 1;
         let event = Event::of_writes(self.id.clone(), seq, writes, self.applied.clone());
         let Some(event) = event else {
@@ -264,6 +270,7 @@ impl<S: Store> Core<S> {
     /// Takes a batch of events from a peer (rule 2). The batch is validated as a
     /// whole first: an invalid event rejects it without changing anything.
     pub fn receive(&mut self, events: Vec<Event>) -> CoreResult<Receipt> {
+        self.finish_torn()?;
         for e in &events {
             self.validate(e)?;
         }
@@ -362,6 +369,7 @@ impl<S: Store> Core<S> {
     /// A clock that counts more of this node's writes than it has made is
     /// refused: log collection must never count on writes a peer cannot have.
     pub fn record_ack(&mut self, peer: &str, clock: &VClock) -> CoreResult<()> {
+        self.finish_torn()?;
         let (claimed, made) = (clock.get(&self.id), self.applied.get(&self.id));
         if claimed > made {
             return Err(CoreError::Overclaimed {
@@ -570,7 +578,7 @@ impl<S: Store> Core<S> {
 
     fn deps_satisfied(&self, e: &Event) -> bool {
         #[cfg(feature = "broken-causality")]
-        if broken::skip_dependency_check() {
+        if crate::broken::on("skip-deps") {
             return true;
         }
         e.deps
@@ -633,13 +641,20 @@ impl<S: Store> Core<S> {
     /// the core as a whole, sees part of it.
     fn apply(&mut self, e: Arc<Event>, from_buffer: bool) -> CoreResult<Applied> {
         let mut counts = Vec::with_capacity(e.key_count());
-        for (key, _) in e.writes() {
+        for (i, (key, _)) in e.writes().enumerate() {
             // A key's siblings hold the event's write to that key alone.
             let write = if e.is_txn() {
                 Arc::new(e.for_key(key).expect("the event writes its own keys"))
             } else {
                 e.clone()
             };
+            #[cfg(feature = "broken-causality")]
+            if i > 0 && crate::broken::on("torn-txns") {
+                self.torn.push(write);
+                continue;
+            }
+            #[cfg(not(feature = "broken-causality"))]
+            let _ = i;
             counts.push(self.apply_write(key, write)?);
         }
         self.applied.set(&e.origin, e.seq);
@@ -649,6 +664,16 @@ impl<S: Store> Core<S> {
             from_buffer,
             siblings: counts,
         })
+    }
+
+    /// Test only (`torn-txns`): applies the writes of transactions left
+    /// for later.
+    fn finish_torn(&mut self) -> CoreResult<()> {
+        #[cfg(feature = "broken-causality")]
+        for write in std::mem::take(&mut self.torn) {
+            self.apply_write(&write.key.clone(), write)?;
+        }
+        Ok(())
     }
 
     /// Makes `write` a sibling of `key`, dropping the siblings it saw.
@@ -693,22 +718,6 @@ impl<S: Store> super::replication::NodeView for Core<S> {
         max_bytes: usize,
     ) -> crate::storage::StoreResult<Vec<Arc<Event>>> {
         self.store.log_after_within(origin, after, limit, max_bytes)
-    }
-}
-
-/// A deliberately broken delivery rule, to prove that the consistency checker
-/// catches one (`kvctl check`'s tests). Only in debug builds with the
-/// `broken-causality` feature, and only when `BROKEN_CAUSALITY=skip-deps`.
-#[cfg(feature = "broken-causality")]
-mod broken {
-    #[cfg(not(debug_assertions))]
-    compile_error!(
-        "the broken-causality feature is for tests only and cannot be built in release mode"
-    );
-
-    pub fn skip_dependency_check() -> bool {
-        static SKIP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *SKIP.get_or_init(|| std::env::var("BROKEN_CAUSALITY").as_deref() == Ok("skip-deps"))
     }
 }
 

@@ -482,10 +482,11 @@ impl Node {
         let mut published = self.watch_committed();
         // Test only: each key read on its own, a pause apart, with its own
         // clock; the last one read is the latest.
-        #[cfg(feature = "fractured-snapshots")]
-        let (results, applied) = {
-            #[cfg(not(debug_assertions))]
-            compile_error!("the fractured-snapshots feature is for tests only and cannot be built in release mode");
+        #[cfg(feature = "broken-causality")]
+        let fractured = crate::broken::on("fractured-snapshots");
+        #[cfg(not(feature = "broken-causality"))]
+        let fractured = false;
+        let (results, applied) = if fractured {
             let mut results = Vec::with_capacity(keys.len());
             for (i, key) in keys.iter().enumerate() {
                 if i > 0 {
@@ -498,9 +499,7 @@ impl Node {
                 .map(|r| r.applied.clone())
                 .unwrap_or_default();
             (results, applied)
-        };
-        #[cfg(not(feature = "fractured-snapshots"))]
-        let (results, applied) = {
+        } else {
             let core = self.shared.core();
             let results = keys.iter().map(|key| core.read(key));
             (
