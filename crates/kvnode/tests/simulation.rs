@@ -116,7 +116,7 @@ use kvnode::storage::durable::{Durability, DurableStore, DEFAULT_LOG_MEMORY_EVEN
 use kvnode::storage::{MemStore, Siblings, Store, StoreResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use vclock_proto::{Dot, Event, Op, Seq, VClock, Value};
+use vclock_proto::{Dot, Event, Op, Seq, VClock, Value, Write as KeyWrite};
 
 /// In-memory seeds run when neither `SIM_SEEDS` nor `SIM_SEED` is set.
 const DEFAULT_SEEDS: u64 = 1000;
@@ -151,6 +151,8 @@ fn random_schedules_keep_causal_consistency() {
             ),
             ("crashes", total.crashes),
             ("buffered events swept", total.swept_events),
+            ("atomic writes", total.txns),
+            ("snapshot reads", total.snapshots),
         ];
         for (path, count) in paths {
             assert!(count > 0, "no seed exercised {path}: {total:?}");
@@ -500,6 +502,9 @@ enum Check {
     NoLostWrites,
     Sessions,
     Siblings,
+    /// A snapshot read of several keys shows part of a transaction, or a
+    /// write without one of its causal past on another key it read.
+    Snapshot,
     /// A restarted replica does not hold exactly what it had committed, or a
     /// write lost in a crash had left the replica.
     Recovery,
@@ -592,6 +597,10 @@ struct Stats {
     writes: u64,
     deletes: u64,
     reads: u64,
+    /// Client atomic writes of several keys.
+    txns: u64,
+    /// Client snapshot reads of several keys.
+    snapshots: u64,
     /// Client operations skipped because the replica lagged the session's context.
     stale_contexts: u64,
     /// Client operations skipped because the session waited for a write's ack.
@@ -641,6 +650,8 @@ impl Stats {
         self.writes += other.writes;
         self.deletes += other.deletes;
         self.reads += other.reads;
+        self.txns += other.txns;
+        self.snapshots += other.snapshots;
         self.stale_contexts += other.stale_contexts;
         self.waiting_for_ack += other.waiting_for_ack;
         self.collected_tombstones_read += other.collected_tombstones_read;
@@ -721,12 +732,14 @@ impl WriteSet {
     }
 }
 
-/// One write, as its origin made it.
+/// One write (one event: a single write, or a transaction of several), as
+/// its origin made it.
 #[derive(Debug)]
 struct Write {
     event: Arc<Event>,
     origin: usize,
-    key: usize,
+    /// The keys it writes, each with whether it deletes it.
+    keys: Vec<(usize, bool)>,
     /// The writes applied at the origin when this one was made: its causal past.
     past: WriteSet,
     /// Lost in a crash of its origin before its group was committed. Its seq is
@@ -735,8 +748,14 @@ struct Write {
 }
 
 impl Write {
-    fn is_delete(&self) -> bool {
-        self.event.op == Op::Delete
+    /// Whether it writes `key`.
+    fn writes(&self, key: usize) -> bool {
+        self.keys.iter().any(|&(k, _)| k == key)
+    }
+
+    /// Whether it deletes `key`.
+    fn deletes(&self, key: usize) -> bool {
+        self.keys.iter().any(|&(k, delete)| k == key && delete)
     }
 }
 
@@ -749,12 +768,18 @@ struct GroundTruth {
 }
 
 impl GroundTruth {
-    fn record(&mut self, origin: usize, key: usize, event: Arc<Event>, past: WriteSet) -> WriteId {
+    fn record(
+        &mut self,
+        origin: usize,
+        keys: Vec<(usize, bool)>,
+        event: Arc<Event>,
+        past: WriteSet,
+    ) -> WriteId {
         let id = self.writes.len();
         self.writes.push(Write {
             event,
             origin,
-            key,
+            keys,
             past,
             lost: false,
         });
@@ -1035,6 +1060,16 @@ enum Step {
         at: usize,
         key: usize,
     },
+    Txn {
+        session: usize,
+        at: usize,
+        keys: Vec<(usize, bool)>,
+    },
+    Snapshot {
+        session: usize,
+        at: usize,
+        keys: Vec<usize>,
+    },
     Poll {
         from: usize,
         to: usize,
@@ -1125,6 +1160,25 @@ impl fmt::Display for Step {
             Step::Read { session, at, key } => {
                 write!(f, "session {session} reads k{key} at node{at}")
             }
+            Step::Txn { session, at, keys } => {
+                let writes: Vec<String> = keys
+                    .iter()
+                    .map(|(key, delete)| format!("{} k{key}", if *delete { "del" } else { "put" }))
+                    .collect();
+                write!(
+                    f,
+                    "session {session} writes atomically {} at node{at}",
+                    writes.join(", ")
+                )
+            }
+            Step::Snapshot { session, at, keys } => {
+                let keys: Vec<String> = keys.iter().map(|key| format!("k{key}")).collect();
+                write!(
+                    f,
+                    "session {session} reads {} at node{at} as a snapshot",
+                    keys.join(", ")
+                )
+            }
             Step::Poll { from, to, sent } => match sent {
                 Some(message) => write!(f, "node{from}'s link to node{to} sends {message}"),
                 None => write!(f, "node{from}'s link to node{to} waits"),
@@ -1176,6 +1230,10 @@ impl fmt::Display for Step {
 /// cutting or healing a link, forged contexts, buffer sweeps; drops come on
 /// top.
 const STEP_WEIGHTS: [u32; 11] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 2];
+
+/// Share of client writes made as atomic writes of several keys, and of
+/// client reads made as snapshot reads of several keys.
+const TXN_CHANCE: f64 = 0.2;
 
 /// How the simulated links pace themselves.
 fn link_settings(params: &Params, mutation: Mutation) -> Settings {
@@ -1388,6 +1446,14 @@ impl<B: Backend> Sim<B> {
             0 => {
                 let session = self.rng.random_range(0..self.sessions.len());
                 let at = self.choose_replica(session);
+                if self.keys.len() > 1 && self.rng.random_bool(TXN_CHANCE) {
+                    let keys = self.pick_keys();
+                    let keys = keys
+                        .into_iter()
+                        .map(|key| (key, self.rng.random_bool(0.15)))
+                        .collect();
+                    return self.client_txn(session, at, keys);
+                }
                 let key = self.rng.random_range(0..self.keys.len());
                 let delete = self.rng.random_bool(0.15);
                 self.client_write(session, at, key, delete)
@@ -1395,6 +1461,16 @@ impl<B: Backend> Sim<B> {
             1 => {
                 let session = self.rng.random_range(0..self.sessions.len());
                 let at = self.choose_replica(session);
+                if self.keys.len() > 1 && self.rng.random_bool(TXN_CHANCE) {
+                    let keys = self.pick_keys();
+                    self.trace.push(Step::Snapshot {
+                        session,
+                        at,
+                        keys: keys.clone(),
+                    });
+                    self.client_snapshot(session, at, &keys)?;
+                    return Ok(());
+                }
                 let key = self.rng.random_range(0..self.keys.len());
                 self.trace.push(Step::Read { session, at, key });
                 self.client_read(session, at, key)?;
@@ -1544,7 +1620,9 @@ impl<B: Backend> Sim<B> {
                     session.waiting_for = None;
                 }
                 session.context.merge(&write.event.timestamp());
-                session.must_see[write.key].insert(id);
+                for &(key, _) in &write.keys {
+                    session.must_see[key].insert(id);
+                }
             }
             Reply::Batch {
                 peer,
@@ -1917,43 +1995,84 @@ impl<B: Backend> Sim<B> {
             self.stats.stale_contexts += 1;
             return Ok(());
         }
-        self.write_at(Some(session), at, key, delete).map(|_| ())
+        self.write_at(Some(session), at, &[(key, delete)])
+            .map(|_| ())
     }
 
-    /// Replica `at` makes a write of `key` (for `session`, if any: it waits
-    /// for the acknowledgement).
+    /// 2 to 4 distinct keys (at most all of them), in random order.
+    fn pick_keys(&mut self) -> Vec<usize> {
+        let count = self.rng.random_range(2..=4).min(self.keys.len());
+        rand::seq::index::sample(&mut self.rng, self.keys.len(), count).into_vec()
+    }
+
+    /// A client's atomic write of `keys` (each with whether it deletes it).
+    fn client_txn(&mut self, session: usize, at: usize, keys: Vec<(usize, bool)>) -> SimResult {
+        self.trace.push(Step::Txn {
+            session,
+            at,
+            keys: keys.clone(),
+        });
+        if self.waiting(session) {
+            return Ok(());
+        }
+        if !self.is_up(at) {
+            self.stats.unavailable += 1;
+            return Ok(());
+        }
+        if !self.context_satisfied(session, at)? {
+            self.stats.stale_contexts += 1;
+            return Ok(());
+        }
+        self.stats.txns += 1;
+        self.write_at(Some(session), at, &keys).map(|_| ())
+    }
+
+    /// Replica `at` makes a write of `keys` (each with whether it deletes
+    /// it; several make a transaction), for `session` if any: it waits for
+    /// the acknowledgement.
     fn write_at(
         &mut self,
         session: Option<usize>,
         at: usize,
-        key: usize,
-        delete: bool,
+        keys: &[(usize, bool)],
     ) -> SimResult<WriteId> {
-        let op = if delete {
-            self.stats.deletes += 1;
-            Op::Delete
-        } else {
-            self.last_value += 1;
-            Op::Put(Value::from_serialize(&self.last_value).expect("a number is JSON"))
-        };
+        let mut writes = Vec::with_capacity(keys.len());
+        for &(key, delete) in keys {
+            let op = if delete {
+                self.stats.deletes += 1;
+                Op::Delete
+            } else {
+                self.last_value += 1;
+                Op::Put(Value::from_serialize(&self.last_value).expect("a number is JSON"))
+            };
+            writes.push(KeyWrite {
+                key: self.keys[key].clone(),
+                op,
+            });
+        }
         self.stats.writes += 1;
         let replica = &mut self.replicas[at];
         let past = replica.now.applied.clone();
-        let event = replica.core_mut().local_write(self.keys[key].clone(), op)?;
+        let event = replica.core_mut().write_all(writes.clone())?.event;
         let expected = Dot::new(
             self.nodes[at].clone(),
             replica.now.applied_per_origin[at] + 1,
         );
+        let made: Vec<KeyWrite> = event
+            .writes()
+            .map(|(key, op)| KeyWrite {
+                key: key.to_owned(),
+                op: op.clone(),
+            })
+            .collect();
         ensure!(
-            event.dot() == expected && event.key == self.keys[key],
+            event.dot() == expected && made == writes,
             Check::Core,
-            "a write of {} at {} became {} of {}, expected {expected}",
-            self.keys[key],
+            "a write of {writes:?} at {} became {} of {made:?}, expected {expected}",
             self.nodes[at],
             event.dot(),
-            event.key
         );
-        let id = self.truth.record(at, key, event, past);
+        let id = self.truth.record(at, keys.to_vec(), event, past);
         self.observe_apply(at, id)?;
         self.check_clock(at, self.core(at).applied(), "applied clock")?;
         let reply = session.map(|session| {
@@ -1968,6 +2087,16 @@ impl<B: Backend> Sim<B> {
     /// false when the replica is down or lags the session's context. The read
     /// is served after the replica's open group: it sees committed state only.
     fn client_read(&mut self, session: usize, at: usize, key: usize) -> SimResult<bool> {
+        self.client_snapshot(session, at, &[key])
+    }
+
+    /// Reads `keys` together for `session` at replica `at`, as a snapshot
+    /// read does: each key is checked as a single read is, and together they
+    /// must be one causally consistent cut. Each write shown for one key
+    /// brings, for every other key read, its own write there (a transaction
+    /// is seen whole) and the writes of its causal past there: those must be
+    /// shown too, or a write that saw them, or be tombstones collected since.
+    fn client_snapshot(&mut self, session: usize, at: usize, keys: &[usize]) -> SimResult<bool> {
         if self.waiting(session) {
             return Ok(false);
         }
@@ -1983,37 +2112,89 @@ impl<B: Backend> Sim<B> {
             return Ok(false);
         }
         self.stats.reads += 1;
-        let read: ReadResult = self.core(at).read(&self.keys[key])?;
-        let siblings = self.sibling_ids(&read)?;
-        let collected = self.check_siblings(at, key, &siblings)?;
-        self.check_winner(at, key, &read, &siblings)?;
-        self.check_clock(at, &read.applied, "clock returned by a read")?;
-        self.stats.collected_tombstones_read += collected.len() as u64;
-        // What the session saw before must be a sibling now, or in the past of
-        // one, or of a tombstone collected since.
-        for id in self.sessions[session].must_see[key].iter() {
-            let covered = siblings
-                .iter()
-                .chain(&collected)
-                .any(|&s| s == id || self.truth.writes[s].past.contains(id));
+        self.stats.snapshots += u64::from(keys.len() > 1);
+        let mut shown = Vec::with_capacity(keys.len());
+        for &key in keys {
+            let read: ReadResult = self.core(at).read(&self.keys[key])?;
+            let siblings = self.sibling_ids(&read)?;
+            let collected = self.check_siblings(at, key, &siblings)?;
+            self.check_winner(at, key, &read, &siblings)?;
+            self.check_clock(at, &read.applied, "clock returned by a read")?;
+            self.stats.collected_tombstones_read += collected.len() as u64;
+            // What the session saw before must be a sibling now, or in the
+            // past of one, or of a tombstone collected since.
+            for id in self.sessions[session].must_see[key].iter() {
+                ensure!(
+                    self.covers(&siblings, &collected, id),
+                    Check::Sessions,
+                    "session {session} read {} at {} and got {} (collected tombstones: {}), \
+                     which miss {}, a write it had made or read before",
+                    self.keys[key],
+                    self.nodes[at],
+                    self.truth.dots(&siblings),
+                    self.truth.dots(&collected),
+                    self.truth.dot(id)
+                );
+            }
+            shown.push((key, siblings, collected, read.applied));
+        }
+        for (a, siblings_a, _, clock) in &shown {
             ensure!(
-                covered,
-                Check::Sessions,
-                "session {session} read {} at {} and got {} (collected tombstones: {}), \
-                 which miss {}, a write it had made or read before",
-                self.keys[key],
+                *clock == shown[0].3,
+                Check::Snapshot,
+                "{}'s snapshot read k{} with clock {clock} but k{} with {}",
                 self.nodes[at],
-                self.truth.dots(&siblings),
-                self.truth.dots(&collected),
-                self.truth.dot(id)
+                a,
+                shown[0].0,
+                shown[0].3
             );
+            for &s in siblings_a {
+                let write = &self.truth.writes[s];
+                for (b, siblings_b, collected_b, _) in &shown {
+                    let brought = std::iter::once(s).filter(|_| write.writes(*b)).chain(
+                        write
+                            .past
+                            .iter()
+                            .filter(|&w| self.truth.writes[w].writes(*b)),
+                    );
+                    for w in brought {
+                        ensure!(
+                            self.covers(siblings_b, collected_b, w),
+                            Check::Snapshot,
+                            "{}'s snapshot shows {} for k{a} but {} for k{b}, which miss {}, \
+                             {}",
+                            self.nodes[at],
+                            self.truth.dot(s),
+                            self.truth.dots(siblings_b),
+                            self.truth.dot(w),
+                            if w == s {
+                                "the same atomic write"
+                            } else {
+                                "a write it depends on"
+                            }
+                        );
+                    }
+                }
+            }
         }
         let session = &mut self.sessions[session];
-        session.context.merge(&read.applied);
-        for &id in &siblings {
-            session.must_see[key].insert(id);
+        for (key, siblings, _, clock) in shown {
+            session.context.merge(&clock);
+            for id in siblings {
+                session.must_see[key].insert(id);
+            }
         }
         Ok(true)
+    }
+
+    /// Whether a read of a key that showed `siblings`, with the stable
+    /// tombstones `collected` gone, covers write `id` of that key: shows it,
+    /// or a write that saw it, or it was collected.
+    fn covers(&self, siblings: &[WriteId], collected: &[WriteId], id: WriteId) -> bool {
+        siblings
+            .iter()
+            .chain(collected)
+            .any(|&s| s == id || self.truth.writes[s].past.contains(id))
     }
 
     // ---- Replication: the node's own protocol, on simulated time ----
@@ -2513,7 +2694,7 @@ impl<B: Backend> Sim<B> {
                 self.cut.insert((a.min(b), a.max(b)));
                 self.trace.push(Step::Cut { a, b, cut: true });
                 for key in 0..self.keys.len() {
-                    self.write_at(None, a, key, false)?;
+                    self.write_at(None, a, &[(key, false)])?;
                 }
                 self.settle(None)?;
                 self.check_live_converged()?;
@@ -2524,7 +2705,7 @@ impl<B: Backend> Sim<B> {
                 self.trace
                     .push(Step::Phase("an origin down after reaching one peer"));
                 let writes: Vec<WriteId> = (0..self.keys.len())
-                    .map(|key| self.write_at(None, origin, key, false))
+                    .map(|key| self.write_at(None, origin, &[(key, false)]))
                     .collect::<SimResult<_>>()?;
                 // Push them to `via` alone, then take the origin down. The
                 // first batch is lost and the first answer overclaims: only
@@ -2687,9 +2868,11 @@ impl<B: Backend> Sim<B> {
         }
         replica.applied.insert(id);
         replica.applied_per_origin[write.origin] += 1;
-        let siblings = &mut replica.expected_siblings[write.key];
-        siblings.retain(|&s| !write.past.contains(s));
-        siblings.push(id);
+        for &(key, _) in &write.keys {
+            let siblings = &mut replica.expected_siblings[key];
+            siblings.retain(|&s| !write.past.contains(s));
+            siblings.push(id);
+        }
         Ok(())
     }
 
@@ -2738,7 +2921,7 @@ impl<B: Backend> Sim<B> {
         let (collected, missing): (Vec<WriteId>, Vec<WriteId>) = expected
             .iter()
             .filter(|id| !siblings.contains(id))
-            .partition(|&&id| self.truth.writes[id].is_delete() && self.is_stable_at(at, id));
+            .partition(|&&id| self.truth.writes[id].deletes(key) && self.is_stable_at(at, id));
         let all_expected = siblings.iter().all(|id| expected.contains(id));
         ensure!(
             all_expected && missing.is_empty(),
@@ -2781,9 +2964,12 @@ impl<B: Backend> Sim<B> {
         let put = siblings
             .iter()
             .copied()
-            .filter(|&id| !self.truth.writes[id].is_delete())
+            .filter(|&id| !self.truth.writes[id].deletes(key))
             .max_by_key(order);
-        let value = put.and_then(|id| self.truth.writes[id].event.op.value());
+        let value = put.and_then(|id| {
+            let op = self.truth.writes[id].event.op_for(&self.keys[key]);
+            op.and_then(Op::value)
+        });
         ensure!(
             siblings.last().copied() == last && read.winner() == value,
             Check::Siblings,
@@ -2889,15 +3075,16 @@ impl<B: Backend> Sim<B> {
         self.check_winner(at, key, &read, &siblings)?;
         for (sibling, &id) in read.siblings.iter().zip(&siblings) {
             let written = &self.truth.writes[id];
+            let expected = written.event.for_key(&self.keys[key]);
             ensure!(
-                **sibling == *written.event,
+                Some(&**sibling) == expected.as_ref(),
                 Check::Convergence,
                 "{node} holds {sibling:?} as a sibling of {}, but it was written as {:?}",
                 self.keys[key],
                 written.event
             );
             ensure!(
-                !written.is_delete(),
+                !written.deletes(key),
                 Check::Convergence,
                 "{node} still holds the tombstone {} of {}, though every node has \
                  acknowledged it",
@@ -2925,12 +3112,12 @@ impl<B: Backend> Sim<B> {
     fn check_no_lost_writes(&self) -> SimResult {
         for (key, name) in self.keys.iter().enumerate() {
             let writes: Vec<WriteId> = (0..self.truth.writes.len())
-                .filter(|&id| self.truth.writes[id].key == key && !self.truth.writes[id].lost)
+                .filter(|&id| self.truth.writes[id].writes(key) && !self.truth.writes[id].lost)
                 .collect();
             let survivors: Vec<WriteId> = writes
                 .iter()
                 .copied()
-                .filter(|&w| !self.truth.writes[w].is_delete())
+                .filter(|&w| !self.truth.writes[w].deletes(key))
                 .filter(|&w| {
                     !writes
                         .iter()
