@@ -1984,19 +1984,7 @@ impl<B: Backend> Sim<B> {
             key,
             delete,
         });
-        if self.waiting(session) {
-            return Ok(());
-        }
-        if !self.is_up(at) {
-            self.stats.unavailable += 1;
-            return Ok(());
-        }
-        if !self.context_satisfied(session, at)? {
-            self.stats.stale_contexts += 1;
-            return Ok(());
-        }
-        self.write_at(Some(session), at, &[(key, delete)])
-            .map(|_| ())
+        self.client_write_keys(session, at, &[(key, delete)])
     }
 
     /// 2 to 4 distinct keys (at most all of them), in random order.
@@ -2012,6 +2000,17 @@ impl<B: Backend> Sim<B> {
             at,
             keys: keys.clone(),
         });
+        self.client_write_keys(session, at, &keys)
+    }
+
+    /// A client's write of `keys` at `at`, unless the session waits for an
+    /// acknowledgement, the replica is down or lags the session's context.
+    fn client_write_keys(
+        &mut self,
+        session: usize,
+        at: usize,
+        keys: &[(usize, bool)],
+    ) -> SimResult {
         if self.waiting(session) {
             return Ok(());
         }
@@ -2023,8 +2022,8 @@ impl<B: Backend> Sim<B> {
             self.stats.stale_contexts += 1;
             return Ok(());
         }
-        self.stats.txns += 1;
-        self.write_at(Some(session), at, &keys).map(|_| ())
+        self.stats.txns += u64::from(keys.len() > 1);
+        self.write_at(Some(session), at, keys).map(|_| ())
     }
 
     /// Replica `at` makes a write of `keys` (each with whether it deletes
