@@ -119,7 +119,18 @@ impl Entry {
         if let Some(dot) = &e.dot {
             d.push_str(&format!(" {dot}"));
         }
-        if let Some(key) = &e.key {
+        if e.writes.len() > 1 {
+            // A transaction: every key it writes.
+            let writes: Vec<String> = e
+                .writes
+                .iter()
+                .map(|w| match w.op.value() {
+                    Some(value) => format!("{}={}", shorten(&w.key), compact_value(value)),
+                    None => format!("{} (deleted)", shorten(&w.key)),
+                })
+                .collect();
+            d.push_str(&format!(" txn {}", writes.join(" ")));
+        } else if let Some(key) = &e.key {
             d.push(' ');
             d.push_str(&shorten(key));
             match (e.kind, &e.value) {
@@ -1087,6 +1098,28 @@ mod tests {
             send_found: None,
         }
         .description()
+    }
+
+    #[test]
+    fn a_transaction_is_described_with_every_key() {
+        let mut e = record("node1", 3, 1, TraceKind::Write);
+        e.dot = Some(Dot::new("node1", 3));
+        e.key = Some("a".into());
+        e.value = Some(Value::from_json("1").unwrap());
+        e.writes = vec![
+            vclock_proto::Write::put("a", Value::from_json("1").unwrap()),
+            vclock_proto::Write::delete("b"),
+        ];
+        let entry = Entry {
+            event: e,
+            clock: clock(&[("node1", 3)]),
+            send_found: None,
+        };
+        let description = entry.description();
+        assert!(
+            description.starts_with("write node1:3 txn a=1 b (deleted) "),
+            "{description}"
+        );
     }
 
     #[test]

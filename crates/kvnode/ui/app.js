@@ -69,6 +69,11 @@ function showValue(value) {
   return value === undefined ? '(none)' : JSON.stringify(value);
 }
 
+/** A transaction's writes, `a = 1, b deleted`. */
+function writesText(writes) {
+  return writes.map((w) => (w.op === 'delete' ? `${w.key} deleted` : `${w.key} = ${showValue(w.op.put)}`)).join(', ');
+}
+
 function parseValue(text) {
   try {
     return JSON.parse(text);
@@ -435,6 +440,8 @@ function render() {
     const classes = ['ev', `ev-${escapeAttr(record.kind)}`];
     if (record.kind === 'buffered') classes.push(fate.get(ref(record)) ? 'delivered' : 'pending');
     if (record.key !== undefined && state.siblings.has(record.key)) classes.push('sib');
+    const txn = record.writes && record.writes.length > 1;
+    if (txn) classes.push('txn');
     const attrs = [
       `class="${classes.join(' ')}"`,
       `data-ref="${escapeAttr(ref(record))}"`,
@@ -446,6 +453,7 @@ function render() {
       `r="${R}"`,
     ];
     if (record.key !== undefined) attrs.push(`data-key="${escapeAttr(record.key)}"`);
+    if (txn) attrs.push(`data-keys="${escapeAttr(record.writes.map((w) => w.key).join(' '))}"`);
     if (record.dot) attrs.push(`data-dot="${escapeAttr(dotText(record.dot))}"`);
     if (record.dots && record.dots.length) attrs.push(`data-dots="${escapeAttr(record.dots.map(dotText).join(' '))}"`);
     parts.push(`<circle ${attrs.join(' ')}/>`);
@@ -513,9 +521,11 @@ function renderSiblings() {
 function describe(record) {
   const lines = [[`${record.kind}`, `${record.node} #${record.id}`]];
   lines.push(['time (UTC)', new Date(record.time_us / 1000).toISOString().replace('T', ' ').replace('Z', '')]);
-  if (record.key !== undefined) lines.push(['key', record.key]);
+  const txn = record.writes && record.writes.length > 1;
+  if (txn) lines.push([`transaction of ${record.writes.length} keys`, writesText(record.writes)]);
+  else if (record.key !== undefined) lines.push(['key', record.key]);
   if (record.dot) lines.push(['write', dotText(record.dot)]);
-  if (record.kind === 'write' || record.kind === 'read') lines.push(['value', showValue(record.value)]);
+  if (!txn && (record.kind === 'write' || record.kind === 'read')) lines.push(['value', showValue(record.value)]);
   if (record.peer) lines.push([record.kind === 'send' ? 'to' : 'from', record.peer]);
   if (record.dots && record.dots.length) lines.push(['writes', record.dots.map(dotText).join(', ')]);
   if (record.cause) lines.push(['sent as', `${record.cause.node} #${record.cause.id}`]);

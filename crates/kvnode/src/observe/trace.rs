@@ -368,6 +368,50 @@ mod tests {
         assert_eq!(held.iter().map(|e| e.id).collect::<Vec<_>>(), [101]);
     }
 
+    /// A transaction is one record, listing every key it writes; a key it
+    /// left with siblings gets its own record.
+    #[test]
+    fn a_transaction_is_one_record_of_several_keys() {
+        let t = Tracer::new("n1".into(), 100, usize::MAX, None).unwrap();
+        let writes = vec![
+            vclock_proto::Write::put("a", Value::from_serialize(&1).unwrap()),
+            vclock_proto::Write::delete("b"),
+        ];
+        let event = Event::of_writes("n1", 1, writes.clone(), VClock::default()).unwrap();
+        let applied = Applied {
+            event: Arc::new(event),
+            from_buffer: false,
+            siblings: vec![
+                SiblingCount {
+                    before: 0,
+                    after: 1,
+                },
+                SiblingCount {
+                    before: 1,
+                    after: 2,
+                },
+            ],
+        };
+        t.write(&applied, &VClock::default());
+        let events = t.since(0).events;
+        let kinds: Vec<(&str, Option<&str>)> = events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.key.as_deref()))
+            .collect();
+        assert_eq!(kinds, [("write", Some("a")), ("siblings", Some("b"))]);
+        assert_eq!(events[0].writes, writes);
+        assert_eq!(events[0].dot, Some(Dot::new("n1", 1)));
+        assert!(events[1].writes.is_empty());
+        assert!(record_bytes(&events[0]) > record_bytes(&events[1]));
+
+        // A single write lists none.
+        t.write(
+            &super::tests::applied("n1", 2, false, 0, 1),
+            &VClock::default(),
+        );
+        assert!(t.since(2).events[0].writes.is_empty());
+    }
+
     #[test]
     fn a_batch_is_traced_step_by_step_with_the_clock_of_each_step() {
         let t = Tracer::new("n3".into(), 100, usize::MAX, None).unwrap();
