@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from causal_kv import AsyncClient, CausalTimeout, Unreachable, covers
+from causal_kv import AsyncClient, BadRequest, CausalTimeout, Unreachable, covers
 from conftest import LiveCluster
 from test_errors import free_url
 
@@ -33,6 +33,26 @@ async def test_put_get_delete(cluster: LiveCluster, key: str) -> None:
         snap = await session.snapshot([key, f"{key}/a"])
         assert snap.values == {key: None, f"{key}/a": 1}
         assert covers(session.context, snap.context)
+
+
+async def test_async_txn_write_is_seen_whole_at_another_node(cluster: LiveCluster, key: str) -> None:
+    a, b, c = f"{key}/a", f"{key}/b", f"{key}/c"
+    async with AsyncClient([cluster.url(1)]) as node1, AsyncClient([cluster.url(3)]) as node3:
+        session = node1.session()
+        written = await session.txn_write({a: [1], b: None}, deletes=[c])
+        assert covers(session.context, written.timestamp)
+        moved = node3.session(session.context)
+        snap = await moved.snapshot([a, b, c])
+        assert snap.values == {a: [1], b: None, c: None}
+        assert snap[a].siblings[0].dot == written.dot and snap[b].siblings[0].dot == written.dot
+        assert snap[b].found and not snap[c].found
+        # The delete's tombstone may already be collected (stable): if shown, it has the dot.
+        assert all(s.dot == written.dot and s.deleted for s in snap[c].siblings)
+        again = await node3.txn_write({a: [2]}, snap.context)
+        assert (await node3.get(a, again.timestamp)).siblings[0].dot == again.dot
+        with pytest.raises(BadRequest) as refused:
+            await moved.txn_write({a: 1}, deletes=[a])
+        assert "listed twice" in refused.value.message
 
 
 async def test_concurrent_tasks_share_a_session_across_nodes(cluster: LiveCluster, key: str) -> None:

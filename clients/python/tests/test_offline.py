@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from causal_kv import (
     BadAnswer,
     CausalTimeout,
     Client,
+    Dot,
     Missing,
     ServerError,
     errors,
@@ -22,6 +24,7 @@ from causal_kv import (
     load_context,
     merge,
     merge_into,
+    WriteResult,
 )
 from causal_kv import _wire
 
@@ -85,6 +88,41 @@ def test_requests_are_encoded_as_the_node_reads_them() -> None:
         b"{}",
         "application/json",
     )
+
+
+def test_a_transaction_is_encoded_as_the_node_reads_it() -> None:
+    call = _wire.txn_write({"b": {"x": 1}, "a": None}, ["c", "d"], {"node1": 3})
+    assert (call.method, call.path, call.headers["Content-Type"]) == ("POST", "/v1/txn/write", "application/json")
+    assert call.body is not None and json.loads(call.body) == {
+        "writes": [
+            {"key": "b", "op": {"put": {"x": 1}}},
+            {"key": "a", "op": {"put": None}},  # None puts null: it is no delete
+            {"key": "c", "op": "delete"},
+            {"key": "d", "op": "delete"},
+        ],
+        "context": {"node1": 3},
+    }
+    # No context, no field; what the node checks (no writes, a key twice) is sent as is.
+    assert _wire.txn_write({}, (), None).body == b'{"writes":[]}'
+    twice = _wire.txn_write({"k": 1}, ["k"], None)
+    assert twice.body is not None and [w["key"] for w in json.loads(twice.body)["writes"]] == ["k", "k"]
+    answer = twice.answer(
+        "http://n", httpx.Response(200, json={"dot": {"origin": "node1", "seq": 4}, "timestamp": {"node1": 4}})
+    )
+    assert answer == WriteResult(Dot("node1", 4), {"node1": 4}, "http://n")
+
+
+def test_a_transaction_that_cannot_be_sent_is_refused_here() -> None:
+    cases: list[tuple[dict[str, Any], list[str]]] = [({"": 1}, []), ({"k": 1}, [""]), ({"k": float("nan")}, [])]
+    for writes, deletes in cases:
+        with pytest.raises(errors.InvalidValue):
+            _wire.txn_write(writes, deletes, None)
+    with pytest.raises(errors.InvalidValue):
+        _wire.txn_write({"k": 1}, "ab", None)  # one string is not a list of keys
+    with pytest.raises(errors.InvalidValue):
+        _wire.txn_write([("k", 1)], (), None)  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidValue):
+        _wire.txn_write({"k": 1}, (), {"node1": -1})
 
 
 def test_clocks_merge_pointwise() -> None:

@@ -155,10 +155,14 @@ def check_clock(clock: Mapping[str, int] | None) -> t.Clock | None:
     return dict(clock)
 
 
-def _kv_path(key: str) -> str:
+def _key(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise errors.InvalidValue("a key is a non-empty string")
-    return "/v1/kv/" + quote(key, safe="/")
+    return key
+
+
+def _kv_path(key: str) -> str:
+    return "/v1/kv/" + quote(_key(key), safe="/")
 
 
 def get(key: str, context: Mapping[str, int] | None) -> Call[t.GetResult]:
@@ -183,6 +187,26 @@ def put(key: str, value: Any, context: Mapping[str, int] | None) -> Call[t.Write
     if ctx is not None:
         body["context"] = ctx
     return Call("PUT", _kv_path(key), _write_result, body=encode_json(body), headers=JSON_HEADERS)
+
+
+def txn_write(
+    writes: Mapping[str, Any], deletes: Sequence[str], context: Mapping[str, int] | None
+) -> Call[t.WriteResult]:
+    """One atomic transaction: a put of each value of `writes` to its key (a
+    ``None`` value puts JSON null), then a delete of each key of `deletes`, in
+    that order. What the node checks (no writes, a key listed twice, the
+    limits) is left to the node."""
+    if not isinstance(writes, Mapping):
+        raise errors.InvalidValue("writes maps keys to the values to put")
+    if isinstance(deletes, str):
+        raise errors.InvalidValue("deletes is a list of keys, not one string")
+    listed: list[dict[str, Any]] = [{"key": _key(k), "op": {"put": v}} for k, v in writes.items()]
+    listed += [{"key": _key(k), "op": "delete"} for k in deletes]
+    body: dict[str, Any] = {"writes": listed}
+    ctx = check_clock(context)
+    if ctx is not None:
+        body["context"] = ctx
+    return Call("POST", "/v1/txn/write", _write_result, body=encode_json(body), headers=JSON_HEADERS)
 
 
 def delete(key: str, context: Mapping[str, int] | None) -> Call[t.WriteResult]:

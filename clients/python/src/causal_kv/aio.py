@@ -41,6 +41,12 @@ class AsyncClient(_wire.Nodes[httpx.AsyncClient]):
         """See `Client.delete`."""
         return await self._call(_wire.delete(key, context))
 
+    async def txn_write(
+        self, writes: Mapping[str, Any], context: Mapping[str, int] | None = None, *, deletes: Sequence[str] = ()
+    ) -> WriteResult:
+        """See `Client.txn_write`."""
+        return await self._call(_wire.txn_write(writes, deletes, context))
+
     async def status(self, node: str | None = None) -> Status:
         """See `Client.status`."""
         return await self._call(_wire.status(), node)
@@ -104,6 +110,10 @@ class AsyncSession(SessionBase[AsyncClient]):
     async def delete(self, key: str) -> WriteResult:
         """See `Session.delete`."""
         return await self._seen(await self.client.delete(key, await self._snapshot()))
+
+    async def txn_write(self, writes: Mapping[str, Any], *, deletes: Sequence[str] = ()) -> WriteResult:
+        """See `Session.txn_write`."""
+        return await self._seen(await self.client.txn_write(writes, await self._snapshot(), deletes=deletes))
 
     async def _snapshot(self) -> Clock:
         if self._state.path is None:

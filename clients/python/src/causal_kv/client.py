@@ -46,6 +46,25 @@ class Client(_wire.Nodes[httpx.Client]):
         """Deletes `key` (a tombstone), after everything `context` counts."""
         return self._call(_wire.delete(key, context))
 
+    def txn_write(
+        self, writes: Mapping[str, Any], context: Mapping[str, int] | None = None, *, deletes: Sequence[str] = ()
+    ) -> WriteResult:
+        """Writes several keys in one atomic transaction, after everything
+        `context` counts: a put of each value of `writes` (a mapping of key to
+        any JSON value; ``None`` puts JSON null, it does not delete) and a
+        delete of each key of `deletes`. Every node applies all of them at
+        once or none: no read shows part of the transaction.
+
+        The writes share one dot, the answer's `dot`; each replaces the
+        siblings of its key that `context` covers. A key may be listed once
+        only (`BadRequest`), and at least one write is needed (`BadRequest`);
+        more writes or bytes than the node's ``max_txn_keys`` or
+        ``max_txn_bytes`` are `TooLarge`. For example,
+        ``client.txn_write({"a": 1, "b": None}, deletes=["c"])`` sets ``a`` to
+        1 and ``b`` to null, and deletes ``c``, under one dot.
+        """
+        return self._call(_wire.txn_write(writes, deletes, context))
+
     def status(self, node: str | None = None) -> Status:
         """``GET /status`` of `node` (a URL), or of the first node that answers."""
         return self._call(_wire.status(), node)
@@ -121,4 +140,10 @@ class Session(SessionBase[Client]):
     def delete(self, key: str) -> WriteResult:
         """Deletes `key`, after everything this session has seen."""
         return self._state.seen(self.client.delete(key, self._state.snapshot()))
+
+    def txn_write(self, writes: Mapping[str, Any], *, deletes: Sequence[str] = ()) -> WriteResult:
+        """Puts each value of `writes` to its key and deletes each key of
+        `deletes`, in one atomic transaction (see `Client.txn_write`), after
+        everything this session has seen; the session then counts it."""
+        return self._state.seen(self.client.txn_write(writes, self._state.snapshot(), deletes=deletes))
 

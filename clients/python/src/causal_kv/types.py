@@ -115,9 +115,10 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class WriteResult:
-    """The answer to a put or a delete."""
+    """The answer to a put, a delete or an atomic write (`Client.txn_write`)."""
 
     dot: Dot
+    """The write's dot; every write of a transaction has this one."""
     timestamp: Clock
     """The write's clock; a context that counts the write."""
     node: str
