@@ -12,6 +12,8 @@
 //! | `write-32`, `write-64` | `POST /write` of random keys |
 //! | `read-32`, `read-64` | `GET /read` of random keys (written once first) |
 //! | `mixed-64` | 90% reads, 10% writes |
+//! | `native-write-64`, `txn-write-64` | `PUT /v1/kv/{key}`; atomic writes of 4 keys (`POST /v1/txn/write`) |
+//! | `native-read-64`, `txn-read-64` | `GET /v1/kv/{key}`; snapshot reads of 4 keys (`POST /v1/txn/read`) |
 //! | `health-64-end` | `GET /health` again, once the load steps are done |
 //! | `lag` | visibility lag at light load: one write at a time, read back at the other nodes |
 //!
@@ -127,51 +129,64 @@ struct Step {
     /// `kvctl bench`'s workload; `None` for the lag step.
     workload: Option<&'static str>,
     connections: usize,
+    /// Through the native API rather than the prototype's.
+    native: bool,
+    /// Keys per operation: above 1, atomic writes and snapshot reads.
+    txn_keys: usize,
+}
+
+impl Step {
+    /// A step of `workload` through the prototype's API, one key per request.
+    const fn compat(name: &'static str, workload: &'static str, connections: usize) -> Self {
+        Self {
+            name,
+            workload: Some(workload),
+            connections,
+            native: false,
+            txn_keys: 1,
+        }
+    }
+
+    /// A step of `workload` through the native API, `txn_keys` keys per request.
+    const fn native(
+        name: &'static str,
+        workload: &'static str,
+        connections: usize,
+        txn_keys: usize,
+    ) -> Self {
+        Self {
+            name,
+            workload: Some(workload),
+            connections,
+            native: true,
+            txn_keys,
+        }
+    }
 }
 
 const SUITE: &[Step] = &[
-    Step {
-        name: "health-64",
-        workload: Some("health"),
-        connections: 64,
-    },
-    Step {
-        name: "write-32",
-        workload: Some("write"),
-        connections: 32,
-    },
-    Step {
-        name: "write-64",
-        workload: Some("write"),
-        connections: 64,
-    },
-    Step {
-        name: "read-32",
-        workload: Some("read"),
-        connections: 32,
-    },
-    Step {
-        name: "read-64",
-        workload: Some("read"),
-        connections: 64,
-    },
-    Step {
-        name: "mixed-64",
-        workload: Some("mixed"),
-        connections: 64,
-    },
-    Step {
-        name: "health-64-end",
-        workload: Some("health"),
-        connections: 64,
-    },
+    Step::compat("health-64", "health", 64),
+    Step::compat("write-32", "write", 32),
+    Step::compat("write-64", "write", 64),
+    Step::compat("read-32", "read", 32),
+    Step::compat("read-64", "read", 64),
+    Step::compat("mixed-64", "mixed", 64),
+    Step::native("native-write-64", "write", 64, 1),
+    Step::native("txn-write-64", "write", 64, TXN_KEYS),
+    Step::native("native-read-64", "read", 64, 1),
+    Step::native("txn-read-64", "read", 64, TXN_KEYS),
+    Step::compat("health-64-end", "health", 64),
     Step {
         name: "lag",
         workload: None,
         connections: 1,
+        native: false,
+        txn_keys: 1,
     },
 ];
 
+/// Keys of each atomic write and snapshot read of the transaction steps.
+const TXN_KEYS: usize = 4;
 /// The steps whose mean rate every ratio refers to.
 const CEILING_STEPS: &[&str] = &["health-64", "health-64-end"];
 /// Nodes of the cluster.
@@ -393,6 +408,12 @@ impl Suite<'_> {
                 if workload == "mixed" {
                     args.extend(["--read-ratio".into(), "0.9".into()]);
                 }
+                if step.native {
+                    args.extend(["--api".into(), "native".into()]);
+                }
+                if step.txn_keys > 1 {
+                    args.extend(["--txn-keys".into(), step.txn_keys.to_string()]);
+                }
                 if populated {
                     args.push("--no-populate".into());
                 }
@@ -612,7 +633,18 @@ mod tests {
         assert_eq!(names(&[]).len(), SUITE.len());
         assert_eq!(
             names(&["write"]),
-            ["health-64", "write-32", "write-64", "health-64-end"]
+            [
+                "health-64",
+                "write-32",
+                "write-64",
+                "native-write-64",
+                "txn-write-64",
+                "health-64-end"
+            ]
+        );
+        assert_eq!(
+            names(&["txn"]),
+            ["health-64", "txn-write-64", "txn-read-64", "health-64-end"]
         );
         assert_eq!(
             names(&["lag", "mixed"]),
@@ -636,6 +668,12 @@ mod tests {
             line,
             "--node http://127.0.0.1:1 --node http://127.0.0.1:2 -o json bench mixed -c 64 \
              --duration 5s --keys 50 --value-size 100 --read-ratio 0.9 --no-populate --threads 2"
+        );
+        let txn = SUITE.iter().find(|s| s.name == "txn-read-64").unwrap();
+        let line = suite.kvctl_args(txn, false).join(" ");
+        assert!(
+            line.ends_with("--api native --txn-keys 4 --threads 2"),
+            "{line}"
         );
         let lag = SUITE.iter().find(|s| s.name == "lag").unwrap();
         assert!(suite

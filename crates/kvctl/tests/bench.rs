@@ -123,6 +123,32 @@ fn every_workload_reports_consistent_figures() {
         assert_ordered(&writes, writes.count, "mixed writes");
     }
 
+    // Atomic writes and snapshot reads of 3 keys each, with sessions.
+    for workload in ["write", "read"] {
+        let report = bench(
+            &cluster,
+            &[
+                workload,
+                "-r",
+                "60",
+                "-c",
+                "3",
+                "--keys",
+                "20",
+                "--api",
+                "native",
+                "--txn-keys",
+                "3",
+                "--sessions",
+            ],
+        );
+        assert_clean_load(&report, workload, 60);
+        assert_eq!(
+            (report.settings.txn_keys, report.settings.api.as_str()),
+            (3, "native")
+        );
+    }
+
     // The lag alone: every sample is seen at both other nodes.
     let report = bench(&cluster, &["--lag", "--lag-samples", "12"]);
     assert!(report.load.is_none());
@@ -155,6 +181,29 @@ fn bad_arguments_and_unreachable_nodes_fail_clearly() {
     let out = kvctl(&["bench", "write", "--read-ratio", "0.5"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--read-ratio"));
+
+    for (args, says) in [
+        (&["bench", "write", "--txn-keys", "2"][..], "--api native"),
+        (
+            &[
+                "bench",
+                "read",
+                "--api",
+                "native",
+                "--txn-keys",
+                "5",
+                "--keys",
+                "4",
+            ][..],
+            "--keys",
+        ),
+        (&["bench", "read", "--txn-keys", "0"][..], "at least 1"),
+    ] {
+        let out = kvctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 
     let out = kvctl(&["-n", "http://127.0.0.1:1", "bench", "--lag"]);
     assert_eq!(out.status.code(), Some(2));

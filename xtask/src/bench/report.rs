@@ -326,6 +326,14 @@ impl SuiteReport {
             }
         }
 
+        let txn_lines = self.txn_comparisons();
+        if !txn_lines.is_empty() {
+            out.push_str("\n## Transactions\n\nEach atomic write or snapshot read of several keys against the single-key step of the same workload, API and connections: operations per second, and keys per second.\n\n");
+            for line in txn_lines {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
+
         for step in &self.steps {
             let Some(lag) = &step.report.lag else {
                 continue;
@@ -367,6 +375,50 @@ impl SuiteReport {
             let _ = writeln!(out, "| {} | {} |", step.name, cells.join(" | "));
         }
         out
+    }
+}
+
+impl SuiteReport {
+    /// For each step of several keys per operation, a line comparing it with
+    /// the single-key step of the same workload, API and connections.
+    fn txn_comparisons(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for step in &self.steps {
+            let st = &step.report.settings;
+            if st.txn_keys <= 1 {
+                continue;
+            }
+            let single = self.steps.iter().find(|b| {
+                let b = &b.report.settings;
+                b.txn_keys == 1
+                    && b.workload == st.workload
+                    && b.api == st.api
+                    && b.connections == st.connections
+            });
+            let (Some(rate), Some(single)) = (step.rate(), single) else {
+                continue;
+            };
+            let Some(single_rate) = single.rate() else {
+                continue;
+            };
+            let what = if st.workload == "write" {
+                "atomic writes"
+            } else {
+                "snapshot reads"
+            };
+            let ops = ratio(rate, single_rate).map_or("—".into(), |r| format!("{r:.2}x"));
+            let keys = ratio(rate * st.txn_keys as f64, single_rate)
+                .map_or("—".into(), |r| format!("{r:.2}x"));
+            lines.push(format!(
+                "`{}`: {rate:.0} {what} of {} keys per second, {ops} the rate of `{}` \
+                 ({single_rate:.0}/s); {:.0} keys per second, {keys}",
+                step.name,
+                st.txn_keys,
+                single.name,
+                rate * st.txn_keys as f64
+            ));
+        }
+        lines
     }
 }
 
@@ -436,6 +488,7 @@ pub(crate) mod tests {
                 value_size: 100,
                 read_ratio: None,
                 sessions: false,
+                txn_keys: 1,
             },
             load: Some(LoadReport {
                 populated: 0,
@@ -536,6 +589,37 @@ pub(crate) mod tests {
             &["health-64", "health-64-end"],
             steps,
         )
+    }
+
+    /// A step of several keys per operation is compared with the single-key
+    /// step of the same workload, API and connections, per operation and per
+    /// key; steps of other connections or APIs are not its match.
+    #[test]
+    fn transactions_are_compared_with_single_key_steps() {
+        let step = |name: &str, workload: &str, api: &str, keys: usize, rate: f64| {
+            let mut report = load_report(workload, rate, 0);
+            report.settings.api = api.into();
+            report.settings.txn_keys = keys;
+            StepResult::new(name, 64, report, vec![])
+        };
+        let mut s = suite();
+        s.steps = vec![
+            step("write-64", "write", "compat", 1, 9_000.0),
+            step("native-write-64", "write", "native", 1, 8_000.0),
+            step("txn-write-64", "write", "native", 4, 4_000.0),
+            step("txn-read-64", "read", "native", 4, 6_000.0),
+        ];
+        let lines = s.txn_comparisons();
+        assert_eq!(lines.len(), 1, "no single-key native read step: {lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "`txn-write-64`: 4000 atomic writes of 4 keys per second, 0.50x the rate of \
+                 `native-write-64` (8000/s); 16000 keys per second, 2.00x"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(s.markdown().contains("## Transactions"));
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = ApiArg::Compat)]
     pub api: ApiArg,
 
+    /// Keys per operation. Above 1, each write is an atomic write of that many
+    /// distinct random keys (POST /v1/txn/write) and each read a snapshot read
+    /// of that many (POST /v1/txn/read); needs --api native.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub txn_keys: usize,
+
     /// Client threads, each with its own runtime and a share of the connections
     /// (more help only when the client has cores the nodes do not use).
     #[arg(long, default_value_t = DEFAULT_THREADS)]
@@ -156,6 +162,7 @@ impl BenchArgs {
             keys: self.keys,
             value_size: self.value_size,
             sessions: self.sessions,
+            txn_keys: self.txn_keys,
             populate: !self.no_populate,
             lag_samples: if self.lag { self.lag_samples } else { 0 },
             lag_timeout: self.lag_timeout,

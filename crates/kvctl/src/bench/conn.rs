@@ -126,11 +126,7 @@ impl Conn {
         }
         body.extend_from_slice(b"\"value\":");
         body.extend_from_slice(value.as_bytes());
-        if let Some(context) = context.filter(|c| !c.is_empty()) {
-            body.extend_from_slice(b",\"context\":");
-            serde_json::to_writer(&mut body, context).expect("clocks serialise");
-        }
-        body.push(b'}');
+        self.context_and_end(&mut body, context);
         let sent = match self.api {
             Api::Compat => self.write.send_body(body).await,
             Api::Native => {
@@ -143,6 +139,67 @@ impl Conn {
                     .await
             }
         };
+        answer(sent).await
+    }
+
+    /// Writes the JSON text `value` to every key of `keys` in one atomic
+    /// write (`POST /v1/txn/write`), with `context` when given.
+    pub async fn txn_write(
+        &mut self,
+        keys: &[String],
+        value: &str,
+        context: Option<&VClock>,
+    ) -> Result<Bytes, Failure> {
+        let mut body = Vec::with_capacity(keys.len() * (value.len() + 48) + 64);
+        body.extend_from_slice(b"{\"writes\":[");
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{\"key\":");
+            serde_json::to_writer(&mut body, key).expect("strings serialise");
+            body.extend_from_slice(b",\"op\":{\"put\":");
+            body.extend_from_slice(value.as_bytes());
+            body.extend_from_slice(b"}}");
+        }
+        body.push(b']');
+        self.context_and_end(&mut body, context);
+        self.post("/v1/txn/write", body).await
+    }
+
+    /// Reads `keys` in one snapshot read (`POST /v1/txn/read`), with
+    /// `context` when given.
+    pub async fn txn_read(
+        &mut self,
+        keys: &[String],
+        context: Option<&VClock>,
+    ) -> Result<Bytes, Failure> {
+        let mut body = Vec::with_capacity(keys.len() * 24 + 64);
+        body.extend_from_slice(b"{\"keys\":");
+        serde_json::to_writer(&mut body, keys).expect("strings serialise");
+        self.context_and_end(&mut body, context);
+        self.post("/v1/txn/read", body).await
+    }
+
+    /// Ends a JSON object's `body` with `context`, when given and not empty.
+    fn context_and_end(&self, body: &mut Vec<u8>, context: Option<&VClock>) {
+        if let Some(context) = context.filter(|c| !c.is_empty()) {
+            body.extend_from_slice(b",\"context\":");
+            serde_json::to_writer(&mut *body, context).expect("clocks serialise");
+        }
+        body.push(b'}');
+    }
+
+    /// `POST` of the JSON `body` to `path`.
+    async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<Bytes, Failure> {
+        self.path.clear();
+        let _ = write!(self.path, "{}{path}", self.base);
+        let sent = self
+            .client
+            .post(self.path.as_str())
+            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+            .send_body(body)
+            .await;
         answer(sent).await
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Plan {
     /// The JSON text of every written value.
     pub value: String,
     pub sessions: bool,
+    /// Keys per operation: above 1, atomic writes and snapshot reads.
+    pub txn_keys: usize,
     pub transport: Transport,
     pub seed: u64,
 }
@@ -214,6 +216,7 @@ async fn worker(
         SmallRng::seed_from_u64(plan.seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut context = VClock::new();
     let mut key = String::with_capacity(32);
+    let mut keys: Vec<String> = Vec::with_capacity(plan.txn_keys);
     loop {
         let go = match (deadline, plan.stop) {
             (Some(deadline), _) => Instant::now() < deadline,
@@ -235,7 +238,16 @@ async fn worker(
                 }
             }
         };
-        if op != Op::Health {
+        if op != Op::Health && plan.txn_keys > 1 {
+            keys.clear();
+            while keys.len() < plan.txn_keys {
+                key.clear();
+                let _ = write!(key, "bench-{}", rng.random_range(0..plan.keys));
+                if !keys.contains(&key) {
+                    keys.push(key.clone());
+                }
+            }
+        } else if op != Op::Health {
             key.clear();
             let _ = write!(key, "bench-{}", rng.random_range(0..plan.keys));
         }
@@ -243,6 +255,10 @@ async fn worker(
         let started = Instant::now();
         let result = match op {
             Op::Health => conn.health().await,
+            Op::Read if plan.txn_keys > 1 => conn.txn_read(&keys, sent_context).await,
+            Op::Write if plan.txn_keys > 1 => {
+                conn.txn_write(&keys, &plan.value, sent_context).await
+            }
             Op::Read => conn.read(&key, sent_context).await,
             Op::Write => conn.write(&key, &plan.value, sent_context).await,
         };

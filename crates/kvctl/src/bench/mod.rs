@@ -114,6 +114,9 @@ pub struct BenchConfig {
     pub value_size: usize,
     /// Each connection is a causal session.
     pub sessions: bool,
+    /// Keys per operation: above 1, writes are atomic writes and reads
+    /// snapshot reads of that many keys (native API).
+    pub txn_keys: usize,
     /// Write every key before a read or mixed workload.
     pub populate: bool,
     /// Lag samples to take after the load phase; 0 for none.
@@ -168,6 +171,17 @@ impl BenchConfig {
         if self.keys == 0 {
             return invalid("--keys must be at least 1");
         }
+        if self.txn_keys == 0 {
+            return invalid("--txn-keys must be at least 1");
+        }
+        if self.txn_keys > 1 && self.api != Api::Native {
+            return invalid(
+                "--txn-keys above 1 needs --api native (transactions are native routes)",
+            );
+        }
+        if self.txn_keys as u64 > self.keys {
+            return invalid("--txn-keys cannot be more than --keys (each key once per operation)");
+        }
         match self.stop {
             Stop::Duration(d) if d.is_zero() => return invalid("--duration must be positive"),
             Stop::Requests(0) => return invalid("--requests must be at least 1"),
@@ -207,6 +221,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
         keys: config.keys,
         value: serde_json::to_string(&"x".repeat(config.value_size)).expect("strings serialise"),
         sessions: config.sessions,
+        txn_keys: config.txn_keys,
         transport: config.transport(),
         seed: config.seed,
     });
@@ -253,6 +268,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
                 _ => None,
             },
             sessions: config.sessions,
+            txn_keys: config.txn_keys,
         },
         load,
         lag,
@@ -499,6 +515,7 @@ mod tests {
             keys: 10,
             value_size: 10,
             sessions: false,
+            txn_keys: 1,
             populate: true,
             lag_samples: 0,
             lag_timeout: Duration::from_secs(1),

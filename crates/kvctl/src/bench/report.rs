@@ -60,6 +60,13 @@ pub struct Settings {
     pub read_ratio: Option<f64>,
     /// Whether each connection was a causal session.
     pub sessions: bool,
+    /// Keys per operation: above 1, atomic writes and snapshot reads.
+    #[serde(default = "one")]
+    pub txn_keys: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Throughput, latency and errors of the load phase.
@@ -411,6 +418,7 @@ mod tests {
                 value_size: 8,
                 read_ratio: Some(0.9),
                 sessions: true,
+                txn_keys: 1,
             },
             load: Some(LoadReport {
                 populated: 10,
