@@ -62,6 +62,11 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         about: "kvctl check through the native and the prototype API: no violation, convergence",
         run: checker,
     },
+    Scenario {
+        name: "txn-faults",
+        about: "kvctl check --txn (snapshot reads, atomic writes) while node2 is killed and node3 cut off: no violation, convergence",
+        run: txn_under_faults,
+    },
 ];
 
 /// How long a single expected change (one replication hop) may take.
@@ -843,6 +848,124 @@ fn session(
         }
     }
     Ok(count)
+}
+
+/// Runs `kvctl check --txn` (the library: 8 sessions of 300 operations, half
+/// of the reads snapshot reads and half of the writes atomic writes, at random
+/// nodes) while node2 is killed and node3's links are cut both ways with the
+/// fault hook; both faults start before the sessions can be done, and heal
+/// after 6 s. Then the nodes must converge, and the history show no
+/// violation.
+fn txn_under_faults(cluster: &Cluster) -> anyhow::Result<String> {
+    use kvctl::check::{self, Api, Mix, Workload};
+
+    const VICTIM: usize = 1;
+    const CUT: usize = 2;
+    // Longer than the nodes' causal_wait (5 s): sessions whose context
+    // node1 cannot meet without node2 get their 503 and go on.
+    const OUTAGE: Duration = Duration::from_secs(6);
+    cluster.converge(&VClock::new())?;
+    let container = cluster.containers[VICTIM].as_str();
+    let cut = &cluster.nodes[CUT];
+    let others: Vec<&NodeClient> = (0..cluster.nodes.len())
+        .filter(|&i| i != CUT)
+        .map(|i| &cluster.nodes[i])
+        .collect();
+    // Every link between node3 and the others, both ways; the first error
+    // after trying them all.
+    let set_cut = |action: fn() -> LinkAction| -> anyhow::Result<()> {
+        let mut results = Vec::new();
+        for other in &others {
+            results.push(cut.link(&other.id, action()));
+            results.push(other.link(&cut.id, action()));
+        }
+        results.into_iter().collect()
+    };
+    let workload = Workload {
+        nodes: cluster.nodes.iter().map(|n| n.url.clone()).collect(),
+        api: Api::Native,
+        sessions: 8,
+        ops_per_session: 300,
+        keys: 4,
+        write_ratio: 0.5,
+        timeout: Duration::from_secs(5),
+        quiesce_timeout: CONVERGE,
+        seed: cluster.seed,
+        token: None,
+    };
+    let started = Instant::now();
+    let (mut history, faults_in_run, killed_at) = thread::scope(|scope| -> anyhow::Result<_> {
+        let run = scope.spawn(|| {
+            actix_rt::System::new().block_on(check::run_sessions_with(&workload, Mix::txn()))
+        });
+        // Whatever happens, node2 runs again and node3 is reconnected as
+        // soon as this closure ends; the sessions then end by themselves.
+        let _heal = OnDrop(|| {
+            let _ = set_cut(|| LinkAction::Resume);
+        });
+        let _restart = OnDrop(|| {
+            let _ = docker::docker(&["start", container]);
+        });
+        // Let the sessions get going, then take the faults in: the cut
+        // first, while node2 still answers the fault hook.
+        thread::sleep(Duration::from_millis(200));
+        set_cut(|| LinkAction::Pause)?;
+        docker::docker(&["kill", container])?;
+        let killed_at = started.elapsed();
+        let faults_in_run = !run.is_finished();
+        thread::sleep(OUTAGE);
+        docker::docker(&["start", container])?;
+        poll("node2 to answer again", CONVERGE, || {
+            cluster.nodes[VICTIM].health()
+        })?;
+        // node2 restarted with its links flowing; the others' links to and
+        // from node3 are resumed.
+        set_cut(|| LinkAction::Resume)?;
+        let history = run
+            .join()
+            .map_err(|_| anyhow::anyhow!("the checker's sessions panicked"))?;
+        Ok((history, faults_in_run, killed_at))
+    })?;
+    ensure!(
+        faults_in_run,
+        "the sessions were done before the faults: give them more operations"
+    );
+    actix_rt::System::new().block_on(check::finish(&workload, &mut history));
+    let report = check::check(&history);
+    if let Some(first) = report.violations.first() {
+        bail!(
+            "{} violations (seed {}), first: {}: {}",
+            report.violations.len(),
+            cluster.seed,
+            first.kind,
+            first.message
+        );
+    }
+    ensure!(
+        report.converged == Some(true),
+        "the nodes did not converge after the faults healed"
+    );
+    // Operations sent to node2 from its kill until the outage ended (the
+    // recorder's clock started a little after `started`).
+    let outage = killed_at.as_secs_f64() * 1000.0..(killed_at + OUTAGE).as_secs_f64() * 1000.0;
+    let victim_url = &cluster.nodes[VICTIM].url;
+    let in_outage: Vec<&check::Op> = history
+        .ops
+        .iter()
+        .filter(|op| op.node == *victim_url && outage.contains(&op.invoked_ms))
+        .collect();
+    let failed = in_outage
+        .iter()
+        .filter(|op| op.outcome != check::Outcome::Ok)
+        .count();
+    Ok(format!(
+        "{} ops ({} sent to node2 while it was down, {failed} of them failed or unknown), {} reads and {} snapshots checked, {} atomic writes, 0 violations, converged",
+        history.ops.len(),
+        in_outage.len(),
+        report.reads_checked,
+        report.snapshots_checked,
+        report.atomic_writes
+    ))
 }
 
 /// Runs `kvctl check` (the library) against the cluster, once per API.
