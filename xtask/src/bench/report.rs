@@ -262,7 +262,8 @@ impl SuiteReport {
         let _ = writeln!(
             out,
             "{} on commit {}, {} cores shared by the nodes and the client. Each load step ran \
-             {length} through the prototype API, closed loop (one request in flight per \
+             {length} through the prototype API (the `native-*` and `txn-*` steps through the native \
+             one), closed loop (one request in flight per \
              connection, connections spread round-robin over the nodes), {keys} keys, values of \
              {value_size} characters, kvctl bench with {threads} thread(s). Rates are successful \
              requests per second; \"vs /health\" is the ratio to the mean rate of the \
