@@ -102,19 +102,30 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// An event: mostly plausible (a peer's origin, `deps[origin] = seq - 1`, small
-/// counters, so that batches are delivered, buffered or refused as full),
-/// sometimes anything.
-fn event() -> impl Strategy<Value = Value> {
-    let op = prop_oneof![
+/// What a write does, on the wire.
+fn op() -> impl Strategy<Value = Value> {
+    prop_oneof![
         json_value().prop_map(|v| json!({ "put": v })),
         Just(json!("delete")),
-    ];
+    ]
+}
+
+/// A transaction's writes: 0 to 4 of them, keys drawn from few, so that some
+/// repeat.
+fn writes() -> impl Strategy<Value = Value> {
+    let write = ("[a-c]", op()).prop_map(|(key, op)| json!({"key": key, "op": op}));
+    prop::collection::vec(write, 0..5).prop_map(Value::Array)
+}
+
+/// An event: mostly plausible (a peer's origin, `deps[origin] = seq - 1`, small
+/// counters, so that batches are delivered, buffered or refused as full),
+/// some of them transactions, sometimes anything.
+fn event() -> impl Strategy<Value = Value> {
     let plausible = (
         prop::sample::select(vec!["n2", "n3"]),
         1u64..6,
         key(),
-        op.clone(),
+        op(),
         prop_oneof![4 => Just(0u64), 1 => 1u64..3],
         0u64..3,
     )
@@ -123,12 +134,23 @@ fn event() -> impl Strategy<Value = Value> {
             deps[origin] = json!(seq - 1);
             json!({"origin": origin, "seq": seq, "key": key, "op": op, "deps": deps})
         });
-    let anything = (node_id(), 0u64..5, key(), op, clock()).prop_map(
+    let txn = (
+        prop::sample::select(vec!["n2", "n3"]),
+        1u64..6,
+        writes(),
+        0u64..3,
+    )
+        .prop_map(|(origin, seq, writes, other)| {
+            let mut deps = json!({"n1": 0, "n2": other, "n3": other});
+            deps[origin] = json!(seq - 1);
+            json!({"origin": origin, "seq": seq, "writes": writes, "deps": deps})
+        });
+    let anything = (node_id(), 0u64..5, key(), op(), clock()).prop_map(
         |(origin, seq, key, op, deps)| {
             json!({"origin": origin, "seq": seq, "key": key, "op": op, "deps": deps})
         },
     );
-    prop_oneof![12 => plausible, 1 => anything]
+    prop_oneof![9 => plausible, 3 => txn, 1 => anything]
 }
 
 /// Odd values to put anywhere in a body.
@@ -360,7 +382,27 @@ fn client_request() -> impl Strategy<Value = Request> {
         ".{0,12}".prop_map(|c| format!("?context={}", encode(&c))),
         "[a-z=&%0-9]{0,12}".prop_map(|q| format!("?{q}")),
     ];
+    let txn_write = (writes(), prop::option::of(clock())).prop_map(|(writes, c)| {
+        let mut body = json!({ "writes": writes });
+        if let Some(c) = c {
+            body["context"] = c;
+        }
+        body
+    });
+    let txn_read = (
+        prop::collection::vec(key(), 0..5),
+        prop::option::of(clock()),
+    )
+        .prop_map(|(keys, c)| {
+            let mut body = json!({ "keys": keys });
+            if let Some(c) = c {
+                body["context"] = c;
+            }
+            body
+        });
     prop_oneof![
+        2 => with_body(Method::POST, "/v1/txn/write".into(), txn_write),
+        1 => with_body(Method::POST, "/v1/txn/read".into(), txn_read),
         3 => with_body(Method::POST, "/write".into(), write),
         3 => (key(), put).prop_flat_map(|(k, put)| {
             with_body(Method::PUT, format!("/v1/kv/{}", encode(&k)), Just(put))
@@ -420,6 +462,8 @@ fn any_request() -> impl Strategy<Value = Request> {
             "/openapi.json",
             "/v1/kv/",
             "/v1/kv/k",
+            "/v1/txn/read",
+            "/v1/txn/write",
             "/peer/v1/events",
             "/peer/v1/sync",
             "/admin/v1/links",
