@@ -327,8 +327,11 @@ pub struct StatusResponse {
 pub struct BufferedEvent {
     /// The event.
     pub dot: Dot,
-    /// Its key.
+    /// Its key (a transaction's first key).
     pub key: String,
+    /// A transaction's other keys (absent for a single write).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     /// What this node lacks to deliver it.
     pub waiting_for: Vec<Missing>,
 }

@@ -771,6 +771,53 @@ mod tests {
         );
     }
 
+    /// A peer's transaction waits in the buffer whole, shown in `/status`
+    /// with all of its keys, and is applied whole once what it waits for
+    /// arrives.
+    #[actix_web::test]
+    async fn a_peer_transaction_is_buffered_and_applied_whole() {
+        let node = test_node(&[]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let send = |batch: Json| {
+            let req = TestRequest::post().uri("/peer/v1/events").set_json(batch);
+            test::call_service(&app, req.to_request())
+        };
+        let txn = json!({"from": "n2", "events": [{"origin": "n2", "seq": 1, "writes": [
+            {"key": "a", "op": {"put": 1}}, {"key": "b", "op": {"put": 2}}, {"key": "c", "op": "delete"},
+        ], "deps": {"n2": 0, "n3": 1}}]});
+        assert_eq!(send(txn).await.status(), StatusCode::OK);
+        let status = node.status();
+        let buffered = &status.buffered_events[0];
+        assert_eq!(
+            (buffered.key.as_str(), &buffered.also[..]),
+            ("a", &["b".to_owned(), "c".to_owned()][..])
+        );
+        let text = serde_json::to_value(&status).unwrap();
+        assert_eq!(text["buffered_events"][0]["also"], json!(["b", "c"]));
+        for key in ["a", "b"] {
+            assert!(
+                node.read(key, None).await.unwrap().siblings.is_empty(),
+                "{key}"
+            );
+        }
+
+        let dep = json!({"from": "n3", "events": [
+            {"origin": "n3", "seq": 1, "key": "b", "op": {"put": 0}, "deps": {}},
+        ]});
+        assert_eq!(send(dep).await.status(), StatusCode::OK);
+        let reads = node.read_keys(&["a", "b", "c"], None).await.unwrap();
+        let dots: Vec<String> = reads
+            .iter()
+            .map(|r| r.siblings[0].dot().to_string())
+            .collect();
+        assert_eq!(dots, ["n2:1", "n2:1", "n2:1"]);
+        assert_eq!(
+            reads[1].winner().map(|v| v.json().to_owned()),
+            Some("2".into())
+        );
+        assert!(node.status().buffered_events.is_empty());
+    }
+
     /// Each bad transaction is refused with a message naming what is wrong,
     /// and writes nothing.
     #[actix_web::test]

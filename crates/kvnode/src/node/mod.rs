@@ -603,6 +603,7 @@ impl Node {
                 .map(|(e, waiting_for)| BufferedEvent {
                     dot: e.dot(),
                     key: e.key.clone(),
+                    also: e.also.iter().map(|w| w.key.clone()).collect(),
                     waiting_for,
                 })
                 .collect(),
