@@ -257,7 +257,6 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     );
 
     let pids: Vec<u32> = cluster.numbers().filter_map(|n| cluster.pid(n)).collect();
-    let ticks_per_second = rustix::param::clock_ticks_per_second() as f64;
     let samples = Arc::new(Mutex::new(Vec::new()));
     running.sampler = Some(Sampler::start(pids.clone(), samples.clone()));
 
@@ -273,9 +272,9 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         let reads = matches!(step.workload, Some("read" | "mixed"));
         let started = Instant::now();
         sample_now(&pids, &samples);
-        let cpu_before = cpu_ticks(&pids);
+        let cpu_before = cpu_seconds(&pids);
         let report = suite.run_step(step, reads && populated, cluster, &interrupted)?;
-        let cpu_after = cpu_ticks(&pids);
+        let cpu_after = cpu_seconds(&pids);
         sample_now(&pids, &samples);
         let ended = Instant::now();
         populated |= reads;
@@ -286,7 +285,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         println!("    {}", report::summary_line(&report));
         let node_cpu_s = cpu_before
             .zip(cpu_after)
-            .map(|(before, after)| after.saturating_sub(before) as f64 / ticks_per_second);
+            .map(|(before, after)| (after - before).max(0.0));
         results.push(
             StepResult::new(step.name, step.connections, report, rss).with_node_cpu(node_cpu_s),
         );
@@ -542,23 +541,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// The CPU time (user and system, in clock ticks) the processes `pids` have
 /// used, from `/proc/<pid>/stat`; `None` when one cannot be read.
-fn cpu_ticks(pids: &[u32]) -> Option<u64> {
-    pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            parse_cpu_ticks(&stat)
-        })
-        .sum()
-}
-
-/// `utime + stime` of a `/proc/<pid>/stat` line: fields 14 and 15, counted
-/// after the command name, which is in parentheses and may hold spaces.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+/// CPU time the processes `pids` have used so far, in seconds.
+fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&pid| kvctl::bench::cpu_seconds(pid)).sum()
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
@@ -594,17 +579,6 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\tlots\n"), None);
         assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
-    }
-
-    #[test]
-    fn cpu_time_is_user_plus_system_ticks() {
-        let stat = "4242 (kvnode (x) 1) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
-                    250 75 0 0 20 0 7 0 12345 999 100 18446744073709551615";
-        assert_eq!(parse_cpu_ticks(stat), Some(325));
-        assert_eq!(parse_cpu_ticks("4242 (kvnode) S 1 2"), None);
-        assert_eq!(parse_cpu_ticks("garbage"), None);
-        assert!(cpu_ticks(&[std::process::id()]).is_some());
-        assert_eq!(cpu_ticks(&[std::process::id(), u32::MAX]), None);
     }
 
     #[test]

@@ -51,6 +51,13 @@ fn assert_clean_load(report: &BenchReport, workload: &str, requests: u64) {
     assert_eq!(load.ok, requests);
     assert_eq!(load.requests, load.ok + load.errors);
     assert!(load.elapsed_s > 0.0 && load.rate > 0.0, "{load:?}");
+    // The client's own CPU, in ticks of /proc: present, and per request
+    // consistent with the total.
+    let (cpu, per) = (
+        load.client_cpu_s.unwrap(),
+        load.client_cpu_us_per_request.unwrap(),
+    );
+    assert!((per - cpu * 1e6 / requests as f64).abs() < 1e-6, "{load:?}");
     let latency = load.latency_ms.as_ref().expect("latencies");
     assert_ordered(latency, requests, workload);
     assert!(report.lag.is_none());

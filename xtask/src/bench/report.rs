@@ -269,7 +269,9 @@ impl SuiteReport {
              requests per second; \"vs /health\" is the ratio to the mean rate of the \
              `/health` steps of this run ({}), before and after the load. \
              \"CPU µs/req\" is the CPU time all nodes used during the step over its \
-             requests: what one request costs the nodes, client excluded. Latencies in ms; for the lag step they are the visibility lag (a write's \
+             requests: what one request costs the nodes, client excluded; \"client µs/req\" \
+             is the same for the load generator (kvctl bench, every thread), which shares \
+             the cores. Latencies in ms; for the lag step they are the visibility lag (a write's \
              acknowledgement to its value being readable at another node). RSS: the largest \
              sample of each node during the step, MiB.\n",
             self.generated,
@@ -284,10 +286,10 @@ impl SuiteReport {
         let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
         let _ = writeln!(
             out,
-            "| step | conns | rate (req/s) | vs /health | CPU µs/req | p50 | p90 | p99 | p99.9 | max | errors | RSS max ({}) |",
+            "| step | conns | rate (req/s) | vs /health | CPU µs/req | client µs/req | p50 | p90 | p99 | p99.9 | max | errors | RSS max ({}) |",
             ids.join(" / ")
         );
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for step in &self.steps {
             let rate = step.rate().map_or("—".into(), |r| format!("{r:.0}"));
             let vs = step
@@ -296,6 +298,12 @@ impl SuiteReport {
             let cpu = step
                 .node_cpu_us_per_request
                 .map_or("—".into(), |us| format!("{us:.1}"));
+            let client = step
+                .report
+                .load
+                .as_ref()
+                .and_then(|l| l.client_cpu_us_per_request)
+                .map_or("—".into(), |us| format!("{us:.1}"));
             let ladder = match step.percentiles() {
                 Some(p) => p.ladder().map(ms).join(" | "),
                 None => ["—"; 5].join(" | "),
@@ -303,7 +311,7 @@ impl SuiteReport {
             let rss = rss_cells(&step.rss, |r| format!("{:.0}", r.max_mib));
             let _ = writeln!(
                 out,
-                "| {} | {} | {rate} | {vs} | {cpu} | {ladder} | {} | {} |",
+                "| {} | {} | {rate} | {vs} | {cpu} | {client} | {ladder} | {} | {} |",
                 step.name,
                 step.connections,
                 step.report.failures(),
@@ -511,6 +519,8 @@ pub(crate) mod tests {
                 latency_ms: Some(percentiles(1.0)),
                 read_latency_ms: None,
                 write_latency_ms: None,
+                client_cpu_s: None,
+                client_cpu_us_per_request: None,
             }),
             lag: None,
         }
@@ -562,7 +572,12 @@ pub(crate) mod tests {
             StepResult::new(
                 "write-64",
                 64,
-                load_report("write", 10_000.0, 2),
+                {
+                    let mut report = load_report("write", 10_000.0, 2);
+                    let load = report.load.as_mut().expect("a load report");
+                    load.client_cpu_us_per_request = Some(12.5);
+                    report
+                },
                 vec![rss("node1", 30.0), rss("node2", 31.0)],
             )
             .with_node_cpu(Some(0.08016)),
@@ -695,10 +710,10 @@ pub(crate) mod tests {
     fn the_markdown_has_the_table_the_lag_and_the_memory() {
         let md = suite().markdown();
         for needle in [
-            "| step | conns | rate (req/s) | vs /health | CPU µs/req | p50 | p90 | p99 | p99.9 | max | errors | RSS max (node1 / node2) |",
-            "| health-64 | 64 | 40000 | 100% | — | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 0 | 20 / 21 |",
-            "| write-64 | 64 | 10000 | 25% | 80.0 | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 2 | 30 / 31 |",
-            "| lag | 1 | — | — | — | 0.30 | 0.60 | 1.20 | 2.40 | 4.80 | 0 | 32 / — |",
+            "| step | conns | rate (req/s) | vs /health | CPU µs/req | client µs/req | p50 | p90 | p99 | p99.9 | max | errors | RSS max (node1 / node2) |",
+            "| health-64 | 64 | 40000 | 100% | — | — | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 0 | 20 / 21 |",
+            "| write-64 | 64 | 10000 | 25% | 80.0 | 12.5 | 1.00 | 2.00 | 4.00 | 8.00 | 16.0 | 2 | 30 / 31 |",
+            "| lag | 1 | — | — | — | — | 0.30 | 0.60 | 1.20 | 2.40 | 4.80 | 0 | 32 / — |",
             "# Benchmark: 2 nodes, storage fsync",
             "Errors in write-64: timeout=2",
             "## Visibility lag (lag)",

@@ -35,6 +35,7 @@
 
 mod cli;
 mod conn;
+mod cpu;
 mod lag;
 mod load;
 mod report;
@@ -48,6 +49,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub use cli::{ApiArg, BenchArgs, WorkloadArg, DEFAULT_THREADS};
+pub use cpu::{cpu_seconds, own_cpu_seconds, parse_cpu_ticks};
 pub use report::{ratio, BenchReport, LagReport, LoadReport, Percentiles, Settings};
 
 use crate::check::Api;
@@ -365,6 +367,7 @@ fn load_phase(
     }
     gate.open(true);
     let started = Instant::now();
+    let cpu_before = cpu::own_cpu_seconds();
     let (length, unit) = match config.stop {
         Stop::Duration(d) => (d.as_millis() as u64, Unit::Millis),
         Stop::Requests(n) => (n, Unit::Requests),
@@ -390,6 +393,9 @@ fn load_phase(
     for handle in handles {
         stats.merge(join(handle)?);
     }
+    let client_cpu_s = cpu_before
+        .zip(cpu::own_cpu_seconds())
+        .map(|(before, after)| (after - before).max(0.0));
     let elapsed = stats
         .finished
         .map_or(Duration::ZERO, |f| f.saturating_duration_since(started))
@@ -416,6 +422,10 @@ fn load_phase(
         write_latency_ms: mixed
             .then(|| Percentiles::from_histogram(&stats.writes))
             .flatten(),
+        client_cpu_s,
+        client_cpu_us_per_request: client_cpu_s
+            .filter(|_| stats.ok + errors > 0)
+            .map(|s| s * 1e6 / (stats.ok + errors) as f64),
     })
 }
 

@@ -94,6 +94,13 @@ pub struct LoadReport {
     pub read_latency_ms: Option<Percentiles>,
     /// Latency of successful writes (mixed workload only).
     pub write_latency_ms: Option<Percentiles>,
+    /// CPU time this client (every thread of kvctl) used during the load
+    /// phase, in seconds; absent where `/proc` cannot tell.
+    #[serde(default)]
+    pub client_cpu_s: Option<f64>,
+    /// That CPU time over the requests: what one request cost the client.
+    #[serde(default)]
+    pub client_cpu_us_per_request: Option<f64>,
 }
 
 /// The visibility lag: from a write's acknowledgement to the value being
@@ -252,6 +259,12 @@ impl BenchReport {
                 "{} requests in {:.2}s: {:.0} req/s, {} ok, {} errors",
                 load.requests, load.elapsed_s, load.rate, load.ok, load.errors
             );
+            if let (Some(cpu), Some(per)) = (load.client_cpu_s, load.client_cpu_us_per_request) {
+                let _ = writeln!(
+                    out,
+                    "this client used {cpu:.2}s of CPU: {per:.1} µs per request"
+                );
+            }
             let rows = [
                 ("all", &load.latency_ms),
                 ("reads", &load.read_latency_ms),
@@ -432,6 +445,8 @@ mod tests {
                 latency_ms: Some(p),
                 read_latency_ms: Some(p),
                 write_latency_ms: None,
+                client_cpu_s: Some(0.03),
+                client_cpu_us_per_request: Some(10_000.0),
             }),
             lag: Some(LagReport {
                 samples: 2,
@@ -463,6 +478,7 @@ mod tests {
             "sessions",
             "populated 10 keys",
             "6 req/s",
+            "0.03s of CPU: 10000.0 µs per request",
             "p99.9",
             "reads",
             "errors: http_503=1",
