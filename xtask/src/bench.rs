@@ -41,6 +41,7 @@
 //! figures mean nothing.
 
 mod chart;
+mod peers;
 mod report;
 
 use std::io::Read;
@@ -91,6 +92,15 @@ pub(crate) struct Args {
     /// without fsync) or `memory` (no disk), to measure what durability costs.
     #[arg(long, value_enum, default_value_t = Storage::Fsync)]
     storage: Storage,
+    /// Then run Redis (a primary and two replicas, appendfsync always) on
+    /// this machine with the same connections, and give the store's rates as
+    /// ratios to its SET and GET (needs redis-server and redis-benchmark:
+    /// apt-get install redis-server redis-tools).
+    #[arg(long)]
+    peers: bool,
+    /// Requests of each peer workload with --peers.
+    #[arg(long, value_name = "N", default_value_t = 300_000)]
+    peer_requests: u64,
 }
 
 /// What the nodes keep on disk, and how.
@@ -184,6 +194,9 @@ const SUITE: &[Step] = &[
         txn_keys: 1,
     },
 ];
+
+/// Connections of the peers' workloads, as the store's `*-64` steps.
+const PEER_CONNECTIONS: usize = 64;
 
 /// Keys of each atomic write and snapshot read of the transaction steps.
 const TXN_KEYS: usize = 4;
@@ -292,7 +305,30 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
     running.stop();
 
-    let suite_report = SuiteReport::new(
+    let mut peers = Vec::new();
+    if args.peers {
+        println!("==> peers: redis");
+        let requests = if args.smoke {
+            SMOKE_REQUESTS
+        } else {
+            args.peer_requests
+        };
+        let keys = if args.smoke { SMOKE_KEYS } else { args.keys };
+        match peers::redis(&out, PEER_CONNECTIONS, requests, keys, args.value_size)? {
+            Ok(results) => {
+                for r in &results {
+                    println!(
+                        "    {} {}: {:.0} req/s, p50 {} ms, p99 {} ms",
+                        r.peer, r.test, r.rate, r.p50_ms, r.p99_ms
+                    );
+                }
+                peers.extend(results);
+            }
+            Err(why) => println!("    skipped: {why}"),
+        }
+    }
+
+    let mut suite_report = SuiteReport::new(
         root,
         args.smoke,
         args.storage.name(),
@@ -303,6 +339,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         CEILING_STEPS,
         results,
     );
+    suite_report.peers = peers;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let markdown = suite_report.markdown();
     write(&out.join("report.md"), &markdown)?;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kvctl::bench::{ratio, BenchReport, Percentiles};
 use serde::Serialize;
 
+use super::peers::PeerResult;
 use super::RssSample;
 
 /// The whole run.
@@ -37,6 +38,8 @@ pub(crate) struct SuiteReport {
     pub ceiling_rate: Option<f64>,
     /// Every step, in the order they ran.
     pub steps: Vec<StepResult>,
+    /// Other stores run beside it (`--peers`).
+    pub peers: Vec<PeerResult>,
 }
 
 /// One node of the cluster.
@@ -228,6 +231,7 @@ impl SuiteReport {
             ceiling_steps: ceiling_steps.iter().map(|s| s.to_string()).collect(),
             ceiling_rate,
             steps,
+            peers: Vec::new(),
         }
     }
 
@@ -335,6 +339,10 @@ impl SuiteReport {
             }
         }
 
+        if !self.peers.is_empty() {
+            out.push_str(&self.peers_markdown());
+        }
+
         let txn_lines = self.txn_comparisons();
         if !txn_lines.is_empty() {
             out.push_str("\n## Transactions\n\nEach atomic write or snapshot read of several keys against the single-key step of the same workload, API and connections: operations per second, and keys per second.\n\n");
@@ -388,6 +396,46 @@ impl SuiteReport {
 }
 
 impl SuiteReport {
+    /// The peers' figures, and the store's rates as ratios to them: writes
+    /// (`write-64`) to SET, reads (`read-64`) to GET.
+    fn peers_markdown(&self) -> String {
+        let mut out = String::from(
+            "\n## Beside other stores\n\nRun on the same machine after the store's steps, with the \
+             same connections (all to the primary); rates as the peer's own benchmark reports them, \
+             CPU from /proc.\n\n| peer | test | conns | rate (req/s) | p50 | p99 | server CPU µs/req | \
+             client CPU µs/req | this store | ratio |\n|---|---|---:|---:|---:|---:|---:|---:|---|---:|\n",
+        );
+        let cpu = |v: Option<f64>| v.map_or("—".into(), |us| format!("{us:.1}"));
+        for p in &self.peers {
+            let ours = match p.test.as_str() {
+                "SET" => "write-64",
+                _ => "read-64",
+            };
+            let mine = self
+                .steps
+                .iter()
+                .find(|s| s.name == ours)
+                .and_then(StepResult::rate);
+            let ratio = mine
+                .and_then(|m| ratio(m, p.rate))
+                .map_or("—".into(), |r| format!("{r:.2}x"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | `{ours}` {} | {ratio} |",
+                p.peer,
+                p.test,
+                p.connections,
+                p.rate,
+                ms(p.p50_ms),
+                ms(p.p99_ms),
+                cpu(p.server_cpu_us_per_request),
+                cpu(p.client_cpu_us_per_request),
+                mine.map_or("—".into(), |m| format!("{m:.0}/s")),
+            );
+        }
+        out
+    }
+
     /// For each step of several keys per operation, a line comparing it with
     /// the single-key step of the same workload, API and connections.
     fn txn_comparisons(&self) -> Vec<String> {
@@ -636,6 +684,29 @@ pub(crate) mod tests {
             lines[0]
         );
         assert!(s.markdown().contains("## Transactions"));
+    }
+
+    #[test]
+    fn peers_are_shown_with_the_stores_ratio_to_them() {
+        let mut s = suite();
+        s.peers = vec![PeerResult {
+            peer: "redis 7.0.15, primary + 2 replicas, appendfsync always".into(),
+            test: "SET".into(),
+            connections: 64,
+            rate: 40_000.0,
+            p50_ms: 1.135,
+            p99_ms: 2.319,
+            server_cpu_us_per_request: Some(30.0),
+            client_cpu_us_per_request: None,
+        }];
+        let md = s.markdown();
+        assert!(md.contains("## Beside other stores"), "{md}");
+        assert!(
+            md.contains(
+                "| redis 7.0.15, primary + 2 replicas, appendfsync always | SET | 64 | 40000 | 1.14 | 2.32 | 30.0 | — | `write-64` 10000/s | 0.25x |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
