@@ -2057,13 +2057,7 @@ impl<B: Backend> Sim<B> {
             self.nodes[at].clone(),
             replica.now.applied_per_origin[at] + 1,
         );
-        let made: Vec<KeyWrite> = event
-            .writes()
-            .map(|(key, op)| KeyWrite {
-                key: key.to_owned(),
-                op: op.clone(),
-            })
-            .collect();
+        let made = event.to_writes();
         ensure!(
             event.dot() == expected && made == writes,
             Check::Core,

@@ -251,6 +251,17 @@ impl Event {
             .chain(self.also.iter().map(|w| (w.key.as_str(), &w.op)))
     }
 
+    /// Every write of the event as [`Write`]s, the first one first.
+    pub fn to_writes(&self) -> Vec<Write> {
+        let first = Write {
+            key: self.key.clone(),
+            op: self.op.clone(),
+        };
+        std::iter::once(first)
+            .chain(self.also.iter().cloned())
+            .collect()
+    }
+
     /// Number of keys the event writes.
     pub fn key_count(&self) -> usize {
         1 + self.also.len()

@@ -932,19 +932,7 @@ fn txn_under_faults(cluster: &Cluster) -> anyhow::Result<String> {
     );
     actix_rt::System::new().block_on(check::finish(&workload, &mut history));
     let report = check::check(&history);
-    if let Some(first) = report.violations.first() {
-        bail!(
-            "{} violations (seed {}), first: {}: {}",
-            report.violations.len(),
-            cluster.seed,
-            first.kind,
-            first.message
-        );
-    }
-    ensure!(
-        report.converged == Some(true),
-        "the nodes did not converge after the faults healed"
-    );
+    checked_clean(&report, cluster.seed).context("after the faults healed")?;
     // Operations sent to node2 from its kill until the outage ended (the
     // recorder's clock started a little after `started`).
     let outage = killed_at.as_secs_f64() * 1000.0..(killed_at + OUTAGE).as_secs_f64() * 1000.0;
@@ -968,6 +956,24 @@ fn txn_under_faults(cluster: &Cluster) -> anyhow::Result<String> {
     ))
 }
 
+/// Fails on the first violation a checker's report holds (naming the seed
+/// that replays the run), or when the nodes did not converge.
+fn checked_clean(report: &kvctl::check::Report, seed: u64) -> anyhow::Result<()> {
+    if let Some(first) = report.violations.first() {
+        bail!(
+            "{} violations (seed {seed}), first: {}: {}",
+            report.violations.len(),
+            first.kind,
+            first.message
+        );
+    }
+    ensure!(
+        report.converged == Some(true),
+        "the nodes did not converge after the run"
+    );
+    Ok(())
+}
+
 /// Runs `kvctl check` (the library) against the cluster, once per API.
 fn checker(cluster: &Cluster) -> anyhow::Result<String> {
     use kvctl::check::{self, Api, Workload};
@@ -988,18 +994,7 @@ fn checker(cluster: &Cluster) -> anyhow::Result<String> {
         };
         let history = actix_rt::System::new().block_on(check::run(&workload));
         let report = check::check(&history);
-        if let Some(first) = report.violations.first() {
-            bail!(
-                "{name}: {} violations (seed {}), first: {}: {}",
-                report.violations.len(),
-                cluster.seed,
-                first.kind,
-                first.message
-            );
-        }
-        if report.converged != Some(true) {
-            bail!("{name}: the nodes did not converge after the run");
-        }
+        checked_clean(&report, cluster.seed).context(name)?;
         lines.push(format!(
             "{name}: {} ops, {} reads checked, 0 violations",
             history.ops.len(),

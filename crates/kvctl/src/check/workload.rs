@@ -193,16 +193,11 @@ async fn session(
                 context: Some(context.clone()),
             };
             let url = format!("{node}/v1/txn/write");
-            match agent
+            let answer = agent
                 .call::<_, PutResponse>(Method::POST, &url, Some(&body))
                 .await
-            {
-                Ok(answer) => {
-                    context.merge(&answer.timestamp);
-                    recorder.written(call, answer.timestamp);
-                }
-                Err(e) => record_failure(recorder, call, &e),
-            }
+                .map(|r| r.timestamp);
+            record_write(recorder, call, &mut context, answer);
         } else if write {
             written += 1;
             let value = format!("{run}-s{id}-{written}");
@@ -233,13 +228,7 @@ async fn session(
                         .map(|r| r.timestamp)
                 }
             };
-            match answer {
-                Ok(timestamp) => {
-                    context.merge(&timestamp);
-                    recorder.written(call, timestamp);
-                }
-                Err(e) => record_failure(recorder, call, &e),
-            }
+            record_write(recorder, call, &mut context, answer);
         } else if mix.snapshots > 0.0 && rng.random_bool(mix.snapshots.min(1.0)) {
             let count = rng.random_range(2..=4);
             let picked = pick_keys(&mut rng, keys, count);
@@ -285,6 +274,23 @@ async fn session(
                 Err(e) => record_failure(recorder, call, &e),
             }
         }
+    }
+}
+
+/// Completes a write's record with its answer; an acknowledged write's
+/// timestamp joins the session's context.
+fn record_write(
+    recorder: &Recorder,
+    call: Invocation,
+    context: &mut VClock,
+    answer: Result<VClock, CallError>,
+) {
+    match answer {
+        Ok(timestamp) => {
+            context.merge(&timestamp);
+            recorder.written(call, timestamp);
+        }
+        Err(e) => record_failure(recorder, call, &e),
     }
 }
 

@@ -65,14 +65,11 @@ fn record_bytes(e: &TraceEvent) -> usize {
 
 /// A transaction's writes, for its records (none for a single write).
 fn txn_writes(event: &Event) -> Vec<vclock_proto::Write> {
-    if !event.is_txn() {
-        return Vec::new();
+    if event.is_txn() {
+        event.to_writes()
+    } else {
+        Vec::new()
     }
-    let writes = event.writes().map(|(key, op)| vclock_proto::Write {
-        key: key.to_owned(),
-        op: op.clone(),
-    });
-    writes.collect()
 }
 
 impl Tracer {
