@@ -704,6 +704,13 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
                             s.log_len,
                             lag.join(" ")
                         );
+                        // Shown only when the node does not serve writes yet.
+                        if let Some(why) = &s.recovery.waiting_for {
+                            println!(
+                                "{:<26} {}: {} keys copied; {why}",
+                                "", s.recovery.phase, s.recovery.keys_copied
+                            );
+                        }
                     }
                     Err(Error::Unreachable(tried)) => {
                         let why: Vec<&str> = tried.iter().map(|(_, why)| why.as_str()).collect();

@@ -41,6 +41,8 @@ struct RawConfig {
     durability: Durability,
     #[serde(default)]
     memory: bool,
+    #[serde(default)]
+    force_new_history: bool,
     #[serde(default = "defaults::cache_bytes")]
     cache_bytes: u64,
     #[serde(default = "defaults::log_memory_events")]
@@ -61,6 +63,8 @@ struct RawConfig {
     max_value_depth: usize,
     #[serde(default = "defaults::max_txn_keys")]
     max_txn_keys: usize,
+    #[serde(default = "defaults::bootstrap_chunk_keys")]
+    bootstrap_chunk_keys: usize,
     #[serde(default = "defaults::max_txn_bytes")]
     max_txn_bytes: usize,
     #[serde(default = "defaults::max_buffered")]
@@ -175,6 +179,9 @@ mod defaults {
     pub fn max_txn_keys() -> usize {
         1000
     }
+    pub fn bootstrap_chunk_keys() -> usize {
+        2000
+    }
     pub fn max_txn_bytes() -> usize {
         16 * 1024 * 1024
     }
@@ -235,6 +242,8 @@ pub mod limits {
     pub const MAX_BATCH_EVENTS: usize = 1_000_000;
     /// Largest `max_txn_keys`.
     pub const MAX_TXN_KEYS: usize = 100_000;
+    /// Largest `bootstrap_chunk_keys`: what a peer gives in one chunk.
+    pub const MAX_BOOTSTRAP_CHUNK_KEYS: usize = 10_000;
     /// Largest `max_txn_bytes`: 1 GiB.
     pub const MAX_TXN_BYTES: usize = 1024 * 1024 * 1024;
     /// Largest `max_value_depth`.
@@ -277,6 +286,12 @@ pub struct Config {
     pub durability: Durability,
     /// Keep everything in memory instead of `data_dir` (lost on restart).
     pub memory: bool,
+    /// Accept writes at once even when this node's data may be incomplete and
+    /// a peer has not answered yet (default false). Only for the first start of
+    /// a new cluster whose other nodes are not up, or to give up on writes that
+    /// only an unreachable peer holds: the node may then reuse the dots of
+    /// writes it made before it lost its data.
+    pub force_new_history: bool,
     /// Bytes of recently used keys' siblings kept decoded in memory (default
     /// 64 MiB; 0 turns the cache off).
     pub cache_bytes: u64,
@@ -302,6 +317,9 @@ pub struct Config {
     pub max_value_depth: usize,
     /// Most keys one transaction reads or writes (default 1000).
     pub max_txn_keys: usize,
+    /// Keys a bootstrapping node asks a peer for in one chunk (default 2000;
+    /// a chunk also stops at about 4 MiB of siblings).
+    pub bootstrap_chunk_keys: usize,
     /// Most bytes of keys and values' JSON one transaction writes (default 16 MiB).
     pub max_txn_bytes: usize,
     /// Most events held in the buffer of undeliverable events (default 100 000).
@@ -468,6 +486,7 @@ impl Config {
             ("max_value_depth", raw.max_value_depth),
             ("max_txn_keys", raw.max_txn_keys),
             ("max_txn_bytes", raw.max_txn_bytes),
+            ("bootstrap_chunk_keys", raw.bootstrap_chunk_keys),
             ("max_buffered", raw.max_buffered),
             ("max_buffered_bytes", raw.max_buffered_bytes),
             ("log_memory_bytes", raw.log_memory_bytes),
@@ -496,6 +515,11 @@ impl Config {
             ),
             ("max_txn_keys", raw.max_txn_keys, limits::MAX_TXN_KEYS),
             ("max_txn_bytes", raw.max_txn_bytes, limits::MAX_TXN_BYTES),
+            (
+                "bootstrap_chunk_keys",
+                raw.bootstrap_chunk_keys,
+                limits::MAX_BOOTSTRAP_CHUNK_KEYS,
+            ),
             ("max_buffered", raw.max_buffered, limits::MAX_BUFFERED),
             (
                 "max_buffered_bytes",
@@ -655,6 +679,7 @@ impl Config {
             data_dir,
             durability: raw.durability,
             memory: raw.memory,
+            force_new_history: raw.force_new_history,
             cache_bytes: raw.cache_bytes,
             log_memory_events: raw.log_memory_events,
             log_memory_bytes: raw.log_memory_bytes,
@@ -665,6 +690,7 @@ impl Config {
             max_value_bytes: raw.max_value_bytes,
             max_value_depth: raw.max_value_depth,
             max_txn_keys: raw.max_txn_keys,
+            bootstrap_chunk_keys: raw.bootstrap_chunk_keys,
             max_txn_bytes: raw.max_txn_bytes,
             max_buffered: raw.max_buffered,
             max_buffered_bytes: raw.max_buffered_bytes,

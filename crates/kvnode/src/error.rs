@@ -47,6 +47,10 @@ pub enum Error {
     /// The node is stopping or cannot accept work now.
     #[error("{0}")]
     Unavailable(String),
+    /// The node is not live yet: it is checking with its peers, or copying
+    /// its state from one of them. Retry later, or at another node.
+    #[error("recovering: {0}")]
+    Recovering(String),
     /// A bug or a storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,6 +79,7 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) => "unavailable",
+            Error::Recovering(_) => "recovering",
             Error::Internal(_) => "internal",
         }
     }
@@ -102,9 +107,10 @@ impl ResponseError for Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::UnknownHistory(_) => StatusCode::CONFLICT,
-            Error::CausalTimeout { .. } | Error::BufferFull(_) | Error::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::CausalTimeout { .. }
+            | Error::BufferFull(_)
+            | Error::Unavailable(_)
+            | Error::Recovering(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,

@@ -34,18 +34,24 @@ struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Exits 0 when the node at ADDRESS answers GET /health with 200 (for
-    /// container health checks: the image has no curl).
+    /// container health checks: the image has no curl). A node answers 503
+    /// until it is live (see --alive).
     Healthcheck {
         /// host:port of the node; default 127.0.0.1 and the configured port
         /// (KVNODE_PORT, PORT, or 5000).
         address: Option<String>,
+        /// Exit 0 also while the node is recovering (503 on /health: checking
+        /// with its peers or bootstrapping from one), for liveness probes that
+        /// must not restart a node in the middle of a bootstrap.
+        #[arg(long)]
+        alive: bool,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Healthcheck { address }) = args.command {
-        return healthcheck(address);
+    if let Some(Command::Healthcheck { address, alive }) = args.command {
+        return healthcheck(address, alive);
     }
     let config = match Config::load(args.config.as_deref()).and_then(check_certificates) {
         Ok(config) => config,
@@ -73,7 +79,7 @@ fn check_certificates(config: Config) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn healthcheck(address: Option<String>) -> ExitCode {
+fn healthcheck(address: Option<String>, alive: bool) -> ExitCode {
     let address = address.unwrap_or_else(|| {
         let port = ["KVNODE_PORT", "PORT"]
             .iter()
@@ -83,6 +89,10 @@ fn healthcheck(address: Option<String>) -> ExitCode {
     });
     match kvnode::probe_health(&address, Duration::from_secs(3)) {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e) if alive && e.to_string().contains(" 503 ") => {
+            eprintln!("kvnode healthcheck: {address}: recovering");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("kvnode healthcheck: {address}: {e}");
             ExitCode::FAILURE

@@ -449,6 +449,17 @@ impl Store for CrashableMemStore {
     fn fsyncs(&self) -> u64 {
         self.live.fsyncs()
     }
+    fn keys_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<(String, Siblings)>> {
+        self.live.keys_after(after, limit, max_bytes)
+    }
+    fn reset_log(&mut self) -> StoreResult<()> {
+        self.live.reset_log()
+    }
 }
 
 /// [`DurableStore`]s in a temporary directory, one subdirectory per replica;

@@ -498,6 +498,11 @@ function renderLanes(height) {
     if (status && status.buffered_total > 0) {
       label.append(el('div', { class: 'buffered-count', text: `buffered: ${status.buffered_total}` }));
     }
+    const recovery = status && status.recovery;
+    if (recovery && recovery.phase && recovery.phase !== 'live') {
+      const copied = recovery.phase === 'bootstrapping' ? `: ${recovery.keys_copied} keys copied` : '';
+      label.append(el('div', { class: 'recovering', title: recovery.waiting_for || '', text: `${recovery.phase}${copied}` }));
+    }
     if (links && links.paused.size) {
       label.append(el('div', { class: 'paused-links', text: `paused → ${[...links.paused].join(', ')}` }));
     }

@@ -840,6 +840,17 @@ impl Cluster {
         late
     }
 
+    /// Starts node `n` again like [`Self::restart`], without waiting for it
+    /// to answer `/health` (a node answers 503 there until it is live).
+    pub fn start_again(&mut self, n: usize) -> Result<()> {
+        let node = self.node(n);
+        if let Some(log) = &node.log {
+            let mut out = OpenOptions::new().append(true).create(true).open(log)?;
+            writeln!(out, "==== kv-testkit: starting {} again ====", node.id)?;
+        }
+        self.spawn(n)
+    }
+
     /// Starts node `n` again, after [`Self::kill9`] or [`Self::stop`]: same id,
     /// port, data directory and variables, its log appended to the same file.
     /// Waits until it answers `/health` (unless [`Builder::no_wait`]).
@@ -853,12 +864,7 @@ impl Cluster {
     /// socket, and the other nodes know it by that port.
     pub fn restart_many(&mut self, which: &[usize]) -> Result<()> {
         for &n in which {
-            let node = self.node(n);
-            if let Some(log) = &node.log {
-                let mut out = OpenOptions::new().append(true).create(true).open(log)?;
-                writeln!(out, "==== kv-testkit: starting {} again ====", node.id)?;
-            }
-            self.spawn(n)?;
+            self.start_again(n)?;
         }
         if !self.wait_ready {
             return Ok(());

@@ -258,6 +258,68 @@ pub struct EventBatch {
     pub events: Vec<Event>,
 }
 
+/// `POST /peer/v1/snapshot`: a bootstrapping node asks a peer for the next
+/// chunk of its state. Its `applied` clock is recorded as what it holds, so
+/// that the peer keeps in its log every event the snapshot may miss.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The asking node.
+    pub node: NodeId,
+    /// What it has applied (durably).
+    pub applied: VClock,
+    /// The last key of the previous chunk; absent for the first chunk.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Most keys in the chunk (the peer bounds it, in keys and bytes).
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// Answer to [`SnapshotRequest`]: the next keys in key order with their
+/// siblings, and the clock they were read at. Every key shows at least the
+/// writes that clock counts of it (it may show later ones too).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SnapshotChunk {
+    /// The answering node.
+    pub node: NodeId,
+    /// Its `applied` clock when it read the chunk.
+    pub applied: VClock,
+    /// The keys after the request's `after`, in order.
+    pub keys: Vec<SnapshotKey>,
+    /// True when keys remain after the last one of this chunk.
+    pub more: bool,
+}
+
+/// One key of a [`SnapshotChunk`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SnapshotKey {
+    /// The key.
+    pub key: String,
+    /// Its siblings, winner last.
+    pub siblings: Vec<Event>,
+}
+
+/// Whether a node serves reads and writes yet (see `docs/design.md`,
+/// "Recovery").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecoveryStatus {
+    /// `checking` (comparing its history with its peers'; writes refused),
+    /// `bootstrapping` (copying a peer's state; reads and writes refused) or
+    /// `live`.
+    pub phase: String,
+    /// Why the node is not live yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// Keys copied by the current or last bootstrap.
+    #[serde(default)]
+    pub keys_copied: u64,
+}
+
 /// Answer to a batch and to a clock exchange: the receiver's `applied` clock,
 /// which acknowledges every event it counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +381,9 @@ pub struct StatusResponse {
     pub conflicts: u64,
     /// One entry per peer, in id order.
     pub peers: Vec<PeerStatus>,
+    /// Whether the node serves reads and writes yet.
+    #[serde(default)]
+    pub recovery: RecoveryStatus,
 }
 
 /// A buffered event and the first dependency it waits for.

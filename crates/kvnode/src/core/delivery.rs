@@ -381,6 +381,10 @@ impl<S: Store> Core<S> {
         let Some(acked) = self.acked.get_mut(peer) else {
             return Ok(());
         };
+        // Replaced, not merged: a peer that lost its data and bootstraps
+        // again counts less than before, and the log must keep what it lacks
+        // (an older answer arriving late only delays collection).
+        *acked = VClock::zeroed(self.nodes.iter().cloned());
         acked.merge(clock);
         self.collect()
     }
@@ -449,6 +453,76 @@ impl<S: Store> Core<S> {
     /// pushing to a peer.
     pub fn own_events_after(&self, after: Seq, limit: usize) -> CoreResult<Vec<Arc<Event>>> {
         Ok(self.store.log_after(&self.id, after, limit)?)
+    }
+
+    /// Starts installing a snapshot of a peer's state (a bootstrap): drops
+    /// the log and the buffer. Until [`Self::finish_install`] the replica's
+    /// clock stays what it was; its keys change chunk by chunk.
+    pub fn begin_install(&mut self) -> CoreResult<()> {
+        self.finish_torn()?;
+        self.store.reset_log()?;
+        self.buffer.clear();
+        self.buffered = 0;
+        self.buffered_bytes = 0;
+        self.swept.clear();
+        self.collected = VClock::new();
+        Ok(())
+    }
+
+    /// Installs one chunk of a snapshot: the keys after `after` through
+    /// `through` (to the end when `None`) become exactly `entries`, whose keys
+    /// lie in that range, in order. Keys of this replica in the range that the
+    /// snapshot lacks are dropped.
+    pub fn install_chunk(
+        &mut self,
+        after: Option<&str>,
+        through: Option<&str>,
+        entries: Vec<(String, Siblings)>,
+    ) -> CoreResult<()> {
+        const PAGE: usize = 1024;
+        let mut cursor = after.map(str::to_owned);
+        'pages: loop {
+            let page = self.store.keys_after(cursor.as_deref(), PAGE, usize::MAX)?;
+            let full = page.len() == PAGE;
+            for (key, _) in page {
+                if through.is_some_and(|t| key.as_str() > t) {
+                    break 'pages;
+                }
+                if entries.binary_search_by(|(k, _)| k.cmp(&key)).is_err() {
+                    self.store.set_siblings(&key, Vec::new())?;
+                }
+                cursor = Some(key);
+            }
+            if !full {
+                break;
+            }
+        }
+        for (key, siblings) in entries {
+            self.store.set_siblings(&key, siblings)?;
+        }
+        Ok(())
+    }
+
+    /// Ends an install: the replica has applied exactly what `clock` counts
+    /// (the meet of the clocks its chunks were read at), and receives what
+    /// lies beyond it as any replica does.
+    pub fn finish_install(&mut self, clock: &VClock) {
+        let mut applied = VClock::zeroed(self.nodes.iter().cloned());
+        applied.merge(clock);
+        self.applied = applied;
+    }
+
+    /// Up to `limit` keys after `after` with their siblings, bounded by
+    /// `max_bytes`, and the clock they were read at: a chunk of a snapshot
+    /// for a bootstrapping peer.
+    pub fn snapshot_chunk(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> CoreResult<(Vec<(String, Siblings)>, VClock)> {
+        let entries = self.store.keys_after(after, limit, max_bytes)?;
+        Ok((entries, self.applied.clone()))
     }
 
     /// Number of events waiting in the buffer, per origin.
@@ -676,10 +750,23 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
-    /// Makes `write` a sibling of `key`, dropping the siblings it saw.
+    /// Makes `write` a sibling of `key`, dropping the siblings it saw; unless
+    /// the key already holds it or a write that saw it. That happens only after
+    /// a bootstrap: a key copied late in the snapshot may show writes that came
+    /// after the snapshot's clock, and they are delivered again.
     fn apply_write(&mut self, key: &str, write: Arc<Event>) -> CoreResult<SiblingCount> {
         let mut siblings = self.store.siblings(key)?;
         let before = siblings.len();
+        let (origin, seq) = (&write.origin, write.seq);
+        if siblings
+            .iter()
+            .any(|s| (&s.origin == origin && s.seq == seq) || s.saw(origin, seq))
+        {
+            return Ok(SiblingCount {
+                before,
+                after: before,
+            });
+        }
         siblings.retain(|s| !write.saw(&s.origin, s.seq));
         siblings.push(write);
         siblings.sort_by_cached_key(|s| (s.timestamp().sum(), s.origin.clone()));
@@ -1135,6 +1222,53 @@ mod tests {
         a.record_ack("c", &c.applied().clone()).unwrap();
         assert_eq!(a.store().log_len(), 0);
         assert_eq!(a.stable().get("a"), 1);
+    }
+
+    #[test]
+    fn a_snapshot_read_in_chunks_then_caught_up_equals_the_source() {
+        let (mut a, mut b) = (core("a"), core("b"));
+        for (key, n) in [("k1", 1), ("k2", 2), ("k3", 3), ("k4", 4)] {
+            a.local_write(key.into(), put(n)).unwrap();
+        }
+        a.local_write("k3".into(), Op::Delete).unwrap();
+        // b holds a key the source never had (an old backup, say).
+        b.local_write("k0".into(), put(0)).unwrap();
+        b.commit().unwrap();
+
+        b.begin_install().unwrap();
+        let (first, at_first) = a.snapshot_chunk(None, 2, usize::MAX).unwrap();
+        assert_eq!(first.len(), 2);
+        let through = first.last().map(|(k, _)| k.clone());
+        b.install_chunk(None, through.as_deref(), first).unwrap();
+        // The source moves on between chunks: a later chunk shows writes
+        // beyond the first chunk's clock, to keys on both sides of the cut.
+        a.local_write("k1".into(), put(10)).unwrap();
+        a.local_write("k4".into(), put(40)).unwrap();
+        a.local_write("k5".into(), put(5)).unwrap();
+        let (rest, at_rest) = a
+            .snapshot_chunk(through.as_deref(), 10, usize::MAX)
+            .unwrap();
+        b.install_chunk(through.as_deref(), None, rest).unwrap();
+        let mut meet = at_first.clone();
+        meet.meet(&at_rest);
+        b.finish_install(&meet);
+        assert_eq!(b.applied().get("a"), at_first.get("a"));
+        assert_eq!(b.applied().get("b"), 0, "the old local write is gone");
+
+        // Catch-up: everything after the meet, some of it shown already.
+        let after = b.applied().get("a");
+        let later = unwrap_events(&a.store().log_after("a", after, 100).unwrap());
+        assert_eq!(later.len(), 3);
+        let receipt = b.receive(later).unwrap();
+        assert_eq!(receipt.delivered.len(), 3);
+        assert_eq!(b.applied(), a.applied());
+        assert_eq!(b.store().dump(), a.store().dump());
+        assert!(b.read("k0").unwrap().siblings.is_empty());
+        assert_eq!(
+            b.read("k4").unwrap().siblings.len(),
+            1,
+            "k4 was not doubled"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`replication`]: the link from this node to one peer ([`Link`]): what to
 //!   push and when, retransmission, repair through any replica, the idle
 //!   clock exchange, and the checks on what a peer acknowledges.
+//! - [`recovery`]: whether a starting node may accept writes, or must first
+//!   bootstrap its own history back from a peer ([`Recovery`]).
 //! - [`context`]: how a client's causal context relates to a replica's
 //!   history, and the bounded wait for it ([`ContextWait`]), which asks an
 //!   origin whether writes a context counts exist at all.
@@ -24,8 +26,10 @@
 
 pub mod context;
 pub mod delivery;
+pub mod recovery;
 pub mod replication;
 
 pub use context::{check_context, ContextCheck, ContextError, ContextWait, WaitStep};
 pub use delivery::*;
+pub use recovery::{Decision, Phase, Recovery};
 pub use replication::Link;

@@ -86,6 +86,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint(Method::POST, "/peer/v1/sync", "/peer/v1/sync", |r| {
         r.to(sync_clock)
     }),
+    endpoint(
+        Method::POST,
+        "/peer/v1/snapshot",
+        "/peer/v1/snapshot",
+        |r| r.to(snapshot),
+    ),
     // Operations.
     endpoint(Method::GET, "/status", "/status", |r| r.to(status)),
     endpoint(Method::GET, "/metrics", "/metrics", |r| r.to(metrics_text)),

@@ -33,6 +33,7 @@ use crate::config::Config;
         crate::http::routes::txn_write,
         crate::http::routes::receive_events,
         crate::http::routes::sync_clock,
+        crate::http::routes::snapshot,
         crate::http::routes::status,
         crate::http::routes::metrics_text,
         crate::http::routes::trace,

@@ -14,9 +14,9 @@ use futures_util::{stream, StreamExt};
 use vclock_proto::{
     ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch, FaultsResponse,
     GetResponse, HealthResponse, LinkRequest, PutRequest, PutResponse, ReadQuery, ReadResponse,
-    Sibling, StatusResponse, TraceEvent, TraceQuery, TraceResponse, TxnReadRequest,
-    TxnReadResponse, TxnWriteRequest, VClock, Value, Write, WriteRequest, WriteResponse,
-    TRACE_CAUSE_HEADER,
+    Sibling, SnapshotChunk, SnapshotRequest, StatusResponse, TraceEvent, TraceQuery, TraceResponse,
+    TxnReadRequest, TxnReadResponse, TxnWriteRequest, VClock, Value, Write, WriteRequest,
+    WriteResponse, TRACE_CAUSE_HEADER,
 };
 
 use super::middleware::submit_write;
@@ -140,13 +140,19 @@ pub(crate) fn parse_context(query: &ContextQuery) -> Result<Option<VClock>> {
 
 /// Liveness and the node's clock (the prototype's). Never needs a token.
 #[utoipa::path(get, path = "/health", tag = "compatibility",
-    responses((status = 200, description = "The node is up", body = HealthResponse)))]
-pub async fn health(node: web::Data<Node>) -> web::Json<HealthResponse> {
-    web::Json(HealthResponse {
+    responses(
+        (status = 200, description = "The node is up and serves reads and writes", body = HealthResponse),
+        (status = 503, description = "The node is recovering: checking with its peers that none holds more of its writes, or bootstrapping from one (code `recovering`)", body = ErrorResponse),
+    ))]
+pub async fn health(node: web::Data<Node>) -> Result<web::Json<HealthResponse>> {
+    if let Some(why) = node.not_live() {
+        return Err(Error::Recovering(why));
+    }
+    Ok(web::Json(HealthResponse {
         status: "healthy".into(),
         node: node.id().clone(),
         timestamp: node.committed(),
-    })
+    }))
 }
 
 /// Writes a key (the prototype's). With a `context`, the node first waits
@@ -561,14 +567,70 @@ pub async fn sync_clock(
         applied,
     } = body.into_inner();
     check_peer(&node, &from)?;
-    if let Some(unknown) = applied
-        .nodes()
-        .find(|n| !node.config().members.iter().any(|m| &m.id == *n))
-    {
-        return Err(Error::UnknownNode(
+    check_clock_nodes(&node, &applied)?;
+    let (claimed, made) = (applied.get(node.id()), node.committed().get(node.id()));
+    node.peer_clock(&from, &applied);
+    let answer = web::Json(ClockMessage {
+        node: node.id().clone(),
+        applied: node.committed(),
+    });
+    if claimed > made {
+        if node.not_live().is_some() {
+            // Expected while recovering: the peer holds writes this node lost.
+            return Ok(answer);
+        }
+        return Err(Error::BadRequest(format!(
+            "the clock of {from} counts {claimed} writes of {}, which has made only {made}",
+            node.id()
+        )));
+    }
+    // An empty clock asks for this node's clock and tells nothing (a context
+    // check asking an origin); any other is what the peer holds.
+    if applied.nodes().next().is_some() {
+        node.record_ack(&from, applied).await?;
+    }
+    Ok(answer)
+}
+
+/// A clock may name only members of the cluster.
+fn check_clock_nodes(node: &Node, clock: &VClock) -> Result<()> {
+    let members = &node.config().members;
+    match clock.nodes().find(|n| !members.iter().any(|m| &m.id == *n)) {
+        Some(unknown) => Err(Error::UnknownNode(
             unknown.clone(),
             node.config().node_ids().join(", "),
-        ));
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The next chunk of this node's state, for a bootstrapping peer.
+#[utoipa::path(post, path = "/peer/v1/snapshot", tag = "peer", request_body = SnapshotRequest,
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The next keys in key order with their siblings, and the clock they were read at", body = SnapshotChunk),
+        (status = 400, description = "Malformed body, a sender that is not a peer, a clock naming an unknown node, or one that counts writes this node never made", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "This node is not live itself (it is recovering)", body = ErrorResponse),
+    ))]
+pub async fn snapshot(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    body: web::Json<SnapshotRequest>,
+) -> Result<web::Json<SnapshotChunk>> {
+    let SnapshotRequest {
+        node: from,
+        applied,
+        after,
+        limit,
+    } = body.into_inner();
+    check_peer(&node, &from)?;
+    check_clock_nodes(&node, &applied)?;
+    if let Some(why) = node.not_live() {
+        return Err(Error::Recovering(format!(
+            "this node cannot give a snapshot: {why}"
+        )));
     }
     let (claimed, made) = (applied.get(node.id()), node.committed().get(node.id()));
     if claimed > made {
@@ -577,11 +639,14 @@ pub async fn sync_clock(
             node.id()
         )));
     }
+    // Recorded first: from now on the log keeps every event beyond what the
+    // asking node holds, which the chunks may not show.
     node.record_ack(&from, applied).await?;
-    Ok(web::Json(ClockMessage {
-        node: node.id().clone(),
-        applied: node.committed(),
-    }))
+    let most = crate::config::limits::MAX_BOOTSTRAP_CHUNK_KEYS as u64;
+    let limit = limit.unwrap_or(1000).clamp(1, most) as usize;
+    Ok(web::Json(
+        node.snapshot_chunk(after.as_deref(), limit).await?,
+    ))
 }
 
 // ---- operations and the fault hook -----------------------------------------------

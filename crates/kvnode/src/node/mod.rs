@@ -10,6 +10,7 @@
 //! take the lock briefly; they show other nodes' writes at once (their origin
 //! already has them on disk) and this node's own once they are published.
 
+pub mod bootstrap;
 pub mod peer;
 pub mod replication;
 
@@ -20,19 +21,21 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use vclock_proto::{
-    BufferedEvent, Event, NodeId, Op, PeerStatus, StatusResponse, TraceKind, TraceRef, VClock,
-    Write,
+    BufferedEvent, Event, NodeId, Op, PeerStatus, RecoveryStatus, Seq, SnapshotChunk, SnapshotKey,
+    StatusResponse, TraceKind, TraceRef, VClock, Write,
 };
 
 use crate::config::{Config, Member};
 use crate::core::replication::{Mutations, Settings};
 use crate::core::{
-    self, ContextCheck, ContextError, ContextWait, Core, Limits, ReadResult, Receipt, WaitStep,
+    self, ContextCheck, ContextError, ContextWait, Core, Limits, Phase, ReadResult, Receipt,
+    Recovery, WaitStep,
 };
 use crate::error::{Error, Result};
 use crate::observe::metrics::{LinkMetrics, Metrics};
 use crate::observe::trace::Tracer;
-use crate::storage::Store;
+use crate::storage::durable::Durability;
+use crate::storage::{Siblings, Store};
 
 /// Most commands the writer takes into one commit.
 const MAX_GROUP: usize = 4096;
@@ -64,11 +67,50 @@ enum Command {
         peer: NodeId,
         applied: VClock,
     },
+    /// A step of a bootstrap (see [`bootstrap`]).
+    Install {
+        step: InstallStep,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Commit what came before, answer, and stop.
     Stop {
         done: oneshot::Sender<()>,
     },
 }
+
+/// A step of installing a peer's snapshot, run by the writer.
+#[derive(Debug)]
+pub(crate) enum InstallStep {
+    /// Drop the log and the buffer.
+    Begin,
+    /// The keys after `after` through `through` (the end when `None`) become
+    /// `entries`.
+    Chunk {
+        after: Option<String>,
+        through: Option<String>,
+        entries: Vec<(String, Siblings)>,
+    },
+    /// The replica has applied what this clock counts.
+    Finish(VClock),
+}
+
+/// The node's recovery state, and a bootstrap's progress.
+#[derive(Debug)]
+struct RecoveryState {
+    recovery: Recovery,
+    /// How far the current bootstrap got; `None` when none is under way.
+    progress: Option<bootstrap::Progress>,
+    /// Keys copied by the last bootstrap, once done.
+    copied: u64,
+}
+
+/// The file that marks a data directory whose bootstrap has not finished: its
+/// store is then not trusted to hold all of this node's writes.
+pub const BOOTSTRAP_MARKER: &str = "BOOTSTRAPPING";
+
+/// The file that names the node a data directory belongs to, written at its
+/// first start: a directory without it is new or lost what it held.
+pub const NODE_IDENTITY: &str = "NODE";
 
 /// The replication link from this node to one peer.
 #[derive(Debug)]
@@ -134,6 +176,9 @@ struct Shared {
     stopping: watch::Sender<bool>,
     /// The start of the node's clock: the core counts time from here.
     started: tokio::time::Instant,
+    recovery: Mutex<RecoveryState>,
+    /// Wakes the recovery task: a peer's clock or failure came in.
+    recovery_news: Notify,
 }
 
 impl Shared {
@@ -141,6 +186,10 @@ impl Shared {
         // A panic while holding the lock is a bug; the state is still the last
         // consistent one the core left, so keep serving.
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recovery(&self) -> MutexGuard<'_, RecoveryState> {
+        self.recovery.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -177,6 +226,33 @@ impl Node {
             },
         )?;
         let (applied, _) = watch::channel(core.applied().clone());
+        let progress = match config.memory {
+            true => None,
+            false => bootstrap::read_marker(&config.data_dir),
+        };
+        // Trusted: kept with fsync in a data directory this node made (its
+        // identity file was there before this start), no bootstrap half-way.
+        let trusted = !config.memory
+            && config.durability == Durability::Fsync
+            && progress.is_none()
+            && config.data_dir.join(NODE_IDENTITY).exists();
+        if config.force_new_history {
+            warn!(
+                "force_new_history: this node accepts writes without checking that no peer \
+                 holds more of its writes; if it lost its data it may reuse their dots"
+            );
+        }
+        let peer_ids: Vec<NodeId> = config.peers().map(|m| m.id.clone()).collect();
+        let mut recovery = Recovery::new(
+            peer_ids,
+            trusted,
+            config.force_new_history,
+            Duration::ZERO,
+            config.peer_timeout,
+        );
+        // Live at once with force_new_history or without peers; otherwise
+        // the recovery task decides, as peers answer.
+        recovery.decide(Duration::ZERO, core.applied().get(&config.node_id));
         let tracer = Tracer::new(
             config.node_id.clone(),
             config.trace_buffer,
@@ -215,6 +291,12 @@ impl Node {
             peer_tls,
             stopping: watch::channel(false).0,
             started: tokio::time::Instant::now(),
+            recovery: Mutex::new(RecoveryState {
+                recovery,
+                progress,
+                copied: 0,
+            }),
+            recovery_news: Notify::new(),
         });
         let (writer, commands) = mpsc::channel(QUEUE);
         let writer_shared = shared.clone();
@@ -433,6 +515,9 @@ impl Node {
     /// against the client limits by the caller). Like [`Self::write`], it is
     /// applied and committed even if nobody waits for the answer any more.
     pub async fn write_all(&self, writes: Vec<Write>) -> Result<Arc<Event>> {
+        if let Some(why) = self.not_live() {
+            return Err(Error::Recovering(why));
+        }
         let (txn, delete) = (writes.len() > 1, writes.iter().all(|w| w.op == Op::Delete));
         // Measured as the event will be, before it exists, with an entry
         // in its clock for every node.
@@ -476,10 +561,15 @@ impl Node {
         keys: &[&str],
         context: Option<&VClock>,
     ) -> Result<Vec<ReadResult>> {
+        if !self.shared.recovery().recovery.serves_reads() {
+            let why = self.not_live().unwrap_or_default();
+            return Err(Error::Recovering(format!(
+                "reads are refused until then: {why}"
+            )));
+        }
         if let Some(context) = context {
             self.wait_for(context).await?;
         }
-        let mut published = self.watch_committed();
         // Test only: each key read on its own, a pause apart, with its own
         // clock; the last one read is the latest.
         #[cfg(feature = "broken-causality")]
@@ -507,19 +597,7 @@ impl Node {
                 core.applied().clone(),
             )
         };
-        // The core may hold a group whose sync is under way. This node's own
-        // writes are shown only once durable: a crash of the machine must not
-        // take back a write a client saw, nor let the node reuse its seqs.
-        // Writes of other nodes are shown at once: their origin has them on
-        // disk, and this node acknowledges them only after its own sync, so
-        // a crash here loses nothing the origin could not send again.
-        let me = self.id();
-        let own = applied.get(me);
-        while published.borrow_and_update().get(me) < own {
-            if published.changed().await.is_err() {
-                return Err(stopping());
-            }
-        }
+        self.once_durable(applied.get(self.id())).await?;
         // Traced once shown, so after the records of the writes it shows.
         let tracer = &self.shared.tracer;
         if tracer.is_on() {
@@ -535,6 +613,101 @@ impl Node {
         Ok(results)
     }
 
+    /// Waits until this node's own writes up to `own` are durable. The core
+    /// may hold a group whose sync is under way; this node's own writes are
+    /// shown only once durable: a crash of the machine must not take back a
+    /// write a client saw, nor let the node reuse its seqs. Writes of other
+    /// nodes are shown at once: their origin has them on disk, and this node
+    /// acknowledges them only after its own sync, so a crash here loses
+    /// nothing the origin could not send again.
+    async fn once_durable(&self, own: Seq) -> Result<()> {
+        let mut published = self.watch_committed();
+        while published.borrow_and_update().get(self.id()) < own {
+            if published.changed().await.is_err() {
+                return Err(stopping());
+            }
+        }
+        Ok(())
+    }
+
+    /// A chunk of this node's state for a bootstrapping peer: up to `limit`
+    /// keys after `after`, read at one moment, shown once durable.
+    pub async fn snapshot_chunk(&self, after: Option<&str>, limit: usize) -> Result<SnapshotChunk> {
+        /// About the most bytes of siblings in one chunk (at least one key).
+        const MAX_CHUNK_BYTES: usize = 4 << 20;
+        let (entries, more, applied) = self.with_core(|core| {
+            let (entries, applied) = core.snapshot_chunk(after, limit, MAX_CHUNK_BYTES)?;
+            let more = match entries.last() {
+                Some((last, _)) => !core.store().keys_after(Some(last), 1, 0)?.is_empty(),
+                None => false,
+            };
+            Ok::<_, core::CoreError>((entries, more, applied))
+        })?;
+        self.once_durable(applied.get(self.id())).await?;
+        let keys = entries
+            .into_iter()
+            .map(|(key, siblings)| SnapshotKey {
+                key,
+                siblings: siblings.iter().map(|s| (**s).clone()).collect(),
+            })
+            .collect();
+        Ok(SnapshotChunk {
+            node: self.id().clone(),
+            applied,
+            keys,
+            more,
+        })
+    }
+
+    /// Why this node does not serve writes yet; `None` once it does.
+    pub fn not_live(&self) -> Option<String> {
+        let own = self.committed().get(self.id());
+        self.shared.recovery().recovery.waiting_for(own)
+    }
+
+    /// Where the node stands in its recovery.
+    pub fn phase(&self) -> Phase {
+        self.shared.recovery().recovery.phase().clone()
+    }
+
+    /// A peer's clock came in (an answer, or a message of its own): while
+    /// the node is not live, what it holds of this node's writes, and whether
+    /// it holds writes of other origins this node lacks, count.
+    pub fn peer_clock(&self, peer: &str, clock: &VClock) {
+        let (me, mine) = (self.id(), self.committed());
+        let ahead = clock.nodes().any(|n| n != me && clock.get(n) > mine.get(n));
+        self.peer_holds(peer, clock.get(me), ahead);
+    }
+
+    /// `peer` holds `holds` of this node's writes, and writes of other
+    /// origins this node lacks when `ahead` (see [`Self::peer_clock`]).
+    pub fn peer_holds(&self, peer: &str, holds: Seq, ahead: bool) {
+        let mut state = self.shared.recovery();
+        if !state.recovery.is_live() {
+            state.recovery.heard(peer, holds);
+            if ahead {
+                state.recovery.ahead(peer);
+            }
+            self.shared.recovery_news.notify_one();
+        }
+    }
+
+    /// A request to a peer failed (see [`Self::peer_clock`]).
+    pub fn peer_unreachable(&self, peer: &str) {
+        let mut state = self.shared.recovery();
+        if !state.recovery.is_live() {
+            state.recovery.unreachable(peer);
+            self.shared.recovery_news.notify_one();
+        }
+    }
+
+    /// Hands a bootstrap step to the writer and waits for its commit.
+    pub(crate) async fn install(&self, step: InstallStep) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Install { step, reply }).await?;
+        answer.await.map_err(|_| stopping())?
+    }
+
     /// A batch from `peer` (whose trace record of the send is `cause`): what
     /// happened to it, and the clock to acknowledge with.
     pub async fn receive(
@@ -543,6 +716,11 @@ impl Node {
         cause: Option<TraceRef>,
         events: Vec<Event>,
     ) -> Result<(Receipt, VClock)> {
+        if let Phase::Bootstrapping { source, .. } = self.phase() {
+            return Err(Error::Unavailable(format!(
+                "bootstrapping from {source}: batches are taken once the snapshot is installed"
+            )));
+        }
         self.shared.metrics.batch_received(events.len());
         let queued = self.reserve(events.iter().map(Event::size_bytes).sum())?;
         let (reply, answer) = oneshot::channel();
@@ -623,6 +801,19 @@ impl Node {
             fsyncs: core.store().fsyncs(),
             conflicts: core.conflicts(),
             buffered_bytes: core.buffered_bytes() as u64,
+            recovery: {
+                let state = self.shared.recovery();
+                RecoveryStatus {
+                    phase: match state.recovery.phase() {
+                        Phase::Checking => "checking",
+                        Phase::Bootstrapping { .. } => "bootstrapping",
+                        Phase::Live => "live",
+                    }
+                    .into(),
+                    waiting_for: state.recovery.waiting_for(own),
+                    keys_copied: state.progress.as_ref().map_or(state.copied, |p| p.copied),
+                }
+            },
             applied,
             peers,
         }
@@ -753,6 +944,21 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                         }
                         Err(e) => error!("cannot collect the log: {e}"),
                     },
+                    Command::Install { step, reply } => {
+                        let result = match step {
+                            InstallStep::Begin => core.begin_install(),
+                            InstallStep::Chunk {
+                                after,
+                                through,
+                                entries,
+                            } => core.install_chunk(after.as_deref(), through.as_deref(), entries),
+                            InstallStep::Finish(clock) => {
+                                core.finish_install(&clock);
+                                Ok(())
+                            }
+                        };
+                        replies.push(Reply::Install(reply, result.map_err(Error::from)));
+                    }
                     Command::Stop { done } => stop = Some(done),
                 }
             }
@@ -824,6 +1030,7 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
 type DeferredTrace = Box<dyn FnOnce(&Tracer)>;
 
 enum Reply {
+    Install(oneshot::Sender<Result<()>>, Result<()>),
     Write(oneshot::Sender<Result<Arc<Event>>>, Result<Arc<Event>>),
     Receive(oneshot::Sender<Result<(Receipt, VClock)>>, Result<Receipt>),
 }
@@ -832,6 +1039,9 @@ impl Reply {
     fn send(self, committed: &core::CoreResult<()>, applied: &VClock) {
         let failed = |e: &core::CoreError| Error::Internal(format!("commit failed: {e}"));
         match self {
+            Reply::Install(tx, result) => {
+                let _ = tx.send(committed.as_ref().map_err(failed).and(result));
+            }
             Reply::Write(tx, result) => {
                 let result = match committed {
                     Ok(()) => result,
@@ -888,6 +1098,8 @@ pub(crate) fn test_node(env: &[(&str, &str)]) -> Arc<Node> {
             "KVNODE_NODES",
             "n1=http://127.0.0.1:9,n2=http://127.0.0.1:9,n3=http://127.0.0.1:9",
         ),
+        // Its peers never answer: it starts its history without them.
+        ("KVNODE_FORCE_NEW_HISTORY", "true"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -941,6 +1153,17 @@ pub(crate) mod tests {
         }
         fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
             self.inner.commit(applied)
+        }
+        fn keys_after(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+            max_bytes: usize,
+        ) -> StoreResult<Vec<(String, Siblings)>> {
+            self.inner.keys_after(after, limit, max_bytes)
+        }
+        fn reset_log(&mut self) -> StoreResult<()> {
+            self.inner.reset_log()
         }
         fn commit_deferred(&mut self, applied: &VClock) -> StoreResult<Option<PendingSync>> {
             self.inner.commit(applied)?;
@@ -1014,6 +1237,7 @@ pub(crate) mod tests {
                 "KVNODE_NODES",
                 "n1=http://127.0.0.1:9,n2=http://127.0.0.1:9",
             ),
+            ("KVNODE_FORCE_NEW_HISTORY", "true"),
         ]
         .iter()
         .chain(env)
@@ -1235,6 +1459,8 @@ pub(crate) mod tests {
                 "KVNODE_NODES".to_owned(),
                 format!("n1=http://127.0.0.1:9,n2={url}"),
             ),
+            // Its peer refuses everything: it starts its history without it.
+            ("KVNODE_FORCE_NEW_HISTORY".to_owned(), "true".to_owned()),
         ]
         .into_iter()
         .collect();

@@ -2,6 +2,7 @@
 //! secret and `tls_ca` (see [`super::Node::peer_client`]), and their answers
 //! as the core's replication protocol takes them.
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vclock_proto::{ClockMessage, VClock};
 
@@ -14,33 +15,60 @@ pub async fn post<T: Serialize>(
     body: &T,
     cause: Option<String>,
 ) -> Answer {
+    match request::<T, ClockMessage>(client, url, body, cause, 1 << 20).await {
+        Ok(answer) => Answer::Clock(answer.applied),
+        Err(Failure::Unreachable(message)) => Answer::Unreachable(message),
+        Err(Failure::Answered(503, message)) => Answer::Busy(message),
+        Err(Failure::Answered(_, message)) => Answer::Refused(message),
+    }
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer, or one that is not what the route answers.
+    Unreachable(String),
+    /// The peer answered with this error status.
+    Answered(u16, String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unreachable(m) | Failure::Answered(_, m) => f.write_str(m),
+        }
+    }
+}
+
+/// Posts `body` to `url` and decodes the answer, of at most `limit` bytes.
+pub async fn request<T: Serialize, R: DeserializeOwned>(
+    client: &awc::Client,
+    url: &str,
+    body: &T,
+    cause: Option<String>,
+    limit: usize,
+) -> Result<R, Failure> {
     let mut request = client.post(url);
     if let Some(cause) = cause {
         request = request.insert_header((vclock_proto::TRACE_CAUSE_HEADER, cause));
     }
-    let mut response = match request.send_json(body).await {
-        Ok(response) => response,
-        Err(e) => return Answer::Unreachable(format!("{url}: {e}")),
-    };
+    let mut response = request
+        .send_json(body)
+        .await
+        .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
     let status = response.status().as_u16();
-    let bytes = match response.body().limit(1 << 20).await {
-        Ok(bytes) => bytes,
-        Err(e) => return Answer::Unreachable(format!("{url}: reading the answer: {e}")),
-    };
-    match vclock_proto::decode_answer::<ClockMessage>(status, &bytes) {
-        Ok(answer) => Answer::Clock(answer.applied),
-        Err(error) if (200..300).contains(&status) => {
-            Answer::Unreachable(format!("{url}: {}", error.message))
+    let bytes = response
+        .body()
+        .limit(limit)
+        .await
+        .map_err(|e| Failure::Unreachable(format!("{url}: reading the answer: {e}")))?;
+    vclock_proto::decode_answer::<R>(status, &bytes).map_err(|error| {
+        if (200..300).contains(&status) {
+            Failure::Unreachable(format!("{url}: {}", error.message))
+        } else {
+            Failure::Answered(status, format!("{url}: {status}: {}", error.message))
         }
-        Err(error) => {
-            let message = format!("{url}: {status}: {}", error.message);
-            if status == 503 {
-                Answer::Busy(message)
-            } else {
-                Answer::Refused(message)
-            }
-        }
-    }
+    })
 }
 
 /// Asks the node at `url` for its `applied` clock with `client` (see

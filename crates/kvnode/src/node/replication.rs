@@ -124,12 +124,14 @@ async fn report(node: &Node, link: &Link, notices: Vec<Notice>) {
             } => {
                 link.metrics.acknowledged(node.metrics(), batch, caught_up);
                 link.record(Ok(()));
+                node.peer_clock(peer, &clock);
                 // Fails only while the node stops; the peer answers again later.
                 let _ = node.record_ack(peer, clock).await;
             }
             Notice::Reachable => info!("{peer} is reachable at {}", link.member.url),
             Notice::Failed { answer, first } => {
                 link.metrics.failed();
+                node.peer_unreachable(peer);
                 let message = match &answer {
                     Answer::Unreachable(m) | Answer::Busy(m) | Answer::Refused(m) => m.clone(),
                     Answer::Clock(_) => String::new(),
@@ -166,6 +168,13 @@ async fn report(node: &Node, link: &Link, notices: Vec<Notice>) {
                  of {origin}",
                 node.config().repair_after
             ),
+            Notice::Overclaimed { claimed, made } if node.not_live().is_some() => {
+                // Expected while recovering: the peer holds writes this node lost.
+                link.record(Ok(()));
+                info!("{peer} holds {claimed} writes of this node, which holds {made}");
+                // More of this node's writes: a bootstrap whatever the rest.
+                node.peer_holds(peer, claimed, false);
+            }
             Notice::Overclaimed { claimed, made } => {
                 link.metrics.failed();
                 let message = format!(

@@ -52,6 +52,8 @@ pub const NAMES: &[&str] = &[
     "kvnode_trace_bytes",
     "kvnode_applied",
     "kvnode_stable",
+    "kvnode_recovery_phase",
+    "kvnode_bootstrap_keys_copied",
     "kvnode_peer_lag_events",
     "kvnode_peer_lag_seconds",
     "kvnode_peer_seconds_since_ack",
@@ -625,6 +627,26 @@ pub fn render<'a>(
             );
         }
     }
+
+    // Recovery.
+    header(
+        o,
+        "kvnode_recovery_phase",
+        "gauge",
+        "1 for the phase the node is in: checking (writes refused until no peer holds more \
+         of its writes), bootstrapping (copying a peer's state) or live.",
+    );
+    for phase in ["checking", "bootstrapping", "live"] {
+        let on = u8::from(status.recovery.phase == phase);
+        let _ = writeln!(o, "kvnode_recovery_phase{{phase=\"{phase}\"}} {on}");
+    }
+    single(
+        o,
+        "kvnode_bootstrap_keys_copied",
+        "gauge",
+        "Keys copied by the current or last bootstrap from a peer.",
+        status.recovery.keys_copied,
+    );
 
     // Peers.
     let now = metrics.millis() + 1;

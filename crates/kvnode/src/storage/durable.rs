@@ -620,6 +620,90 @@ impl Store for DurableStore {
     fn fsyncs(&self) -> u64 {
         self.fsyncs
     }
+
+    fn keys_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<(String, Siblings)>> {
+        use std::ops::Bound;
+        self.usable()?;
+        let from = match after {
+            Some(key) => Bound::Excluded(key.as_bytes()),
+            None => Bound::Unbounded,
+        };
+        // Committed keys in order, with the uncommitted changes merged in
+        // (there are none between two commits, when a bootstrap reads).
+        let mut pending: Vec<(&String, &Option<Siblings>)> = self
+            .pending_keys
+            .iter()
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        pending.sort_by(|a, b| a.0.cmp(b.0));
+        let mut pending = pending.into_iter().peekable();
+        let mut committed = self
+            .keys
+            .range::<&[u8], _>((from, Bound::Unbounded))
+            .map(|guard| {
+                let (key, bytes) = guard
+                    .into_inner()
+                    .map_err(|e| self.error("cannot read the keys", &e))?;
+                let key =
+                    String::from_utf8(key.to_vec()).map_err(|e| self.error("corrupt key", &e))?;
+                Ok((key, bytes))
+            })
+            .peekable();
+        let merged = std::iter::from_fn(|| loop {
+            let next_committed = match committed.peek() {
+                Some(Ok((key, _))) => Some(key.clone()),
+                Some(Err(_)) => return committed.next().and_then(|r| r.err()).map(Err),
+                None => None,
+            };
+            let take_pending = match (pending.peek(), &next_committed) {
+                (Some((p, _)), Some(c)) => p.as_str() <= c.as_str(),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if take_pending {
+                let (key, siblings) = pending.next()?;
+                if next_committed.as_deref() == Some(key.as_str()) {
+                    committed.next();
+                }
+                match siblings {
+                    Some(s) => return Some(Ok((key.clone(), s.clone()))),
+                    None => continue,
+                }
+            }
+            let (key, bytes) = committed.next()?.ok()?;
+            return Some(self.decode_siblings(&key, &bytes).map(|s| (key, s)));
+        });
+        crate::storage::take_keys(merged, limit, max_bytes)
+    }
+
+    fn reset_log(&mut self) -> StoreResult<()> {
+        self.usable()?;
+        // Origins whose log is empty now may still have a collected seq on
+        // disk: it must go back to 0 as well.
+        let mut origins: Vec<NodeId> = self.log.keys().cloned().collect();
+        for guard in self.meta.prefix(collected_key("")) {
+            let key = guard
+                .key()
+                .map_err(|e| self.error("cannot read the collected seqs", &e))?;
+            let origin = &key[collected_key("").len()..];
+            origins.push(String::from_utf8_lossy(origin).into_owned());
+        }
+        for origin in origins {
+            let last = self.log.get(&origin).map_or(0, |log| log.last);
+            self.truncate(&origin, last)?;
+            let log = self.log.entry(origin).or_default();
+            // Recorded as collected through 0, so that a reopened store
+            // skips none of the events logged from now on.
+            log.collected = Some(0);
+            log.last = 0;
+        }
+        Ok(())
+    }
 }
 
 impl DurableStore {
@@ -752,6 +836,7 @@ impl DurableStore {
                 None => batch.remove(&self.keys, key.as_str()),
             }
         }
+        let mut inserted = Vec::new();
         for (origin, log) in &self.log {
             let unsaved: Vec<&Arc<Event>> = log
                 .events
@@ -759,19 +844,26 @@ impl DurableStore {
                 .skip(log.events.len() - log.unsaved)
                 .collect();
             if let Some(first) = unsaved.first() {
+                let key = log_key(origin, first.seq);
                 batch.insert(
                     &self.log_ks,
-                    log_key(origin, first.seq),
+                    key.as_slice(),
                     self.encode("events", &unsaved)?,
                 );
+                inserted.push(key);
             }
             if let Some(collected) = log.collected {
                 batch.insert(&self.meta, collected_key(origin), collected.to_string());
             }
         }
-        // No key is both inserted and removed: removals are of committed
-        // chunks, insertions of new ones (and seqs never go back).
-        for key in &self.pending_removes {
+        // Removals are of committed chunks, insertions of new ones. Seqs go
+        // back only after a bootstrap ([`Store::reset_log`]): a new chunk may
+        // then take the key of one removed in the same batch, and stays.
+        for key in self
+            .pending_removes
+            .iter()
+            .filter(|k| !inserted.contains(k))
+        {
             batch.remove(&self.log_ks, key.as_slice());
         }
         batch.insert(&self.meta, APPLIED, self.encode("applied clock", applied)?);
@@ -1081,6 +1173,15 @@ mod tests {
                 "{step}"
             );
             assert_eq!(d.applied().unwrap(), mem.applied().unwrap(), "{step}");
+            let after = rng
+                .random_ratio(3, 4)
+                .then(|| format!("k{}", rng.random_range(0..20)));
+            let (limit, max_bytes) = (rng.random_range(0..8), rng.random_range(0..400));
+            assert_eq!(
+                d.keys_after(after.as_deref(), limit, max_bytes).unwrap(),
+                mem.keys_after(after.as_deref(), limit, max_bytes).unwrap(),
+                "step {step}: keys_after({after:?}, {limit}, {max_bytes})"
+            );
         };
 
         for step in 0..steps {
@@ -1123,6 +1224,14 @@ mod tests {
                     if rng.random_ratio(1, 4) {
                         durable = Some(open_after(durable.take().unwrap(), tmp.path()));
                         reopens += 1;
+                    }
+                }
+                95..97 => {
+                    // As a bootstrap does: the log starts again, lower.
+                    mem.reset_log().unwrap();
+                    d.reset_log().unwrap();
+                    for seq in next.values_mut() {
+                        *seq = rng.random_range(1..=*seq);
                     }
                 }
                 _ => {

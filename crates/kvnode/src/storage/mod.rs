@@ -11,7 +11,7 @@
 pub mod durable;
 pub mod journal;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use vclock_proto::{Event, NodeId, Seq, VClock};
@@ -117,6 +117,45 @@ pub trait Store {
     fn fsyncs(&self) -> u64 {
         0
     }
+    /// Up to `limit` keys with siblings after `after` (from the first key
+    /// when `None`), in key order, with their siblings, uncommitted changes
+    /// included; stops before the key that would take the siblings' size
+    /// ([`Event::size_bytes`]) over `max_bytes` (the first key comes whatever
+    /// its size). A bootstrap streams a store with it, chunk by chunk.
+    fn keys_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<(String, Siblings)>>;
+    /// Drops every logged event of every origin, and forgets how far each
+    /// origin's log went: after a bootstrap the log starts again from the
+    /// clock the snapshot was taken at, which may be below it.
+    fn reset_log(&mut self) -> StoreResult<()>;
+}
+
+/// Takes keys from `keys` (in key order) while `limit` and `max_bytes` allow,
+/// the first one always.
+pub(crate) fn take_keys(
+    keys: impl Iterator<Item = StoreResult<(String, Siblings)>>,
+    limit: usize,
+    max_bytes: usize,
+) -> StoreResult<Vec<(String, Siblings)>> {
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    for entry in keys {
+        if taken.len() >= limit {
+            break;
+        }
+        let (key, siblings) = entry?;
+        let size = key.len() + siblings.iter().map(|s| s.size_bytes()).sum::<usize>();
+        if !taken.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        taken.push((key, siblings));
+    }
+    Ok(taken)
 }
 
 /// The sync of a commit written by [`Store::commit_deferred`].
@@ -187,12 +226,23 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn fsyncs(&self) -> u64 {
         (**self).fsyncs()
     }
+    fn keys_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<(String, Siblings)>> {
+        (**self).keys_after(after, limit, max_bytes)
+    }
+    fn reset_log(&mut self) -> StoreResult<()> {
+        (**self).reset_log()
+    }
 }
 
 /// Storage in memory: everything is lost when the process ends.
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
-    keys: HashMap<String, Siblings>,
+    keys: BTreeMap<String, Siblings>,
     log: BTreeMap<NodeId, VecDeque<Arc<Event>>>,
     log_len: u64,
     applied: VClock,
@@ -278,6 +328,30 @@ impl Store for MemStore {
 
     fn commit(&mut self, applied: &VClock) -> StoreResult<()> {
         self.applied = applied.clone();
+        Ok(())
+    }
+
+    fn keys_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<(String, Siblings)>> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Unbounded,
+        };
+        let keys = self
+            .keys
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        take_keys(keys, limit, max_bytes)
+    }
+
+    fn reset_log(&mut self) -> StoreResult<()> {
+        self.log.clear();
+        self.log_len = 0;
         Ok(())
     }
 }
