@@ -438,9 +438,19 @@ fn peer_request() -> impl Strategy<Value = Request> {
         .prop_map(|(from, events)| json!({"from": from, "events": events}));
     let sync =
         (node_id(), clock()).prop_map(|(node, applied)| json!({"node": node, "applied": applied}));
+    let snapshot = (
+        prop_oneof![3 => Just("n2".to_owned()), 1 => node_id()],
+        clock(),
+        prop::option::of(key()),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_map(|(node, applied, after, limit)| {
+            json!({"node": node, "applied": applied, "after": after, "limit": limit})
+        });
     prop_oneof![
         3 => with_body(Method::POST, "/peer/v1/events".into(), batch),
         1 => with_body(Method::POST, "/peer/v1/sync".into(), sync),
+        1 => with_body(Method::POST, "/peer/v1/snapshot".into(), snapshot),
     ]
 }
 
@@ -468,6 +478,7 @@ fn any_request() -> impl Strategy<Value = Request> {
             "/v1/txn/write",
             "/peer/v1/events",
             "/peer/v1/sync",
+            "/peer/v1/snapshot",
             "/admin/v1/links",
             "/admin/v1/links/n2/pause",
             "/admin/v1/links/n2/resume",
@@ -610,6 +621,7 @@ fn random_bytes_on_every_body_route() {
         (Method::PUT, "/v1/kv/k"),
         (Method::POST, "/peer/v1/events"),
         (Method::POST, "/peer/v1/sync"),
+        (Method::POST, "/peer/v1/snapshot"),
     ]);
     check(
         (routes, prop::collection::vec(any::<u8>(), 0..256)).prop_map(|((method, uri), body)| {
