@@ -200,3 +200,30 @@ pub(crate) fn remove_network(name: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Empties the named volume mounted at `/data` in `container` (stopped), as a
+/// lost or replaced disk would leave it. The image has no shell, so this is
+/// done from the host, through the volume's mount point (which needs root).
+pub(crate) fn wipe_data_volume(container: &str) -> anyhow::Result<String> {
+    let volume = docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{if eq .Destination \"/data\"}}{{.Name}}{{end}}{{end}}",
+        container,
+    ])?;
+    anyhow::ensure!(!volume.is_empty(), "{container} has no volume at /data");
+    let mountpoint = docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume])?;
+    let entries = std::fs::read_dir(&mountpoint).with_context(|| {
+        format!("cannot read the volume {volume} at {mountpoint} (this needs root)")
+    })?;
+    for entry in entries {
+        let path = entry?.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(volume)
+}

@@ -63,6 +63,11 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         run: checker,
     },
     Scenario {
+        name: "replace-disk",
+        about: "kvctl check while node2 is killed, its volume emptied and started again: it answers 503 recovering, bootstraps from a peer, reuses no dot; no violation, convergence",
+        run: replace_disk,
+    },
+    Scenario {
         name: "txn-faults",
         about: "kvctl check --txn (snapshot reads, atomic writes) while node2 is killed and node3 cut off: no violation, convergence",
         run: txn_under_faults,
@@ -953,6 +958,83 @@ fn txn_under_faults(cluster: &Cluster) -> anyhow::Result<String> {
         report.reads_checked,
         report.snapshots_checked,
         report.atomic_writes
+    ))
+}
+
+/// `kvctl check` runs while node2 loses its disk: killed, its volume emptied,
+/// started again with the same id. Its writes acknowledged before the loss
+/// must come back, its next writes must take new dots (a reused one would show
+/// as a lost or duplicated write to the checker), and all nodes converge.
+fn replace_disk(cluster: &Cluster) -> anyhow::Result<String> {
+    use kvctl::check::{self, Api, Mix, Workload};
+
+    const VICTIM: usize = 1;
+    cluster.converge(&VClock::new())?;
+    let container = cluster.containers[VICTIM].as_str();
+    let victim = &cluster.nodes[VICTIM];
+    let workload = Workload {
+        nodes: cluster.nodes.iter().map(|n| n.url.clone()).collect(),
+        api: Api::Native,
+        sessions: 8,
+        ops_per_session: 300,
+        keys: 4,
+        write_ratio: 0.5,
+        timeout: Duration::from_secs(5),
+        quiesce_timeout: CONVERGE,
+        seed: cluster.seed,
+        token: None,
+    };
+    let (mut history, faults_in_run, volume, back_after) =
+        thread::scope(|scope| -> anyhow::Result<_> {
+            let run = scope.spawn(|| {
+                actix_rt::System::new().block_on(check::run_sessions_with(&workload, Mix::txn()))
+            });
+            // Whatever happens, node2 runs again once this closure ends.
+            let _restart = OnDrop(|| {
+                let _ = docker::docker(&["start", container]);
+            });
+            thread::sleep(Duration::from_millis(300));
+            docker::docker(&["kill", container])?;
+            let faults_in_run = !run.is_finished();
+            let volume = docker::wipe_data_volume(container)?;
+            let killed = Instant::now();
+            docker::docker(&["start", container])?;
+            // 200 on /health: live, after its bootstrap.
+            poll("node2 to be live again", CONVERGE, || victim.health())?;
+            let back_after = killed.elapsed();
+            let history = run
+                .join()
+                .map_err(|_| anyhow::anyhow!("the checker's sessions panicked"))?;
+            Ok((history, faults_in_run, volume, back_after))
+        })?;
+    ensure!(
+        faults_in_run,
+        "the sessions were done before the disk was lost: give them more operations"
+    );
+    actix_rt::System::new().block_on(check::finish(&workload, &mut history));
+    let report = check::check(&history);
+    checked_clean(&report, cluster.seed).context("after node2 lost its disk")?;
+    let status = victim.status()?;
+    ensure!(
+        status.recovery.phase == "live" && status.recovery.keys_copied > 0,
+        "node2 did not bootstrap: {:?}",
+        status.recovery
+    );
+    for node in &cluster.nodes {
+        let conflicts = node.status()?.conflicts;
+        ensure!(
+            conflicts == 0,
+            "{} refused {conflicts} events holding a dot it already had",
+            node.id
+        );
+    }
+    Ok(format!(
+        "{} ops, {} reads and {} snapshots checked, 0 violations, converged; node2 (volume {volume} emptied) live again after {:.1} s with {} keys copied",
+        history.ops.len(),
+        report.reads_checked,
+        report.snapshots_checked,
+        back_after.as_secs_f64(),
+        status.recovery.keys_copied
     ))
 }
 
