@@ -1,5 +1,5 @@
 //! Deterministic simulation of the causal core and its replication protocol,
-//! with crashes, restarts, cut links and time.
+//! with crashes, restarts, data loss, cut links and time.
 //!
 //! Three to five replicas of [`Core`] exchange their writes through a simulated
 //! network that reorders, duplicates, delays and drops messages (requests and
@@ -29,6 +29,32 @@
 //! moments a replica crashes: its core, buffer, links and open group are
 //! dropped without a commit; it stays down for a while or restarts at once,
 //! with a new [`Core`] built over its store's committed state and new links.
+//!
+//! Now and then a replica **loses its data**: it crashes and its store is
+//! replaced by an empty one (a deleted data directory), at a moment when every
+//! write it committed is committed at another replica too (otherwise those
+//! writes would be gone for good, which no protocol can prevent), and while no
+//! other replica is recovering from such a loss. Every (re)start runs the
+//! node's own recovery ([`Recovery`]), fed as the node feeds it: what each
+//! peer's clock counts of the replica's writes (and whether it holds writes of
+//! other origins the replica lacks) from its links' answers, their notices of
+//! overclaimed acknowledgements and the peers' clock exchanges, and its links'
+//! failures. A store the replica's data directory had before this start (its
+//! identity file) and no unfinished bootstrap is trusted: it goes live once
+//! every peer has answered or failed, or after a request's timeout; an empty
+//! one waits until every peer has answered. A replica that is not live refuses
+//! client writes (the session tries later) and serves reads only when
+//! [`Recovery::serves_reads`] says. When the recovery decides to bootstrap, the
+//! replica copies its source's keys through the simulated network in chunks of
+//! one or two keys (requests and answers can be lost, delayed or duplicated;
+//! the source may crash, restart or refuse; the bootstrap then fails, and goes
+//! on later from the last chunk installed, as the node's marker file keeps it),
+//! with client writes and replication going on between chunks, so that later
+//! chunks show writes beyond earlier chunks' clocks. The source records the
+//! requester's clock before it reads each chunk between two groups; each chunk
+//! is installed in one commit; after the last one the replica has applied the
+//! meet of the chunks' clocks, and takes the rest through replication.
+//!
 //! The same simulation runs over two stores:
 //!
 //! - [`MemStore`], wrapped to keep a copy of its state at each commit, which a
@@ -37,7 +63,8 @@
 //!   one, `SIM_DURABLE_DIR` to choose) with [`Durability::None`], where a crash
 //!   drops the store with its uncommitted changes and reopens the directory:
 //!   the node's recovery path (50 seeds by default; odd seeds keep only 4
-//!   events of the log in memory, so that the rest is read from disk).
+//!   events of the log in memory, so that the rest is read from disk). A data
+//!   loss deletes the replica's directory.
 //!
 //! The simulator keeps its own ground truth and never trusts the core's clocks
 //! for it: the causal past of every write (the writes applied at its origin when
@@ -63,13 +90,29 @@
 //!    the single-value view shows the largest put, and after the flush every
 //!    replica shows the same;
 //! 6. **recovery**: after a crash, the rebuilt core's `applied` clock counts
-//!    exactly the writes the replica had committed, its siblings are those of
-//!    its committed writes, and a write lost in the crash is held by no other
-//!    replica, in no buffer and in no message in flight (it never left).
+//!    exactly the writes the replica had committed (nothing after a data loss),
+//!    its siblings are those of its committed writes (or, half-way through a
+//!    bootstrap, of the chunks it installed), and a write lost in the crash is
+//!    held by no other replica, in no buffer and in no message in flight (it
+//!    never left); what its peers hold as its acknowledgements, and its answers
+//!    in flight, count no more than it ever committed;
+//! 7. **no dot reused**: the ground truth names the write of every dot; a
+//!    replica never gives a new write a dot that names another (only a write
+//!    lost in a crash before its commit gives its dot back), and never goes
+//!    live holding fewer of its own writes than it made;
+//! 8. **bootstraps**: each chunk is exactly its source's state for its range of
+//!    keys when read, the meet of the chunks' clocks counts a causally closed
+//!    set of writes, the replica's clock after the install is that meet, and its
+//!    keys show every write the meet counts (a write shown beyond the meet and
+//!    delivered again later changes nothing).
 //!
 //! Along the way it also checks the core's bookkeeping against the ground truth:
 //! its `applied` clock, the seqs it assigns, and that log collection never drops
-//! an event a peer has not acknowledged.
+//! an event a peer has not acknowledged (a peer that lost its data may need
+//! events every node had acknowledged before: a snapshot gives them back; a
+//! replica that bootstrapped lacks in its log its own writes the snapshot
+//! installed). Check 3 holds for a replica that lost its data too: after the
+//! final flush it holds every acknowledged write.
 //!
 //! Each seed ends in three phases on a reliable network. First every replica
 //! restarts, every link heals and time passes until the replicas agree. Then
@@ -85,17 +128,28 @@
 //! persist the `applied` clock, links that push uncommitted events (both
 //! caught by the recovery check), replicas that acknowledge writes and
 //! batches before their commit (caught by the recovery or session checks),
-//! and the protocol's own switches ([`kvnode::core::replication::Mutations`]):
+//! the protocol's own switches ([`kvnode::core::replication::Mutations`]):
 //! links that never retransmit, links that never repair other origins'
-//! writes, and links that trust acknowledgements beyond what their node made.
+//! writes, and links that trust acknowledgements beyond what their node made;
+//! and replicas that go live at once over the empty store a data loss left
+//! (`force_new_history`), caught by the dot and lost-write checks.
+//!
+//! The node has known shortcomings around a replica that lost its data, which
+//! the oracle reports; by default the simulation steers around each of them,
+//! so that everything else is still checked (see `Avoid`, which describes each
+//! one and how it is avoided). `SIM_NODE_AS_IS=all`, or a comma-separated
+//! list of `Avoid`'s fields, runs the node as it is in those respects.
 //!
 //! Seeds: 1000 in memory and 50 on disk by default; `SIM_SEEDS=N` and
 //! `SIM_DURABLE_SEEDS=N` change that, `SIM_SEED=S` replays one seed in both
-//! (`SIM_SEED=S cargo test -p kvnode --test simulation`).
+//! (`SIM_SEED=S cargo test -p kvnode --test simulation`), and `SIM_TRACE=N`
+//! shows the last `N` steps of a failure instead of 25.
 //!
 //! Left out: the per-peer acknowledged clocks surviving a restart (the core
-//! starts them from zero, which the simulation accepts), a replica that loses
-//! its data directory, and pipelined requests (a link has one in flight).
+//! starts them from zero, which the simulation accepts), pipelined requests (a
+//! link has one in flight), answers inflated to a recovering replica (it takes
+//! what its peers claim to hold of its writes as true), and two replicas
+//! recovering from a data loss at once.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -110,7 +164,8 @@ use kvnode::core::replication::{
     Action, Answer, Link, Mutations, Notice, RequestBody, RequestId, Settings,
 };
 use kvnode::core::{
-    ContextError, ContextWait, Core, CoreError, Limits, ReadResult, Receipt, WaitStep,
+    ContextError, ContextWait, Core, CoreError, Decision, Limits, Phase, ReadResult, Receipt,
+    Recovery, WaitStep,
 };
 use kvnode::storage::durable::{Durability, DurableStore, DEFAULT_LOG_MEMORY_EVENTS};
 use kvnode::storage::{MemStore, Siblings, Store, StoreResult};
@@ -124,7 +179,8 @@ const DEFAULT_SEEDS: u64 = 1000;
 const DEFAULT_DURABLE_SEEDS: u64 = 50;
 /// Seeds each mutation check tries.
 const MUTATION_SEEDS: u64 = 20;
-/// How many of the last steps a failure report shows.
+/// How many of the last steps a failure report shows, unless `SIM_TRACE`
+/// says.
 const TRACE_TAIL: usize = 25;
 /// The command that replays a seed, after `SIM_SEED=<seed>`.
 const REPLAY: &str = "cargo test -p kvnode --test simulation";
@@ -153,6 +209,14 @@ fn random_schedules_keep_causal_consistency() {
             ("buffered events swept", total.swept_events),
             ("atomic writes", total.txns),
             ("snapshot reads", total.snapshots),
+            ("data losses", total.data_losses),
+            ("bootstraps installed", total.bootstraps_done),
+            ("bootstraps failed", total.bootstraps_failed),
+            (
+                "siblings installed beyond the meet",
+                total.shown_beyond_meet,
+            ),
+            ("writes delivered again to a key", total.shown_again),
         ];
         for (path, count) in paths {
             assert!(count > 0, "no seed exercised {path}: {total:?}");
@@ -293,6 +357,22 @@ fn mutation_check_catches_acknowledgements_trusted_beyond_what_was_made() {
     );
 }
 
+#[test]
+fn mutation_check_catches_a_replica_that_forgets_its_history() {
+    let caught = mutation_caught(&[Check::DotReuse, Check::NoLostWrites], |seed| {
+        run_seed(seed, Mutation::ForgetsHistory, MemBackend::default())
+    });
+    assert!(
+        !caught.is_empty(),
+        "replicas that go live at once over the empty store left by a data loss went \
+         unnoticed by the dot and lost-write checks in seeds 0..{MUTATION_SEEDS}"
+    );
+    println!(
+        "replicas forgetting their history caught in {} of {MUTATION_SEEDS} seeds: {caught:?}",
+        caught.len()
+    );
+}
+
 /// Runs `seeds`, panicking at the first failure with the command that replays it.
 fn run_seeds(seeds: &[u64], test: &str, run: impl Fn(u64) -> Result<Stats, Failure>) -> Stats {
     let mut total = Stats::default();
@@ -362,6 +442,10 @@ trait Backend {
     /// with what it had committed. The replica's previous store is dropped.
     fn open(&mut self, at: usize) -> StoreResult<Self::Store>;
 
+    /// Replica `at` (down, its store dropped) loses its data: the next
+    /// [`Self::open`] finds an empty store.
+    fn lose(&mut self, at: usize) -> Result<(), String>;
+
     /// Every key with siblings, in key order.
     fn dump(store: &Self::Store) -> StoreResult<BTreeMap<String, Siblings>>;
 }
@@ -398,6 +482,13 @@ impl Backend for MemBackend {
             committed,
             loses_applied_clock: self.loses_applied_clock,
         })
+    }
+
+    fn lose(&mut self, at: usize) -> Result<(), String> {
+        if let Some(committed) = self.committed.get(at) {
+            *committed.borrow_mut() = MemStore::default();
+        }
+        Ok(())
     }
 
     fn dump(store: &CrashableMemStore) -> StoreResult<BTreeMap<String, Siblings>> {
@@ -487,15 +578,28 @@ impl DurableBackend {
             .unwrap_or_else(|e| panic!("cannot make a directory in {}: {e}", base.display()));
         Self { dir, log_memory }
     }
+
+    fn replica_dir(&self, at: usize) -> PathBuf {
+        self.dir.path().join(format!("node{at}"))
+    }
 }
 
 impl Backend for DurableBackend {
     type Store = DurableStore;
 
     fn open(&mut self, at: usize) -> StoreResult<DurableStore> {
-        let dir = self.dir.path().join(format!("node{at}"));
-        DurableStore::open(&dir, Durability::None)
+        DurableStore::open(&self.replica_dir(at), Durability::None)
             .map(|store| store.with_log_memory_events(self.log_memory))
+    }
+
+    /// The directory is deleted, as an operator replacing a disk does.
+    fn lose(&mut self, at: usize) -> Result<(), String> {
+        let dir = self.replica_dir(at);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot delete {}: {e}", dir.display())),
+        }
     }
 
     fn dump(store: &DurableStore) -> StoreResult<BTreeMap<String, Siblings>> {
@@ -519,6 +623,9 @@ enum Check {
     /// A restarted replica does not hold exactly what it had committed, or a
     /// write lost in a crash had left the replica.
     Recovery,
+    /// A replica gives a new write the dot of another write, or goes live
+    /// holding fewer of its own writes than it made (its next write would).
+    DotReuse,
     /// The core's bookkeeping disagrees with the ground truth, or it failed.
     Core,
     /// Something panicked.
@@ -566,7 +673,8 @@ struct Failure {
 
 impl Failure {
     fn new(violation: Violation, params: &str, trace: &[Step]) -> Self {
-        let first_shown_step = trace.len().saturating_sub(TRACE_TAIL);
+        let tail = env_number("SIM_TRACE").map_or(TRACE_TAIL, |n| n as usize);
+        let first_shown_step = trace.len().saturating_sub(tail);
         Self {
             check: violation.check,
             detail: violation.detail,
@@ -654,6 +762,22 @@ struct Stats {
     settle_rounds: u64,
     /// Buffered events dropped by a sweep (and sent again by their senders).
     swept_events: u64,
+    /// Crashes that also lost the replica's data.
+    data_losses: u64,
+    /// Client operations refused by a replica that was recovering.
+    refused_while_recovering: u64,
+    /// Bootstraps started...
+    bootstraps: u64,
+    /// ...installed...
+    bootstraps_done: u64,
+    /// ...and failed (the source went down or refused, a request was lost).
+    bootstraps_failed: u64,
+    /// Chunks of snapshots installed.
+    chunks: u64,
+    /// Siblings installed by a bootstrap beyond the meet of its chunks' clocks.
+    shown_beyond_meet: u64,
+    /// Writes delivered to a key that a snapshot had already shown them on.
+    shown_again: u64,
 }
 
 impl Stats {
@@ -688,6 +812,14 @@ impl Stats {
         self.failed_requests += other.failed_requests;
         self.settle_rounds += other.settle_rounds;
         self.swept_events += other.swept_events;
+        self.data_losses += other.data_losses;
+        self.refused_while_recovering += other.refused_while_recovering;
+        self.bootstraps += other.bootstraps;
+        self.bootstraps_done += other.bootstraps_done;
+        self.bootstraps_failed += other.bootstraps_failed;
+        self.chunks += other.chunks;
+        self.shown_beyond_meet += other.shown_beyond_meet;
+        self.shown_again += other.shown_again;
     }
 }
 
@@ -773,8 +905,10 @@ impl Write {
 #[derive(Debug)]
 struct GroundTruth {
     writes: Vec<Write>,
-    /// `by_origin[o][seq - 1]` is the id of write `seq` of replica `o` (lost
-    /// writes leave it).
+    /// `by_origin[o][seq - 1]` is the id of write `seq` of replica `o`: which
+    /// write each dot names. Writes lost in a crash before their commit leave
+    /// it (their seqs are given again); no other dot may ever name a second
+    /// write.
     by_origin: Vec<Vec<WriteId>>,
 }
 
@@ -836,6 +970,9 @@ enum Mutation {
     /// Links take acknowledgements beyond what their node made (the
     /// protocol's own switch).
     TrustsAcks,
+    /// A replica that lost its data goes live at once over its empty store
+    /// (`force_new_history`), without getting its history back from a peer.
+    ForgetsHistory,
 }
 
 impl Mutation {
@@ -846,6 +983,121 @@ impl Mutation {
             never_repair: self == Mutation::NeverRepairs,
             trust_acks: self == Mutation::TrustsAcks,
         }
+    }
+}
+
+/// Known shortcomings of the node around a replica that lost its data, which
+/// the oracle reports as violations. By default the simulation steers around
+/// each one (each field says how), so that everything else is still checked;
+/// `SIM_NODE_AS_IS=1` runs the node as it is, and then reports them.
+#[derive(Clone, Copy, Debug)]
+struct Avoid {
+    /// A recovering origin answers a peer's question about a client's
+    /// context (`POST /peer/v1/sync` with an empty clock) with its own clock,
+    /// which lacks the writes it lost: the peer refuses the client's context
+    /// as counting writes never made (409 `unknown_history`), although they
+    /// were made and its peers hold them. Avoided: a recovering origin does
+    /// not answer that question (the client waits).
+    recovering_origin_answers: bool,
+    /// A tombstone that a bootstrap installs (one its source had not
+    /// collected yet) is never collected by the replica that installed it:
+    /// collection drops the tombstones of the events in the log, and a
+    /// bootstrap starts the log afresh. Once the delete is stable, the other
+    /// replicas drop it and the replica keeps it for ever. Avoided: the final
+    /// comparisons leave out such a tombstone.
+    installed_tombstones: bool,
+    /// A replica that lost its data writes its identity file into its new
+    /// data directory as it starts; crashed before its first bootstrap began
+    /// (no marker yet), it restarts over a directory that has the identity
+    /// file and no marker, which it trusts, although it holds none of its
+    /// writes. A trusted store goes live once every peer has answered or
+    /// failed once, or after the grace: with the peers holding its writes
+    /// down or cut off it goes live without them (its next write reuses a
+    /// dot), and meanwhile it serves reads (a context counting its own writes
+    /// gets 409). Avoided: a replica that lost its data restarts untrusted
+    /// until it has been live, as if the identity file were written then.
+    trusted_before_live: bool,
+    /// A recovering replica shows its peers its committed clock: in its
+    /// answers and clock exchanges while it checks (before a bootstrap, or
+    /// between one that failed and its resumption) and in its snapshot
+    /// requests. That clock may count writes the installed snapshot lacks:
+    /// writes it applied while it checked, or that a previous bootstrap
+    /// installed, beyond the clock of a chunk of the meet (read before, maybe
+    /// by another source). The peers record them as held and may collect
+    /// them from their logs; once the install takes the replica's clock back
+    /// to the meet, nobody sends them again and it never catches up.
+    /// Avoided: from the start of its first bootstrap until the last one ends
+    /// (while its marker is there), the replica shows its peers no more than
+    /// the meet of the chunks installed so far (nothing before the first),
+    /// and answers batches 503.
+    request_beyond_meet: bool,
+    /// A bootstrap installs writes without logging them: the replica cannot
+    /// send them to a peer that lacks them, not even its own writes. Only the
+    /// logs of the replicas that received them by replication can; if those
+    /// lose their data too before every replica has the writes, the replicas
+    /// that lack them never get them. Avoided: a replica loses its data only
+    /// once every replica has applied what every bootstrap installed.
+    unlogged_installed_writes: bool,
+    /// A link repairs the first origin due, in clock order; when that repair
+    /// keeps failing (the peer's buffer is full of events waiting for another
+    /// origin's writes, so it answers 503, and the backoff outgrows
+    /// `repair_after`), the link never gets to the other origins, and the
+    /// peer never gets the writes that would unblock it. A replica that lost
+    /// its data cannot push the writes its bootstrap installed, so only
+    /// repair brings them to a peer that lacks them. Avoided: replicas lose
+    /// their data only when their buffers have the default bound.
+    starved_repair: bool,
+    /// A replica serves reads once a bootstrap is installed (and is live
+    /// right after), while a key from a later chunk may show writes beyond
+    /// the meet of the chunks' clocks, its `applied`, until replication
+    /// brings them: a read shows a write without its causal past on a key of
+    /// an earlier chunk, and returns a clock that does not count what it
+    /// shows. Avoided: it serves no read until its clock covers every chunk's
+    /// clock.
+    reads_beyond_clock: bool,
+    /// A replica that lost its data serves reads once a bootstrap is
+    /// installed, before it is live: a peer not heard yet may hold more of
+    /// its writes than the bootstrap's source did, and a client whose context
+    /// counts them gets 409 `unknown_history` (the replica takes its own
+    /// entry beyond its clock for writes it never made). Avoided: it serves
+    /// reads only once live.
+    reads_before_live: bool,
+    /// When its first bootstrap fails half-way, a replica that lost its data
+    /// may go live without finishing it (once no peer holds more of its
+    /// writes, or writes of other origins it lacks): the keys of the chunks
+    /// it installed show the source's state at the chunk's clock, not its
+    /// own, and may lack writes its clock counts, which nobody sends it
+    /// again. Avoided: while its marker is there, it counts every peer as
+    /// holding writes it lacks, so it goes on with the bootstrap first.
+    unfinished_install: bool,
+}
+
+impl Avoid {
+    /// Everything avoided, unless `SIM_NODE_AS_IS` names the shortcomings to
+    /// leave as they are (by field name, comma-separated), or is `all`.
+    fn from_env() -> Self {
+        let as_is = std::env::var("SIM_NODE_AS_IS").unwrap_or_default();
+        let names: Vec<&str> = as_is.split(',').map(str::trim).collect();
+        let avoid = |name: &str| !names.iter().any(|n| *n == name || *n == "all");
+        let avoided = Self {
+            recovering_origin_answers: avoid("recovering_origin_answers"),
+            installed_tombstones: avoid("installed_tombstones"),
+            trusted_before_live: avoid("trusted_before_live"),
+            request_beyond_meet: avoid("request_beyond_meet"),
+            unlogged_installed_writes: avoid("unlogged_installed_writes"),
+            starved_repair: avoid("starved_repair"),
+            reads_beyond_clock: avoid("reads_beyond_clock"),
+            reads_before_live: avoid("reads_before_live"),
+            unfinished_install: avoid("unfinished_install"),
+        };
+        let known = format!("{avoided:?}");
+        for name in names.iter().filter(|n| !n.is_empty() && **n != "all") {
+            assert!(
+                known.contains(&format!("{name}:")),
+                "SIM_NODE_AS_IS names {name:?}, not a field of {known}"
+            );
+        }
+        avoided
     }
 }
 
@@ -896,10 +1148,26 @@ struct Knowledge {
     applied_per_origin: Vec<Seq>,
     /// Per key, the applied writes of the key that no other applied write of the
     /// key has in its past. The siblings must be these, less the tombstones
-    /// collected once stable.
+    /// collected once stable. A bootstrap sets a key's to its source's.
     expected_siblings: Vec<Vec<WriteId>>,
+    /// Per key, the tombstones that a bootstrap's source had collected when it
+    /// sent the key: gone here too.
+    collected_by_source: Vec<Vec<WriteId>>,
     /// Per peer, the writes its acknowledgements have shown applied.
     acked_by_peer: Vec<WriteSet>,
+}
+
+impl Knowledge {
+    /// What a replica that holds nothing knows.
+    fn empty(replicas: usize, keys: usize) -> Self {
+        Self {
+            applied: WriteSet::default(),
+            applied_per_origin: vec![0; replicas],
+            expected_siblings: vec![Vec::new(); keys],
+            collected_by_source: vec![Vec::new(); keys],
+            acked_by_peer: vec![WriteSet::default(); replicas],
+        }
+    }
 }
 
 /// What a replica owes for a command of its open group, once it is committed.
@@ -915,6 +1183,38 @@ enum Reply {
         request: RequestId,
         busy: bool,
     },
+}
+
+/// A bootstrap under way: the replica copies `source`'s keys chunk by chunk.
+#[derive(Debug)]
+struct Bootstrap {
+    source: usize,
+    /// The request waiting for its chunk, and when it was sent.
+    waiting: Option<(u64, Duration)>,
+}
+
+/// How far a bootstrap got, as the node's marker file keeps it: a bootstrap
+/// that failed, or that a crash interrupted, goes on from there (from
+/// whichever peer it then bootstraps from).
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// The last key installed: the next chunk starts after it.
+    after: Option<String>,
+    /// The meet of the clocks of the chunks installed so far.
+    meet: Option<VClock>,
+}
+
+/// A chunk of a replica's state, as `POST /peer/v1/snapshot` answers.
+#[derive(Clone, Debug)]
+struct Chunk {
+    entries: Vec<(String, Siblings)>,
+    /// The clock the chunk was read at.
+    applied: VClock,
+    /// Keys follow the last one.
+    more: bool,
+    /// Ground truth: the source's expected siblings of each key of the
+    /// chunk's range when it was read.
+    expected: Vec<(usize, Vec<WriteId>)>,
 }
 
 /// The commands a replica has taken since its last commit.
@@ -942,7 +1242,37 @@ struct Replica<S> {
     /// The core's `applied` clock as of the last commit: what clients and
     /// links see (the node publishes it after each commit).
     committed_clock: VClock,
+    /// The join of every clock it has committed: what its peers may hold as
+    /// its acknowledgement (its clock goes back when it loses its data, or
+    /// when a bootstrap's meet lacks writes it had).
+    highest_committed: VClock,
     group: Group,
+    /// Its recovery, as the node's recovery task runs it: whether it serves
+    /// writes and reads yet, or must first bootstrap. Rebuilt at each restart.
+    recovery: Recovery,
+    /// The bootstrap under way, in the memory of the running replica.
+    bootstrap: Option<Bootstrap>,
+    /// The node's marker file: a bootstrap began and has not finished, and
+    /// how far it got. It survives a crash (the store is then incomplete, not
+    /// trusted).
+    progress: Option<Progress>,
+    /// The node's identity file in its data directory, written when it first
+    /// starts on it: a store without one before the start is not trusted.
+    identity: bool,
+    /// It lost its data and has not been live since.
+    recovering_history: bool,
+    /// How often it lost its data.
+    data_losses: u32,
+    /// Its own writes up to this seq are not in its log: a bootstrap
+    /// installed them.
+    log_floor: Seq,
+    /// The tombstones its bootstraps installed.
+    installed_tombstones: WriteSet,
+    /// The clock its last bootstrap installed (the meet of its chunks').
+    installed: VClock,
+    /// The join of the clocks of every chunk it installed: its keys may show
+    /// writes up to it.
+    shown: VClock,
 }
 
 impl<S: Store> Replica<S> {
@@ -956,6 +1286,11 @@ impl<S: Store> Replica<S> {
 
     fn is_up(&self) -> bool {
         self.core.is_some()
+    }
+
+    /// Up and serving writes.
+    fn is_live(&self) -> bool {
+        self.is_up() && self.recovery.is_live()
     }
 }
 
@@ -974,12 +1309,15 @@ struct Session {
 
 #[derive(Clone, Debug)]
 enum Message {
-    /// A request of `from`'s link to `to`, sent by `from`'s `incarnation`.
+    /// A request of `from`'s link to `to`, sent by `from`'s `incarnation` to
+    /// `to`'s `to_incarnation` (a request never reaches a later run of its
+    /// receiver as sent to it: a clock in it may be older than that run).
     /// For a clock exchange, `writes` are those the sent clock counts.
     Request {
         from: usize,
         to: usize,
         incarnation: u32,
+        to_incarnation: u32,
         id: RequestId,
         body: RequestBody,
         writes: WriteSet,
@@ -995,12 +1333,60 @@ enum Message {
         answer: Answer,
         writes: WriteSet,
     },
+    /// A request of bootstrapping replica `from` (its `incarnation`) for the
+    /// chunk of `to`'s keys after `after`, with `from`'s committed clock
+    /// (which counts `writes`).
+    Snapshot {
+        from: usize,
+        to: usize,
+        incarnation: u32,
+        id: u64,
+        after: Option<String>,
+        limit: usize,
+        applied: VClock,
+        writes: WriteSet,
+    },
+    /// `from`'s answer to snapshot request `id`: a chunk (whose clock counts
+    /// `writes`), or `None` when refused (503, 400, connection refused).
+    Chunk {
+        from: usize,
+        to: usize,
+        incarnation: u32,
+        id: u64,
+        chunk: Option<Chunk>,
+        writes: WriteSet,
+    },
 }
 
 impl Message {
     fn ends(&self) -> (usize, usize) {
         match self {
-            Message::Request { from, to, .. } | Message::Answer { from, to, .. } => (*from, *to),
+            Message::Request { from, to, .. }
+            | Message::Answer { from, to, .. }
+            | Message::Snapshot { from, to, .. }
+            | Message::Chunk { from, to, .. } => (*from, *to),
+        }
+    }
+
+    /// The writes it carries or whose clock it carries.
+    fn carries(&self, id: WriteId, dot: &Dot) -> bool {
+        match self {
+            Message::Request {
+                body: RequestBody::Events { events, .. },
+                ..
+            } => events.iter().any(|e| e.dot() == *dot),
+            Message::Request { writes, .. }
+            | Message::Answer { writes, .. }
+            | Message::Snapshot { writes, .. } => writes.contains(id),
+            Message::Chunk { chunk, writes, .. } => {
+                writes.contains(id)
+                    || chunk.iter().any(|chunk| {
+                        chunk
+                            .entries
+                            .iter()
+                            .any(|(_, siblings)| siblings.iter().any(|s| s.dot() == *dot))
+                    })
+            }
         }
     }
 
@@ -1033,6 +1419,23 @@ impl Message {
                     Answer::Refused(_) => "refused".into(),
                 },
             },
+            Message::Snapshot {
+                from, to, after, ..
+            } => MessageSummary::Snapshot {
+                from: *from,
+                to: *to,
+                after: after.clone(),
+            },
+            Message::Chunk {
+                from, to, chunk, ..
+            } => MessageSummary::Chunk {
+                from: *from,
+                to: *to,
+                chunk: chunk.as_ref().map(|chunk| {
+                    let keys = chunk.entries.iter().map(|(key, _)| key.clone()).collect();
+                    (keys, chunk.applied.to_string(), chunk.more)
+                }),
+            },
         }
     }
 }
@@ -1054,6 +1457,17 @@ enum MessageSummary {
         from: usize,
         to: usize,
         answer: String,
+    },
+    Snapshot {
+        from: usize,
+        to: usize,
+        after: Option<String>,
+    },
+    /// The keys, the clock, and whether more follow; `None` when refused.
+    Chunk {
+        from: usize,
+        to: usize,
+        chunk: Option<(Vec<String>, String, bool)>,
     },
 }
 
@@ -1085,6 +1499,10 @@ enum Step {
         from: usize,
         to: usize,
         sent: Option<MessageSummary>,
+    },
+    /// A bootstrapping replica asks its source for a chunk.
+    AskChunk {
+        message: MessageSummary,
     },
     Deliver {
         message: MessageSummary,
@@ -1126,6 +1544,27 @@ enum Step {
         at: usize,
         dropped: usize,
     },
+    /// The replica crashed and its store was replaced by an empty one.
+    LoseData {
+        at: usize,
+    },
+    /// What a replica's recovery decided.
+    Decide {
+        at: usize,
+        decision: Decision,
+    },
+    /// A chunk of `source`'s keys installed; with the meet once the last is.
+    Install {
+        at: usize,
+        source: usize,
+        keys: usize,
+        meet: Option<String>,
+    },
+    BootstrapFailed {
+        at: usize,
+        source: usize,
+        why: &'static str,
+    },
     Phase(&'static str),
 }
 
@@ -1152,6 +1591,22 @@ impl fmt::Display for MessageSummary {
             MessageSummary::Answer { from, to, answer } => {
                 write!(f, "answer {answer} of node{from} to node{to}")
             }
+            MessageSummary::Snapshot { from, to, after } => write!(
+                f,
+                "snapshot request of node{from} to node{to} for the keys after {after:?}"
+            ),
+            MessageSummary::Chunk { from, to, chunk } => match chunk {
+                Some((keys, clock, more)) => write!(
+                    f,
+                    "chunk {keys:?} at {clock} of node{from} to node{to}{}",
+                    if *more {
+                        ", more to come"
+                    } else {
+                        ", the last"
+                    }
+                ),
+                None => write!(f, "snapshot refusal of node{from} to node{to}"),
+            },
         }
     }
 }
@@ -1194,6 +1649,7 @@ impl fmt::Display for Step {
                 Some(message) => write!(f, "node{from}'s link to node{to} sends {message}"),
                 None => write!(f, "node{from}'s link to node{to} waits"),
             },
+            Step::AskChunk { message } => write!(f, "send {message}"),
             Step::Deliver { message, kept_copy } => {
                 let copy = if *kept_copy {
                     " (a copy stays in flight)"
@@ -1231,6 +1687,26 @@ impl fmt::Display for Step {
             Step::Sweep { at, dropped } => {
                 write!(f, "node{at} sweeps its buffer, dropping {dropped} events")
             }
+            Step::LoseData { at } => write!(f, "node{at} loses its data"),
+            Step::Decide { at, decision } => {
+                write!(f, "node{at}'s recovery decides: {decision:?}")
+            }
+            Step::Install {
+                at,
+                source,
+                keys,
+                meet,
+            } => match meet {
+                Some(meet) => write!(
+                    f,
+                    "node{at} installs the last chunk of node{source} ({keys} keys): applied \
+                     is the meet {meet}"
+                ),
+                None => write!(f, "node{at} installs a chunk of node{source} ({keys} keys)"),
+            },
+            Step::BootstrapFailed { at, source, why } => {
+                write!(f, "node{at}'s bootstrap from node{source} fails: {why}")
+            }
             Step::Phase(name) => write!(f, "--- {name} ---"),
         }
     }
@@ -1238,9 +1714,10 @@ impl fmt::Display for Step {
 
 /// Weights of the random steps: client writes, client reads, link polls,
 /// deliveries, commits of an open group, crashes, restarts, time passing,
-/// cutting or healing a link, forged contexts, buffer sweeps; drops come on
-/// top.
-const STEP_WEIGHTS: [u32; 11] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 2];
+/// cutting or healing a link, forged contexts, buffer sweeps, the recovery
+/// task of a recovering replica waking, a crash that loses the replica's
+/// data; drops come on top.
+const STEP_WEIGHTS: [u32; 13] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 4, 8, 1];
 
 /// Share of client writes made as atomic writes of several keys, and of
 /// client reads made as snapshot reads of several keys.
@@ -1290,6 +1767,12 @@ struct Sim<B: Backend> {
     /// While settling: every command is committed at once, and no message is
     /// lost, duplicated or inflated.
     settling: bool,
+    /// The id of the next snapshot request.
+    next_snapshot_id: u64,
+    /// A replica that loses its data at the first step where it may (see
+    /// [`Self::may_lose_data`]).
+    doomed: Option<usize>,
+    avoid: Avoid,
 }
 
 impl<B: Backend> Sim<B> {
@@ -1336,26 +1819,33 @@ impl<B: Backend> Sim<B> {
             ..Limits::default()
         };
         let settings = link_settings(&params, mutation);
-        let knowledge = Knowledge {
-            applied: WriteSet::default(),
-            applied_per_origin: vec![0; params.replicas],
-            expected_siblings: vec![Vec::new(); params.keys],
-            acked_by_peer: vec![WriteSet::default(); params.replicas],
-        };
+        let knowledge = Knowledge::empty(params.replicas, params.keys);
         let mut replicas = Vec::new();
         for (at, id) in nodes.iter().enumerate() {
             let store = backend.open(at).map_err(|e| {
                 Violation::new(Check::Core, format!("cannot open the store of {id}: {e}"))
             })?;
             let core = Core::new(id.clone(), nodes.clone(), store, limits.clone())?;
+            // The first start of a cluster: every replica is live at once.
             replicas.push(Replica {
                 committed_clock: core.applied().clone(),
+                highest_committed: core.applied().clone(),
                 core: Some(core),
                 links: Vec::new(),
                 incarnation: 0,
                 now: knowledge.clone(),
                 committed: knowledge.clone(),
                 group: Group::default(),
+                recovery: Recovery::live(),
+                bootstrap: None,
+                progress: None,
+                identity: true,
+                recovering_history: false,
+                data_losses: 0,
+                log_floor: 0,
+                installed_tombstones: WriteSet::default(),
+                installed: VClock::new(),
+                shown: VClock::new(),
             });
         }
         let sessions = (0..params.sessions)
@@ -1388,6 +1878,9 @@ impl<B: Backend> Sim<B> {
             stats: Stats::default(),
             last_value: 0,
             settling: false,
+            next_snapshot_id: 0,
+            doomed: None,
+            avoid: Avoid::from_env(),
         };
         for at in 0..sim.replicas.len() {
             sim.replicas[at].links = sim.new_links(at);
@@ -1442,6 +1935,17 @@ impl<B: Backend> Sim<B> {
 
     /// One random step, weighted by [`STEP_WEIGHTS`] and the drop weight.
     fn random_step(&mut self) -> SimResult {
+        if let Some(at) = self
+            .doomed
+            .filter(|&at| self.is_up(at) && self.may_lose_data(at))
+        {
+            self.doomed = None;
+            self.lose_data(at)?;
+            if self.rng.random_bool(self.params.instant_restart) {
+                self.restart(at)?;
+            }
+            return Ok(());
+        }
         let total: u32 = STEP_WEIGHTS.iter().sum();
         let mut roll = self.rng.random_range(0..total + self.params.drop_weight);
         let kind = STEP_WEIGHTS
@@ -1554,6 +2058,27 @@ impl<B: Backend> Sim<B> {
                 }
                 Ok(())
             }
+            11 => {
+                let recovering: Vec<usize> = (0..replicas)
+                    .filter(|&at| self.is_up(at) && !self.replicas[at].is_live())
+                    .collect();
+                if recovering.is_empty() {
+                    return Ok(());
+                }
+                let at = recovering[self.rng.random_range(0..recovering.len())];
+                self.recover(at)
+            }
+            12 => {
+                // A replica that made writes, so that it has a history to
+                // get back.
+                let made: Vec<usize> = (0..replicas)
+                    .filter(|&at| !self.truth.by_origin[at].is_empty())
+                    .collect();
+                if self.doomed.is_none() && !made.is_empty() {
+                    self.doomed = Some(made[self.rng.random_range(0..made.len())]);
+                }
+                Ok(())
+            }
             _ => {
                 self.drop_random();
                 Ok(())
@@ -1611,6 +2136,7 @@ impl<B: Backend> Sim<B> {
         replica.core_mut().commit()?;
         replica.committed = replica.now.clone();
         replica.committed_clock = replica.core().applied().clone();
+        replica.highest_committed.merge(&replica.committed_clock);
         self.check_clock(at, &self.replicas[at].committed_clock, "committed clock")?;
         if self.mutation != Mutation::AcksBeforeCommit {
             for reply in replies {
@@ -1692,15 +2218,22 @@ impl<B: Backend> Sim<B> {
 
         // Drop the old store first: a durable one holds its directory's lock.
         let replica = &mut self.replicas[at];
+        let live = replica.recovery.is_live();
         replica.core = None;
         replica.links.clear();
+        replica.bootstrap = None;
         replica.now = replica.committed.clone();
         replica.group = Group::default();
 
         // Its writes after the last commit are exactly the lost ones; their
-        // seqs go to its next writes.
-        let committed_own = self.replicas[at].committed.applied_per_origin[at] as usize;
+        // seqs go to its next writes. A recovering replica makes none (and
+        // may hold fewer of its own writes than it made).
         let own = &mut self.truth.by_origin[at];
+        let committed_own = if live {
+            self.replicas[at].committed.applied_per_origin[at] as usize
+        } else {
+            own.len()
+        };
         let mut dropped: Vec<WriteId> = own.split_off(committed_own.min(own.len()));
         dropped.sort_unstable();
         let mut expected_lost = lost.clone();
@@ -1719,7 +2252,13 @@ impl<B: Backend> Sim<B> {
     }
 
     /// Replica `at` restarts: a new core over what its store had committed,
-    /// and new links that know nothing of their peers yet.
+    /// new links that know nothing of their peers yet, and a new recovery.
+    /// As the node decides: a store in a data directory that has the node's
+    /// identity file (written at the first start on it) and no bootstrap's
+    /// marker is trusted (it goes live once every peer has answered or
+    /// failed, or after the grace of a request's timeout); any other waits
+    /// until every peer has answered, and bootstraps from a peer that holds
+    /// more of its writes or writes of other origins it lacks.
     fn restart(&mut self, at: usize) -> SimResult {
         let node = self.nodes[at].clone();
         self.trace.push(Step::Restart { at });
@@ -1736,10 +2275,24 @@ impl<B: Backend> Sim<B> {
                     format!("{node} cannot restart over its store: {e}"),
                 )
             })?;
-        self.replicas[at].core = Some(core);
-        self.replicas[at].incarnation += 1;
+        let replica = &self.replicas[at];
+        let trusted = replica.identity
+            && replica.progress.is_none()
+            && !(self.avoid.trusted_before_live && replica.recovering_history);
+        let peers = self.nodes.iter().filter(|n| **n != node).cloned().collect();
+        let force_new_history = self.mutation == Mutation::ForgetsHistory;
+        let grace = self.settings.request_timeout;
+        let recovery = Recovery::new(peers, trusted, force_new_history, self.now, grace);
+        let replica = &mut self.replicas[at];
+        replica.core = Some(core);
+        replica.incarnation += 1;
+        replica.recovery = recovery;
+        replica.identity = true;
         self.replicas[at].links = self.new_links(at);
-        self.check_recovered(at)
+        self.check_recovered(at)?;
+        // The node decides once as it starts, then whenever its recovery
+        // task wakes.
+        self.recover(at)
     }
 
     /// After a restart, replica `at` holds exactly what it had committed.
@@ -1800,8 +2353,8 @@ impl<B: Backend> Sim<B> {
         self.check_log_holds_unacknowledged(at)?;
         // What its peers hold as its acknowledgements, and the answers it sent
         // that are still in flight, count only what it had committed: they
-        // stay true across the crash.
-        let committed = &replica.committed_clock;
+        // stay true across the crash (or, once it lost its data, were true).
+        let committed = &replica.highest_committed;
         for (other, peer) in self.replicas.iter().enumerate() {
             let Some(acked) = peer
                 .core
@@ -1820,20 +2373,542 @@ impl<B: Backend> Sim<B> {
             );
         }
         for message in &self.in_flight {
-            if let Message::Answer {
-                from,
-                answer: Answer::Clock(applied),
-                ..
-            } = message
-            {
-                ensure!(
-                    *from != at || committed.covers(applied),
-                    Check::Recovery,
-                    "an answer of {node} in flight counts {applied}, but {node} had \
-                     committed only {committed} when it crashed"
-                );
+            let applied = match message {
+                Message::Answer {
+                    from,
+                    answer: Answer::Clock(applied),
+                    ..
+                } if *from == at => applied,
+                Message::Chunk {
+                    from,
+                    chunk: Some(chunk),
+                    ..
+                } if *from == at => &chunk.applied,
+                _ => continue,
+            };
+            ensure!(
+                committed.covers(applied),
+                Check::Recovery,
+                "an answer of {node} in flight counts {applied}, but {node} had committed \
+                 only {committed} when it crashed"
+            );
+        }
+        Ok(())
+    }
+
+    // ---- Data loss and recovery ----
+
+    /// Whether replica `at` may lose its data now: no replica is recovering
+    /// its history, and every write `at` has committed is committed at
+    /// another replica too. Otherwise acknowledged writes would be gone for
+    /// good, which no protocol can prevent.
+    fn may_lose_data(&self, at: usize) -> bool {
+        let recovering = self
+            .replicas
+            .iter()
+            .any(|r| r.recovering_history || r.progress.is_some());
+        let installed_everywhere = self.replicas.iter().all(|r| {
+            self.replicas.iter().all(|other| {
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .all(|(o, node)| other.committed.applied_per_origin[o] >= r.installed.get(node))
+            })
+        });
+        let small_buffers = self.params.max_buffered < Limits::default().max_buffered;
+        let avoided = (self.avoid.unlogged_installed_writes && !installed_everywhere)
+            || (self.avoid.starved_repair && small_buffers);
+        !recovering
+            && !avoided
+            && self.replicas[at].committed.applied.iter().all(|id| {
+                self.replicas
+                    .iter()
+                    .enumerate()
+                    .any(|(other, r)| other != at && r.committed.applied.contains(id))
+            })
+    }
+
+    /// Replica `at` crashes and loses its data: its store is replaced by an
+    /// empty one (a deleted data directory, a new disk). It must get its
+    /// history back from its peers before it serves writes again.
+    fn lose_data(&mut self, at: usize) -> SimResult {
+        self.crash(at)?;
+        self.trace.push(Step::LoseData { at });
+        self.stats.data_losses += 1;
+        self.backend
+            .lose(at)
+            .map_err(|e| Violation::new(Check::Core, e))?;
+        let empty = Knowledge::empty(self.replicas.len(), self.keys.len());
+        let replica = &mut self.replicas[at];
+        replica.now = empty.clone();
+        replica.committed = empty;
+        replica.committed_clock = VClock::zeroed(self.nodes.iter().cloned());
+        replica.progress = None;
+        replica.identity = false;
+        replica.recovering_history = true;
+        replica.data_losses += 1;
+        replica.log_floor = 0;
+        replica.installed_tombstones = WriteSet::default();
+        replica.installed = VClock::new();
+        replica.shown = VClock::new();
+        Ok(())
+    }
+
+    /// A clock of `peer` came in (an answer to replica `at`'s link, or a
+    /// clock exchange of the peer's): while `at` recovers, what the peer holds
+    /// of its writes counts, and whether it holds writes of other origins
+    /// that `at` lacks.
+    fn peer_clock(&mut self, at: usize, peer: usize, clock: &VClock) {
+        let replica = &mut self.replicas[at];
+        if replica.recovery.is_live() {
+            return;
+        }
+        let me = &self.nodes[at];
+        let mine = &replica.committed_clock;
+        let ahead = clock.iter().any(|(n, &seq)| n != me && seq > mine.get(n));
+        replica.recovery.heard(&self.nodes[peer], clock.get(me));
+        if ahead {
+            replica.recovery.ahead(&self.nodes[peer]);
+        }
+    }
+
+    /// Whether replica `at` is copying a peer's state.
+    fn bootstrapping(&self, at: usize) -> bool {
+        matches!(
+            self.replicas[at].recovery.phase(),
+            Phase::Bootstrapping { .. }
+        )
+    }
+
+    /// Whether replica `at` takes no batch while a bootstrap is under way or
+    /// unfinished (see [`Avoid::request_beyond_meet`]).
+    fn holds_back(&self, at: usize) -> bool {
+        let replica = &self.replicas[at];
+        self.avoid.request_beyond_meet && replica.progress.is_some() && !replica.recovery.is_live()
+    }
+
+    /// Whether replica `at` serves reads.
+    fn serves_reads(&self, at: usize) -> bool {
+        let replica = &self.replicas[at];
+        let beyond = !replica.committed_clock.covers(&replica.shown);
+        replica.is_up()
+            && replica.recovery.serves_reads()
+            && !(beyond && self.avoid.reads_beyond_clock)
+            && !(replica.recovering_history && self.avoid.reads_before_live)
+    }
+
+    /// Replica `at`'s recovery task wakes: a snapshot request that waited too
+    /// long fails (the node's request times out), a bootstrap goes on with
+    /// its next request, or the recovery decides.
+    fn recover(&mut self, at: usize) -> SimResult {
+        let replica = &self.replicas[at];
+        if !replica.is_up() || replica.recovery.is_live() {
+            return Ok(());
+        }
+        if let Some(bootstrap) = &replica.bootstrap {
+            return match bootstrap.waiting {
+                Some((_, sent)) if self.now < sent + self.settings.request_timeout => Ok(()),
+                Some(_) => self.bootstrap_failed(at, "no answer in time"),
+                None => self.request_chunk(at),
+            };
+        }
+        let own = replica.committed_clock.get(&self.nodes[at]);
+        if replica.progress.is_some() && self.avoid.unfinished_install {
+            let replica = &mut self.replicas[at];
+            for peer in (0..self.nodes.len()).filter(|&peer| peer != at) {
+                replica.recovery.ahead(&self.nodes[peer]);
             }
         }
+        let decision = self.replicas[at].recovery.decide(self.now, own);
+        if decision != Decision::Wait || !self.settling {
+            self.trace.push(Step::Decide {
+                at,
+                decision: decision.clone(),
+            });
+        }
+        match decision {
+            Decision::Wait => Ok(()),
+            Decision::Live => self.went_live(at),
+            Decision::Bootstrap(source) => {
+                let source = self.index_of(&source)?;
+                self.begin_bootstrap(at, source)
+            }
+        }
+    }
+
+    /// Replica `at` serves writes from now on: it must hold every write it
+    /// made (but those lost in a crash before their commit), or its next
+    /// write takes the dot of an older one.
+    fn went_live(&mut self, at: usize) -> SimResult {
+        let made = self.truth.by_origin[at].len() as Seq;
+        let replica = &mut self.replicas[at];
+        replica.recovering_history = false;
+        let holds = replica.committed_clock.get(&self.nodes[at]);
+        ensure!(
+            holds == made,
+            Check::DotReuse,
+            "{} goes live holding {holds} of its writes, but it made {made}: its next write \
+             would take the dot of an older one",
+            self.nodes[at]
+        );
+        self.check_keys_cover_applied(at, "goes live")
+    }
+
+    /// Every write replica `at` has applied shows on each key it writes: as
+    /// a sibling, or in the past of one. (Always so but after an install: its
+    /// keys then show the source's state when each chunk was read.)
+    fn check_keys_cover_applied(&self, at: usize, when: &str) -> SimResult {
+        let replica = &self.replicas[at].now;
+        for (key, expected) in replica.expected_siblings.iter().enumerate() {
+            let missing = replica.applied.iter().find(|&id| {
+                self.truth.writes[id].writes(key)
+                    && !expected
+                        .iter()
+                        .any(|&s| s == id || self.truth.writes[s].past.contains(id))
+            });
+            if let Some(missing) = missing {
+                return Err(Violation::new(
+                    Check::Recovery,
+                    format!(
+                        "{} {when} with {} showing {}, which miss {}, a write its clock counts",
+                        self.nodes[at],
+                        self.keys[key],
+                        self.truth.dots(expected),
+                        self.truth.dot(missing)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits replica `at`'s open group with one more command (a step of a
+    /// bootstrap, or a recorded acknowledgement), as the node's writer does
+    /// before it answers.
+    fn commit_now(&mut self, at: usize) -> SimResult {
+        self.replicas[at].group.commands += 1;
+        self.commit(at)
+    }
+
+    /// Replica `at` starts a bootstrap from `source`, or goes on with one
+    /// that failed or that a crash interrupted: the marker, then the core
+    /// drops its log and buffer, then the first snapshot request.
+    fn begin_bootstrap(&mut self, at: usize, source: usize) -> SimResult {
+        self.stats.bootstraps += 1;
+        let replica = &mut self.replicas[at];
+        replica.progress.get_or_insert_with(Progress::default);
+        replica.core_mut().begin_install()?;
+        replica.log_floor = replica.committed_clock.get(&self.nodes[at]);
+        replica.bootstrap = Some(Bootstrap {
+            source,
+            waiting: None,
+        });
+        self.commit_now(at)?;
+        self.request_chunk(at)
+    }
+
+    /// Replica `at` asks its bootstrap's source for the next chunk, with its
+    /// clock (which the source records as what `at` holds).
+    fn request_chunk(&mut self, at: usize) -> SimResult {
+        let id = self.next_snapshot_id;
+        self.next_snapshot_id += 1;
+        let limit = self.rng.random_range(1..=2);
+        let (applied, writes) = self.shown(at);
+        let replica = &mut self.replicas[at];
+        let progress = replica.progress.clone().expect("a bootstrap under way");
+        let bootstrap = replica.bootstrap.as_mut().expect("a bootstrap under way");
+        bootstrap.waiting = Some((id, self.now));
+        let message = Message::Snapshot {
+            from: at,
+            to: bootstrap.source,
+            incarnation: replica.incarnation,
+            id,
+            after: progress.after,
+            limit,
+            applied,
+            writes,
+        };
+        let source = bootstrap.source;
+        self.trace.push(Step::AskChunk {
+            message: message.summary(),
+        });
+        if self.is_cut(at, source) {
+            self.lose(message, "the link is cut");
+        } else {
+            self.in_flight.push(message);
+        }
+        Ok(())
+    }
+
+    /// Replica `source` answers a snapshot request of `at`, as the node's
+    /// route does: refused unless live, refused for a clock counting writes
+    /// it never made; else it records `at`'s clock as what `at` holds
+    /// (through its writer, committed), then reads the chunk between two
+    /// groups.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_snapshot(
+        &mut self,
+        at: usize,
+        source: usize,
+        incarnation: u32,
+        id: u64,
+        after: Option<String>,
+        limit: usize,
+        applied: VClock,
+        writes: WriteSet,
+    ) -> SimResult {
+        let refuse = |sim: &mut Self| {
+            sim.in_flight.push(Message::Chunk {
+                from: source,
+                to: at,
+                incarnation,
+                id,
+                chunk: None,
+                writes: WriteSet::default(),
+            });
+            Ok(())
+        };
+        let replica = &self.replicas[source];
+        let made = replica.committed_clock.get(&self.nodes[source]);
+        if !replica.recovery.is_live() || applied.get(&self.nodes[source]) > made {
+            return refuse(self);
+        }
+        let replica = &mut self.replicas[source];
+        replica.core_mut().record_ack(&self.nodes[at], &applied)?;
+        replica.now.acked_by_peer[at].union_with(&writes);
+        self.check_log_holds_unacknowledged(source)?;
+        self.commit_now(source)?;
+        let max_bytes = if self.rng.random_bool(0.3) {
+            self.rng.random_range(1..300)
+        } else {
+            usize::MAX
+        };
+        let core = self.core(source);
+        let (entries, clock) = core.snapshot_chunk(after.as_deref(), limit, max_bytes)?;
+        let more = match entries.last() {
+            Some((last, _)) => !core
+                .store()
+                .keys_after(Some(last), 1, 0)
+                .map_err(CoreError::from)?
+                .is_empty(),
+            None => false,
+        };
+        let node = &self.nodes[source];
+        ensure!(
+            clock == self.replicas[source].committed_clock,
+            Check::Core,
+            "{node} read a chunk at {clock}, but its committed clock is {}",
+            self.replicas[source].committed_clock
+        );
+        // The chunk is exactly the source's state for its range of keys.
+        let through = if more {
+            entries.last().map(|(key, _)| key.clone())
+        } else {
+            None
+        };
+        let in_range = |key: &str| {
+            after.as_deref().is_none_or(|a| key > a) && through.as_deref().is_none_or(|t| key <= t)
+        };
+        ensure!(
+            entries.len() <= limit && entries.iter().all(|(key, _)| in_range(key)),
+            Check::Core,
+            "{node} answered {} keys after {after:?} for a limit of {limit}",
+            entries.len()
+        );
+        let mut expected = Vec::new();
+        for key in (0..self.keys.len()).filter(|&key| in_range(&self.keys[key])) {
+            let siblings = match entries.iter().find(|(k, _)| *k == self.keys[key]) {
+                Some((_, siblings)) => siblings
+                    .iter()
+                    .map(|e| self.write_id(&e.dot()))
+                    .collect::<SimResult<Vec<_>>>()?,
+                None => Vec::new(),
+            };
+            self.check_siblings(source, key, &siblings)?;
+            let replica = &self.replicas[source].now;
+            expected.push((key, replica.expected_siblings[key].clone()));
+        }
+        self.in_flight.push(Message::Chunk {
+            from: source,
+            to: at,
+            incarnation,
+            id,
+            chunk: Some(Chunk {
+                entries,
+                applied: clock,
+                more,
+                expected,
+            }),
+            writes: self.replicas[source].committed.applied.clone(),
+        });
+        Ok(())
+    }
+
+    /// Replica `at` takes the answer to its snapshot request: a refusal fails
+    /// the bootstrap; a chunk is checked, installed and committed, and the
+    /// last one ends the bootstrap.
+    fn take_chunk(&mut self, at: usize, source: usize, chunk: Option<Chunk>) -> SimResult {
+        let Some(chunk) = chunk else {
+            return self.bootstrap_failed(at, "the source refused");
+        };
+        let node = self.nodes[at].clone();
+        let replica = &mut self.replicas[at];
+        let progress = replica.progress.as_mut().expect("a bootstrap under way");
+        let after = progress.after.clone();
+        let mut previous = after.clone();
+        for (key, siblings) in &chunk.entries {
+            ensure!(
+                previous.as_ref().is_none_or(|p| key > p) && !siblings.is_empty(),
+                Check::Core,
+                "{node} got a chunk of node{source} with {key:?} after {previous:?}, or \
+                 without siblings"
+            );
+            previous = Some(key.clone());
+        }
+        let through = match (chunk.more, chunk.entries.last()) {
+            (false, _) => None,
+            (true, Some((last, _))) => Some(last.clone()),
+            (true, None) => {
+                return Err(Violation::new(
+                    Check::Core,
+                    format!("node{source} sent {node} an empty chunk with more to come"),
+                ))
+            }
+        };
+        let meet = match progress.meet.take() {
+            Some(mut meet) => {
+                meet.meet(&chunk.applied);
+                meet
+            }
+            None => chunk.applied.clone(),
+        };
+        progress.meet = Some(meet.clone());
+        progress.after = through.clone();
+        replica
+            .bootstrap
+            .as_mut()
+            .expect("a bootstrap under way")
+            .waiting = None;
+        replica.shown.merge(&chunk.applied);
+        // Ground truth: the keys of the range hold what the chunk shows, the
+        // source's state when it was read (checked then), less the tombstones
+        // it had collected.
+        for (key, expected) in chunk.expected {
+            let shown = match chunk.entries.iter().find(|(k, _)| *k == self.keys[key]) {
+                Some((_, siblings)) => siblings
+                    .iter()
+                    .map(|e| self.write_id(&e.dot()))
+                    .collect::<SimResult<Vec<_>>>()?,
+                None => Vec::new(),
+            };
+            let replica = &mut self.replicas[at];
+            for &id in &shown {
+                if self.truth.writes[id].deletes(key) {
+                    replica.installed_tombstones.insert(id);
+                }
+            }
+            replica.now.collected_by_source[key] = expected
+                .iter()
+                .copied()
+                .filter(|id| !shown.contains(id))
+                .collect();
+            replica.now.expected_siblings[key] = expected;
+        }
+        let keys = chunk.entries.len();
+        self.replicas[at].core_mut().install_chunk(
+            after.as_deref(),
+            through.as_deref(),
+            chunk.entries,
+        )?;
+        self.stats.chunks += 1;
+        self.trace.push(Step::Install {
+            at,
+            source,
+            keys,
+            meet: through.is_none().then(|| meet.to_string()),
+        });
+        self.commit_now(at)?;
+        if through.is_none() {
+            self.finish_bootstrap(at, &meet)?;
+        }
+        Ok(())
+    }
+
+    /// Replica `at` has installed its last chunk: it has applied exactly the
+    /// writes the meet of the chunks' clocks counts (which must be causally
+    /// closed), and shows what the chunks showed; it gets what lies beyond
+    /// through replication. Then its recovery decides again.
+    fn finish_bootstrap(&mut self, at: usize, meet: &VClock) -> SimResult {
+        let node = self.nodes[at].clone();
+        let mut applied = WriteSet::default();
+        let mut per_origin = vec![0; self.replicas.len()];
+        for (origin, writes) in self.truth.by_origin.iter().enumerate() {
+            let count = meet.get(&self.nodes[origin]);
+            ensure!(
+                count <= writes.len() as Seq,
+                Check::Core,
+                "{node} bootstrapped to {meet}, which counts writes {} never made",
+                self.nodes[origin]
+            );
+            for &id in &writes[..count as usize] {
+                applied.insert(id);
+            }
+            per_origin[origin] = count;
+        }
+        for id in applied.iter() {
+            if let Some(missing) = self.truth.writes[id].past.first_not_in(&applied) {
+                return Err(Violation::new(
+                    Check::CausalDelivery,
+                    format!(
+                        "{node} bootstrapped to {meet}, which counts {} but not {}, in its \
+                         causal past",
+                        self.truth.dot(id),
+                        self.truth.dot(missing)
+                    ),
+                ));
+            }
+        }
+        let replica = &mut self.replicas[at];
+        let beyond = replica
+            .now
+            .expected_siblings
+            .iter()
+            .flatten()
+            .filter(|&&id| !applied.contains(id))
+            .count();
+        self.stats.shown_beyond_meet += beyond as u64;
+        replica.now.applied = applied;
+        replica.now.applied_per_origin = per_origin;
+        replica.core_mut().finish_install(meet);
+        replica.bootstrap = None;
+        replica.log_floor = meet.get(&node);
+        replica.installed = meet.clone();
+        self.commit_now(at)?;
+        self.check_clock(
+            at,
+            &self.replicas[at].committed_clock,
+            "clock after a bootstrap",
+        )?;
+        self.check_keys_cover_applied(at, "installs a snapshot")?;
+        let replica = &mut self.replicas[at];
+        replica.progress = None;
+        replica.recovery.bootstrapped();
+        self.stats.bootstraps_done += 1;
+        self.recover(at)
+    }
+
+    /// Replica `at`'s bootstrap fails: it checks again (its store, half
+    /// installed, keeps its marker and the progress made).
+    fn bootstrap_failed(&mut self, at: usize, why: &'static str) -> SimResult {
+        let replica = &mut self.replicas[at];
+        let bootstrap = replica.bootstrap.take().expect("a bootstrap under way");
+        replica.recovery.bootstrap_failed();
+        self.stats.bootstraps_failed += 1;
+        self.trace.push(Step::BootstrapFailed {
+            at,
+            source: bootstrap.source,
+            why,
+        });
         Ok(())
     }
 
@@ -1862,15 +2937,7 @@ impl<B: Backend> Sim<B> {
                     self.nodes[other]
                 );
             }
-            let in_flight = self.in_flight.iter().any(|m| match m {
-                Message::Request {
-                    body: RequestBody::Events { events, .. },
-                    ..
-                } => events.iter().any(|e| e.dot() == dot),
-                Message::Request { writes, .. } | Message::Answer { writes, .. } => {
-                    writes.contains(id)
-                }
-            });
+            let in_flight = self.in_flight.iter().any(|m| m.carries(id, &dot));
             ensure!(
                 !in_flight,
                 Check::Recovery,
@@ -1933,7 +3000,7 @@ impl<B: Backend> Sim<B> {
             WaitStep::Ask(origins) => {
                 for origin in origins {
                     let o = self.index_of(&origin)?;
-                    if !self.is_up(o) || self.is_cut(at, o) {
+                    if !self.answers_origin_questions(o) || self.is_cut(at, o) {
                         continue;
                     }
                     self.stats.origins_asked += 1;
@@ -1947,6 +3014,13 @@ impl<B: Backend> Sim<B> {
         }
     }
 
+    /// Whether replica `o` answers an origin's question about a context (see
+    /// [`Avoid::recovering_origin_answers`]).
+    fn answers_origin_questions(&self, o: usize) -> bool {
+        self.is_up(o)
+            && (self.replicas[o].recovery.is_live() || !self.avoid.recovering_origin_answers)
+    }
+
     /// A client at a random replica sends a context that counts writes some
     /// origin never made: the wait must refuse it (409) whenever the origin
     /// answers, and never take it as satisfied.
@@ -1954,7 +3028,7 @@ impl<B: Backend> Sim<B> {
         let replicas = self.replicas.len();
         let at = self.rng.random_range(0..replicas);
         let origin = self.rng.random_range(0..replicas);
-        if !self.is_up(at) || self.replicas[origin].group.commands > 0 {
+        if !self.serves_reads(at) || self.replicas[origin].group.commands > 0 {
             return Ok(());
         }
         let made = self.truth.by_origin[origin].len() as Seq;
@@ -1962,7 +3036,8 @@ impl<B: Backend> Sim<B> {
         self.trace.push(Step::ForgedContext { at, origin, claims });
         let context: VClock = [(self.nodes[origin].clone(), claims)].into_iter().collect();
         let verdict = self.wait_step(at, &context)?;
-        let answers = origin == at || (self.is_up(origin) && !self.is_cut(at, origin));
+        let answers =
+            origin == at || (self.answers_origin_questions(origin) && !self.is_cut(at, origin));
         match verdict {
             Some(Some(ContextError::UnknownHistory(_))) => {
                 self.stats.forged_contexts_refused += 1;
@@ -2029,6 +3104,11 @@ impl<B: Backend> Sim<B> {
             self.stats.unavailable += 1;
             return Ok(());
         }
+        if !self.replicas[at].recovery.is_live() {
+            // 503 `recovering`: the client tries again later.
+            self.stats.refused_while_recovering += 1;
+            return Ok(());
+        }
         if !self.context_satisfied(session, at)? {
             self.stats.stale_contexts += 1;
             return Ok(());
@@ -2068,6 +3148,22 @@ impl<B: Backend> Sim<B> {
             self.nodes[at].clone(),
             replica.now.applied_per_origin[at] + 1,
         );
+        let older = usize::try_from(event.seq)
+            .ok()
+            .and_then(|seq| seq.checked_sub(1))
+            .and_then(|index| self.truth.by_origin[at].get(index));
+        if let Some(&older) = older {
+            return Err(Violation::new(
+                Check::DotReuse,
+                format!(
+                    "{} gave its write of {writes:?} the dot {}, which names its earlier write \
+                     of {:?}",
+                    self.nodes[at],
+                    event.dot(),
+                    self.truth.writes[older].event.to_writes()
+                ),
+            ));
+        }
         let made = event.to_writes();
         ensure!(
             event.dot() == expected && made == writes,
@@ -2106,6 +3202,10 @@ impl<B: Backend> Sim<B> {
         }
         if !self.is_up(at) {
             self.stats.unavailable += 1;
+            return Ok(false);
+        }
+        if !self.serves_reads(at) {
+            self.stats.refused_while_recovering += 1;
             return Ok(false);
         }
         if self.replicas[at].group.commands > 0 {
@@ -2213,11 +3313,37 @@ impl<B: Backend> Sim<B> {
                 replica.now.applied.clone(),
             )
         } else {
-            (
+            self.shown(at)
+        }
+    }
+
+    /// The clock replica `at` shows its peers (in its answers, clock
+    /// exchanges and snapshot requests), with the writes it counts: its
+    /// committed clock; while a bootstrap is unfinished, no more than the
+    /// meet of the chunks installed so far (see
+    /// [`Avoid::request_beyond_meet`]).
+    fn shown(&self, at: usize) -> (VClock, WriteSet) {
+        let replica = &self.replicas[at];
+        let Some(progress) = replica
+            .progress
+            .as_ref()
+            .filter(|_| self.avoid.request_beyond_meet && !replica.recovery.is_live())
+        else {
+            return (
                 replica.committed_clock.clone(),
                 replica.committed.applied.clone(),
-            )
+            );
+        };
+        let mut clock = replica.committed_clock.clone();
+        clock.meet(&progress.meet.clone().unwrap_or_default());
+        let mut writes = WriteSet::default();
+        for (origin, ids) in self.truth.by_origin.iter().enumerate() {
+            let count = clock.get(&self.nodes[origin]) as usize;
+            for &id in ids.iter().take(count) {
+                writes.insert(id);
+            }
         }
+        (clock, writes)
     }
 
     /// Replica `from`'s link to `to` is polled, as its replication task does
@@ -2251,6 +3377,7 @@ impl<B: Backend> Sim<B> {
             from,
             to,
             incarnation: self.replicas[from].incarnation,
+            to_incarnation: self.replicas[to].incarnation,
             id: request.id,
             body: request.body,
             writes,
@@ -2306,12 +3433,15 @@ impl<B: Backend> Sim<B> {
     fn check_log_holds_unacknowledged(&self, at: usize) -> SimResult {
         let node = &self.nodes[at];
         let own = self.replicas[at].committed.applied_per_origin[at];
+        // Its own writes that a bootstrap installed are not in its log.
+        let floor = self.replicas[at].log_floor;
         for peer in (0..self.replicas.len()).filter(|&peer| peer != at) {
             let acked = &self.replicas[at].now.acked_by_peer[peer];
             let acked = self.truth.by_origin[at]
                 .iter()
                 .take_while(|&&id| acked.contains(id))
                 .count() as Seq;
+            let acked = acked.max(floor);
             if acked >= own {
                 continue;
             }
@@ -2341,14 +3471,27 @@ impl<B: Backend> Sim<B> {
         writes: &WriteSet,
     ) -> SimResult {
         for notice in notices {
+            // While it recovers, the node counts what each peer holds of its
+            // writes from every clock the peer sends, and its failures.
+            let live = self.replicas[at].recovery.is_live();
             match notice {
                 Notice::Acknowledged { clock, .. } => {
+                    self.peer_clock(at, peer, &clock);
                     let replica = &mut self.replicas[at];
                     replica.core_mut().record_ack(&self.nodes[peer], &clock)?;
                     replica.now.acked_by_peer[peer].union_with(writes);
                     self.check_log_holds_unacknowledged(at)?;
                     self.add_to_group(at, None)?;
                 }
+                // A peer that lost its data needs writes that every node had
+                // acknowledged when it still held them: it gets them back
+                // from a snapshot. A replica that bootstrapped lacks in its
+                // log its own writes that the snapshot installed.
+                Notice::Collected { through, .. }
+                    if self.replicas[peer].data_losses > 0
+                        && through
+                            <= self.replicas[peer].highest_committed.get(&self.nodes[at]) => {}
+                Notice::Collected { through, .. } if through <= self.replicas[at].log_floor => {}
                 Notice::Collected { from, through } => {
                     return Err(Violation::new(
                         Check::NoLostWrites,
@@ -2369,8 +3512,18 @@ impl<B: Backend> Sim<B> {
                     self.stats.retransmissions += 1
                 }
                 Notice::Repairing { events, .. } => self.stats.repaired_events += events as u64,
+                Notice::Overclaimed { claimed, .. } if !live => {
+                    // Expected while recovering: the peer holds writes this
+                    // replica lost.
+                    self.replicas[at].recovery.heard(&self.nodes[peer], claimed);
+                }
                 Notice::Overclaimed { .. } => self.stats.overclaims_refused += 1,
-                Notice::Failed { .. } => self.stats.failed_requests += 1,
+                Notice::Failed { .. } => {
+                    self.stats.failed_requests += 1;
+                    if !live {
+                        self.replicas[at].recovery.unreachable(&self.nodes[peer]);
+                    }
+                }
                 Notice::Reachable => {}
             }
         }
@@ -2409,52 +3562,61 @@ impl<B: Backend> Sim<B> {
     }
 
     /// Delivers a message: a request for the receiver's writer path (a batch
-    /// is answered once the receiver commits it), or an answer for the link
-    /// that asked.
+    /// is answered once the receiver commits it), a snapshot request for its
+    /// route, or an answer for the link or bootstrap that asked.
     fn handle(&mut self, message: Message, kept_copy: bool) -> SimResult {
         let (from, to) = message.ends();
         if self.is_cut(from, to) {
             self.lose(message, "the link is cut");
             return Ok(());
         }
+        let summary = message.summary();
         match message {
-            Message::Request {
-                from,
-                to,
-                incarnation,
-                id,
-                body,
-                writes,
-            } => {
-                let summary = Message::Request {
-                    from,
-                    to,
-                    incarnation,
-                    id,
-                    body: body.clone(),
-                    writes: WriteSet::default(),
-                }
-                .summary();
-                if !self.is_up(to) {
-                    // Refused at once, or no answer at all: the link times out.
-                    if self.settling || self.rng.random_bool(0.5) {
-                        self.trace.push(Step::Lost {
-                            message: summary,
-                            why: "the receiver is down: connection refused",
-                        });
-                        self.in_flight.push(Message::Answer {
+            Message::Request { .. } | Message::Snapshot { .. } if !self.is_up(to) => {
+                let incarnation = match message {
+                    Message::Request { incarnation, .. }
+                    | Message::Snapshot { incarnation, .. } => incarnation,
+                    _ => unreachable!("a request"),
+                };
+                // Refused at once, or no answer at all: the link times out.
+                if self.settling || self.rng.random_bool(0.5) {
+                    self.trace.push(Step::Lost {
+                        message: summary,
+                        why: "the receiver is down: connection refused",
+                    });
+                    self.in_flight.push(match message {
+                        Message::Request { id, .. } => Message::Answer {
                             from: to,
                             to: from,
                             incarnation,
                             id,
                             answer: Answer::Unreachable("connection refused".into()),
                             writes: WriteSet::default(),
-                        });
-                    } else {
-                        self.lose_summary(summary, "the receiver is down");
-                    }
-                    return Ok(());
+                        },
+                        Message::Snapshot { id, .. } => Message::Chunk {
+                            from: to,
+                            to: from,
+                            incarnation,
+                            id,
+                            chunk: None,
+                            writes: WriteSet::default(),
+                        },
+                        _ => unreachable!("a request"),
+                    });
+                } else {
+                    self.lose_summary(summary, "the receiver is down");
                 }
+                Ok(())
+            }
+            Message::Request {
+                from,
+                to,
+                incarnation,
+                to_incarnation,
+                id,
+                body,
+                writes,
+            } => {
                 self.trace.push(Step::Deliver {
                     message: summary,
                     kept_copy,
@@ -2465,24 +3627,52 @@ impl<B: Backend> Sim<B> {
                         self.receive(from, to, incarnation, id, events)
                     }
                     RequestBody::Exchange { applied } => {
-                        // The node records the peer's clock through the
-                        // writer and answers with its published clock.
-                        let replica = &mut self.replicas[to];
-                        replica.core_mut().record_ack(&self.nodes[from], &applied)?;
-                        replica.now.acked_by_peer[from].union_with(&writes);
-                        self.check_log_holds_unacknowledged(to)?;
-                        let replica = &self.replicas[to];
-                        self.in_flight.push(Message::Answer {
-                            from: to,
-                            to: from,
-                            incarnation,
-                            id,
-                            answer: Answer::Clock(replica.committed_clock.clone()),
-                            writes: replica.committed.applied.clone(),
-                        });
-                        self.add_to_group(to, None)
+                        self.exchange(from, to, incarnation, to_incarnation, id, applied, writes)
                     }
                 }
+            }
+            Message::Snapshot {
+                from,
+                to,
+                incarnation,
+                id,
+                after,
+                limit,
+                applied,
+                writes,
+            } => {
+                self.trace.push(Step::Deliver {
+                    message: summary,
+                    kept_copy,
+                });
+                self.serve_snapshot(from, to, incarnation, id, after, limit, applied, writes)
+            }
+            Message::Chunk {
+                from,
+                to,
+                incarnation,
+                id,
+                chunk,
+                ..
+            } => {
+                if !self.is_up(to) || self.replicas[to].incarnation != incarnation {
+                    self.lose_summary(summary, "the replica that asked is gone");
+                    return Ok(());
+                }
+                self.trace.push(Step::Deliver {
+                    message: summary,
+                    kept_copy,
+                });
+                let waiting = self.replicas[to]
+                    .bootstrap
+                    .as_ref()
+                    .filter(|b| b.source == from)
+                    .and_then(|b| b.waiting);
+                if waiting.is_none_or(|(waits_for, _)| waits_for != id) {
+                    // An answer to a request given up on, or a copy.
+                    return Ok(());
+                }
+                self.take_chunk(to, from, chunk)
             }
             Message::Answer {
                 from,
@@ -2492,22 +3682,17 @@ impl<B: Backend> Sim<B> {
                 mut answer,
                 writes,
             } => {
-                let mut summary = Message::Answer {
-                    from,
-                    to,
-                    incarnation,
-                    id,
-                    answer: answer.clone(),
-                    writes: WriteSet::default(),
-                }
-                .summary();
+                let mut summary = summary;
                 if !self.is_up(to) || self.replicas[to].incarnation != incarnation {
                     self.lose_summary(summary, "the link that asked is gone");
                     return Ok(());
                 }
                 let made = self.replicas[to].committed_clock.get(&self.nodes[to]);
+                // A recovering replica takes what peers claim to hold of its
+                // writes as true: lies are left out of its recovery.
+                let lies = !self.settling && self.replicas[to].recovery.is_live();
                 if let Answer::Clock(clock) = &mut answer {
-                    if !self.settling && self.rng.random_bool(self.params.overclaim_chance) {
+                    if lies && self.rng.random_bool(self.params.overclaim_chance) {
                         let claims = if self.rng.random_bool(0.5) {
                             Seq::MAX
                         } else {
@@ -2542,6 +3727,65 @@ impl<B: Backend> Sim<B> {
         }
     }
 
+    /// Replica `to` takes a clock exchange of `from`'s link, as the node's
+    /// route does: while recovering it counts what `from` holds of its writes
+    /// (when the request was sent to this run of it); it records the clock
+    /// through its writer and answers with its published clock. A clock
+    /// counting writes it never made is refused (400) once it is live, and
+    /// answered without being recorded while it recovers.
+    #[allow(clippy::too_many_arguments)]
+    fn exchange(
+        &mut self,
+        from: usize,
+        to: usize,
+        incarnation: u32,
+        to_incarnation: u32,
+        id: RequestId,
+        applied: VClock,
+        writes: WriteSet,
+    ) -> SimResult {
+        let replica = &mut self.replicas[to];
+        let (claimed, made) = (
+            applied.get(&self.nodes[to]),
+            replica.committed_clock.get(&self.nodes[to]),
+        );
+        let live = replica.recovery.is_live();
+        if to_incarnation == replica.incarnation {
+            self.peer_clock(to, from, &applied);
+        }
+        let (shown, shown_writes) = self.shown(to);
+        let replica = &mut self.replicas[to];
+        if claimed > made {
+            let (answer, writes) = if live {
+                let refused = format!("counts {claimed} writes of a node that made {made}");
+                (Answer::Refused(refused), WriteSet::default())
+            } else {
+                (Answer::Clock(shown), shown_writes)
+            };
+            self.in_flight.push(Message::Answer {
+                from: to,
+                to: from,
+                incarnation,
+                id,
+                answer,
+                writes,
+            });
+            return Ok(());
+        }
+        replica.core_mut().record_ack(&self.nodes[from], &applied)?;
+        replica.now.acked_by_peer[from].union_with(&writes);
+        self.check_log_holds_unacknowledged(to)?;
+        self.in_flight.push(Message::Answer {
+            from: to,
+            to: from,
+            incarnation,
+            id,
+            answer: Answer::Clock(shown),
+            writes: shown_writes,
+        });
+        self.add_to_group(to, None)
+    }
+
     fn lose_summary(&mut self, message: MessageSummary, why: &'static str) {
         self.trace.push(Step::Lost { message, why });
     }
@@ -2560,6 +3804,18 @@ impl<B: Backend> Sim<B> {
             for e in &mut events {
                 e.deps = [(e.origin.clone(), e.seq - 1)].into_iter().collect();
             }
+        }
+        if self.bootstrapping(to) || self.holds_back(to) {
+            // 503: batches are taken once the snapshot is installed.
+            self.in_flight.push(Message::Answer {
+                from: to,
+                to: from,
+                incarnation,
+                id,
+                answer: Answer::Busy("bootstrapping".into()),
+                writes: WriteSet::default(),
+            });
+            return Ok(());
         }
         let receipt: Receipt = self.replicas[to].core_mut().receive(events)?;
         ensure!(
@@ -2639,10 +3895,13 @@ impl<B: Backend> Sim<B> {
         }
     }
 
-    /// One round of settling: time passes, every link is polled, and every
-    /// message arrives.
+    /// One round of settling: time passes, every recovering replica's
+    /// recovery task wakes, every link is polled, and every message arrives.
     fn poll_all(&mut self) -> SimResult {
         self.advance(ROUND);
+        for at in 0..self.replicas.len() {
+            self.recover(at)?;
+        }
         for from in 0..self.replicas.len() {
             for to in (0..self.replicas.len()).filter(|&to| to != from) {
                 self.poll(from, to)?;
@@ -2651,8 +3910,9 @@ impl<B: Backend> Sim<B> {
         self.drain_in_flight()
     }
 
-    /// Whether the live replicas hold the same clock and every link between
-    /// two of them that is not cut has had it acknowledged.
+    /// Whether the replicas that are up are live, hold the same clock, and
+    /// every link between two of them that is not cut has had it
+    /// acknowledged.
     fn settled(&self) -> bool {
         let live: Vec<usize> = (0..self.replicas.len())
             .filter(|&at| self.is_up(at))
@@ -2660,7 +3920,8 @@ impl<B: Backend> Sim<B> {
         let reference = &self.replicas[live[0]].committed_clock;
         live.iter().all(|&at| {
             let replica = &self.replicas[at];
-            replica.committed_clock == *reference
+            replica.recovery.is_live()
+                && replica.committed_clock == *reference
                 && replica.group.commands == 0
                 && live
                     .iter()
@@ -2874,6 +4135,16 @@ impl<B: Backend> Sim<B> {
         replica.applied_per_origin[write.origin] += 1;
         for &(key, _) in &write.keys {
             let siblings = &mut replica.expected_siblings[key];
+            // A key installed by a bootstrap may show the write already, or a
+            // write that saw it: it changes nothing there.
+            let writes = &self.truth.writes;
+            if siblings
+                .iter()
+                .any(|&s| s == id || writes[s].past.contains(id))
+            {
+                self.stats.shown_again += 1;
+                continue;
+            }
             siblings.retain(|&s| !write.past.contains(s));
             siblings.push(id);
         }
@@ -2922,10 +4193,14 @@ impl<B: Backend> Sim<B> {
             }
         }
         let expected = &self.replicas[at].now.expected_siblings[key];
+        let by_source = &self.replicas[at].now.collected_by_source[key];
         let (collected, missing): (Vec<WriteId>, Vec<WriteId>) = expected
             .iter()
             .filter(|id| !siblings.contains(id))
-            .partition(|&&id| self.truth.writes[id].deletes(key) && self.is_stable_at(at, id));
+            .partition(|&&id| {
+                (self.truth.writes[id].deletes(key) && self.is_stable_at(at, id))
+                    || by_source.contains(&id)
+            });
         let all_expected = siblings.iter().all(|id| expected.contains(id));
         ensure!(
             all_expected && missing.is_empty(),
@@ -2991,13 +4266,43 @@ impl<B: Backend> Sim<B> {
 
     // ---- Final checks ----
 
+    /// Every key of replica `at` with its siblings, for the comparisons:
+    /// without the tombstones that linger after a bootstrap.
     fn dump(&self, at: usize) -> SimResult<BTreeMap<String, Siblings>> {
-        B::dump(self.core(at).store()).map_err(|e| {
+        let mut dump = B::dump(self.core(at).store()).map_err(|e| {
             Violation::new(
                 Check::Core,
                 format!("cannot list the keys of {}: {e}", self.nodes[at]),
             )
-        })
+        })?;
+        for (key, siblings) in &mut dump {
+            siblings.retain(|e| !self.lingers(key, e));
+        }
+        dump.retain(|_, siblings| !siblings.is_empty());
+        Ok(dump)
+    }
+
+    /// A read of `key` at replica `at` for the final checks: without the
+    /// tombstones that linger after a bootstrap.
+    fn final_read(&self, at: usize, key: usize) -> SimResult<ReadResult> {
+        let mut read = self.core(at).read(&self.keys[key])?;
+        read.siblings.retain(|e| !self.lingers(&self.keys[key], e));
+        Ok(read)
+    }
+
+    /// Whether `e`, a sibling of `key`, is a tombstone that a bootstrap
+    /// installed and that every replica has applied: the replica that
+    /// installed it keeps it, where the others collect it (see
+    /// [`Avoid::installed_tombstones`]).
+    fn lingers(&self, key: &str, e: &Event) -> bool {
+        self.avoid.installed_tombstones
+            && e.op_for(key) == Some(&Op::Delete)
+            && self.write_id(&e.dot()).is_ok_and(|id| {
+                self.replicas
+                    .iter()
+                    .any(|r| r.installed_tombstones.contains(id))
+                    && self.replicas.iter().all(|r| r.now.applied.contains(id))
+            })
     }
 
     fn check_converged(&self) -> SimResult {
@@ -3058,8 +4363,22 @@ impl<B: Backend> Sim<B> {
             ensure!(
                 dump == reference_dump,
                 Check::Convergence,
-                "{node} and {} hold different siblings for {differing:?}",
-                self.nodes[0]
+                "{node} and {} hold different siblings for {differing:?}: {} and {}",
+                self.nodes[0],
+                dot_list(
+                    differing.iter().flat_map(|k| dump
+                        .get(*k)
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.dot()))
+                ),
+                dot_list(differing.iter().flat_map(|k| {
+                    reference_dump
+                        .get(*k)
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.dot())
+                }))
             );
             for key in 0..self.keys.len() {
                 self.check_final_siblings(at, key)?;
@@ -3073,7 +4392,7 @@ impl<B: Backend> Sim<B> {
     /// tombstone: every delete is stable by now.
     fn check_final_siblings(&self, at: usize, key: usize) -> SimResult {
         let node = &self.nodes[at];
-        let read = self.core(at).read(&self.keys[key])?;
+        let read = self.final_read(at, key)?;
         let siblings = self.sibling_ids(&read)?;
         self.check_siblings(at, key, &siblings)?;
         self.check_winner(at, key, &read, &siblings)?;
@@ -3096,7 +4415,7 @@ impl<B: Backend> Sim<B> {
                 self.keys[key]
             );
         }
-        let reference = self.core(0).read(&self.keys[key])?;
+        let reference = self.final_read(0, key)?;
         ensure!(
             read.siblings == reference.siblings && read.winner() == reference.winner(),
             Check::Convergence,
@@ -3128,8 +4447,8 @@ impl<B: Backend> Sim<B> {
                         .any(|&v| self.truth.writes[v].past.contains(w))
                 })
                 .collect();
-            for (at, replica) in self.replicas.iter().enumerate() {
-                let mut siblings = self.sibling_ids(&replica.core().read(name)?)?;
+            for at in 0..self.replicas.len() {
+                let mut siblings = self.sibling_ids(&self.final_read(at, key)?)?;
                 siblings.sort_unstable();
                 let lost: Vec<WriteId> = survivors
                     .iter()

@@ -121,6 +121,13 @@ class Unavailable(ServerError, code="unavailable"):
     """``unavailable`` (503): the node is stopping or cannot take work now."""
 
 
+class Recovering(ServerError, code="recovering"):
+    """``recovering`` (503): the node is not live yet. It is checking that no
+    peer holds more of its writes, or copying a peer's state after it lost its
+    data; the message says what it waits for. Nothing was done; retry later,
+    or at another node."""
+
+
 class BadAnswer(ServerError, code="bad_answer"):
     """A success (2xx) whose body is not the expected message: the request may
     have been applied."""
