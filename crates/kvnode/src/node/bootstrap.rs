@@ -51,10 +51,10 @@ async fn run(node: Arc<Node>) {
         if *stopping.borrow_and_update() {
             return;
         }
-        let own = node.committed().get(node.id());
-        let decision = node.shared.recovery().recovery.decide(node.now(), own);
+        let decision = node.decide(node.now());
         match decision {
             Decision::Live => {
+                let own = node.committed().get(node.id());
                 info!("live: serving reads and writes from this node's {own} writes on");
                 return;
             }
@@ -222,12 +222,13 @@ async fn bootstrap(node: &Node, source: &NodeId) -> Result<u64, String> {
             None => progress.meet = Some(chunk.applied),
         }
         progress.copied += keys;
+        if let Some(last) = &through {
+            progress.after = Some(last.clone());
+        }
         node.shared.recovery().progress = Some(progress.clone());
-        let Some(last) = through else {
+        if through.is_none() {
             break;
-        };
-        progress.after = Some(last);
-        node.shared.recovery().progress = Some(progress.clone());
+        }
         if on_disk {
             // Behind the store at worst: a chunk installed again is harmless.
             write_marker(&dir, &progress, false)?;

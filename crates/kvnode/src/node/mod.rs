@@ -177,6 +177,9 @@ struct Shared {
     /// The start of the node's clock: the core counts time from here.
     started: tokio::time::Instant,
     recovery: Mutex<RecoveryState>,
+    /// Set once the recovery is live, for good: the writes', reads' and
+    /// acknowledgements' paths then check nothing more.
+    live: AtomicBool,
     /// Wakes the recovery task: a peer's clock or failure came in.
     recovery_news: Notify,
 }
@@ -253,6 +256,7 @@ impl Node {
         // Live at once with force_new_history or without peers; otherwise
         // the recovery task decides, as peers answer.
         recovery.decide(Duration::ZERO, core.applied().get(&config.node_id));
+        let live = recovery.is_live();
         let tracer = Tracer::new(
             config.node_id.clone(),
             config.trace_buffer,
@@ -296,6 +300,7 @@ impl Node {
                 progress,
                 copied: 0,
             }),
+            live: AtomicBool::new(live),
             recovery_news: Notify::new(),
         });
         let (writer, commands) = mpsc::channel(QUEUE);
@@ -561,7 +566,7 @@ impl Node {
         keys: &[&str],
         context: Option<&VClock>,
     ) -> Result<Vec<ReadResult>> {
-        if !self.shared.recovery().recovery.serves_reads() {
+        if !self.is_live() && !self.shared.recovery().recovery.serves_reads() {
             let why = self.not_live().unwrap_or_default();
             return Err(Error::Recovering(format!(
                 "reads are refused until then: {why}"
@@ -661,8 +666,27 @@ impl Node {
 
     /// Why this node does not serve writes yet; `None` once it does.
     pub fn not_live(&self) -> Option<String> {
+        if self.is_live() {
+            return None;
+        }
         let own = self.committed().get(self.id());
         self.shared.recovery().recovery.waiting_for(own)
+    }
+
+    /// True once the node serves reads and writes (it stays so).
+    fn is_live(&self) -> bool {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// What the recovery decides now, given what this node holds of its own
+    /// writes; marks the node live once it is.
+    pub(crate) fn decide(&self, now: Duration) -> core::Decision {
+        let own = self.committed().get(self.id());
+        let decision = self.shared.recovery().recovery.decide(now, own);
+        if decision == core::Decision::Live {
+            self.shared.live.store(true, Ordering::Release);
+        }
+        decision
     }
 
     /// Where the node stands in its recovery.
@@ -674,6 +698,9 @@ impl Node {
     /// the node is not live, what it holds of this node's writes, and whether
     /// it holds writes of other origins this node lacks, count.
     pub fn peer_clock(&self, peer: &str, clock: &VClock) {
+        if self.is_live() {
+            return;
+        }
         let (me, mine) = (self.id(), self.committed());
         let ahead = clock.nodes().any(|n| n != me && clock.get(n) > mine.get(n));
         self.peer_holds(peer, clock.get(me), ahead);
@@ -682,6 +709,9 @@ impl Node {
     /// `peer` holds `holds` of this node's writes, and writes of other
     /// origins this node lacks when `ahead` (see [`Self::peer_clock`]).
     pub fn peer_holds(&self, peer: &str, holds: Seq, ahead: bool) {
+        if self.is_live() {
+            return;
+        }
         let mut state = self.shared.recovery();
         if !state.recovery.is_live() {
             state.recovery.heard(peer, holds);
