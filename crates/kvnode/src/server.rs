@@ -95,12 +95,9 @@ pub async fn run(
         .peers()
         .map(|m| format!("{} at {}", m.id, m.url))
         .collect();
-    let known = check_identity(&config)?;
+    check_identity(&config)?;
     let (store, storage) = open_store(&config)?;
     let node = Node::start(config, store).map_err(io::Error::other)?;
-    if !known && !node.config().memory {
-        write_identity(node.config())?;
-    }
     let applied = node.committed();
     if applied.iter().any(|(_, &seq)| seq > 0) {
         log::info!(
@@ -185,42 +182,29 @@ pub async fn run(
     Ok(())
 }
 
-/// Whether the data directory already belongs to this node (its identity
-/// file names it); an error when it belongs to another node. A directory
-/// without one is new, or lost what it held: the node does not trust it to
-/// hold all of its writes (see [`crate::core::recovery`]).
-fn check_identity(config: &Config) -> io::Result<bool> {
+/// Stops a node started on another node's data directory (its identity file
+/// names that node). A directory without one is new, lost what it held, or
+/// the node was never live on it: the node does not trust it to hold all of
+/// its writes (see [`crate::core::recovery`]).
+fn check_identity(config: &Config) -> io::Result<()> {
     if config.memory {
-        return Ok(false);
+        return Ok(());
     }
     let path = config.data_dir.join(NODE_IDENTITY);
     match std::fs::read_to_string(&path) {
-        Ok(text) if text.trim() == config.node_id => Ok(true),
+        Ok(text) if text.trim() == config.node_id => Ok(()),
         Ok(text) => Err(io::Error::other(format!(
             "{} belongs to node {:?}, not to {:?}: give each node its own data_dir",
             config.data_dir.display(),
             text.trim(),
             config.node_id
         ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io::Error::other(format!(
             "cannot read {}: {e}",
             path.display()
         ))),
     }
-}
-
-/// Writes the identity file, durably, once the node has started on a new
-/// data directory.
-fn write_identity(config: &Config) -> io::Result<()> {
-    let path = config.data_dir.join(NODE_IDENTITY);
-    let fail = |e: io::Error| io::Error::other(format!("cannot write {}: {e}", path.display()));
-    let mut file = std::fs::File::create(&path).map_err(fail)?;
-    io::Write::write_all(&mut file, format!("{}\n", config.node_id).as_bytes()).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    std::fs::File::open(&config.data_dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(fail)
 }
 
 /// The configured store, and how it keeps the data (for the log).

@@ -198,6 +198,54 @@ fn a_node_without_data_waits_for_every_peer() {
     );
 }
 
+#[test]
+fn a_node_restarted_before_it_was_live_still_waits_for_its_writes() {
+    let mut cluster = TestCluster::start_with(3, &[("KVNODE_SYNC_INTERVAL", "200ms")]);
+    let before = write_and_collect(&cluster);
+
+    for n in 1..=3 {
+        cluster.kill9(n);
+    }
+    std::fs::remove_dir_all(cluster.data_dir(1)).expect("delete node1's data directory");
+    cluster.start_again(1).expect("start node1 again");
+    let waiting = |cluster: &TestCluster| {
+        wait_for(EVENTUALLY, "node1 to wait for both peers", || {
+            let recovery = recovery(cluster, 1)?;
+            let waits = recovery["waiting_for"].as_str().unwrap_or_default();
+            match recovery["phase"] == "checking" && waits.contains("node2, node3") {
+                true => Ok(waits.to_owned()),
+                false => Err(recovery.to_string()),
+            }
+        })
+    };
+    waiting(&cluster);
+    // Killed before it was ever live on its new data directory: the
+    // directory is no more trusted than when it was empty, although it now
+    // holds a store. (Trusted, node1 would go live as soon as both peers
+    // failed once, and number its next write 1.)
+    cluster.kill9(1);
+    cluster.start_again(1).expect("start node1 once more");
+    let waits = waiting(&cluster);
+    assert!(waits.contains("may be incomplete"), "{waits}");
+    let (status, answer) = cluster.post(1, "/write", &json!({"key": "x", "value": 1}));
+    assert_eq!(status, 503, "{answer}");
+
+    cluster.start_again(2).expect("start node2 again");
+    cluster.start_again(3).expect("start node3 again");
+    let live = wait_for(EVENTUALLY, "node1 to be live", || {
+        let (status, answer) = cluster.post(1, "/write", &json!({"key": "x", "value": 1}));
+        match status {
+            200 => Ok(common::clock(&answer["timestamp"])),
+            _ => Err(answer.to_string()),
+        }
+    });
+    assert_eq!(live.get("node1"), before.get("node1") + 1, "no dot reused");
+    let mut want = before;
+    want.merge(&live);
+    cluster.wait_converged(&want);
+    assert_eq!(cluster.read(1, "k7").0, json!(7));
+}
+
 /// Writes `count` keys `bulk0`.. at node `n`, 500 to an atomic write.
 fn write_many(cluster: &TestCluster, n: usize, count: usize) -> VClock {
     let mut all = VClock::new();

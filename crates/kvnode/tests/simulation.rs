@@ -39,12 +39,13 @@
 //! peer's clock counts of the replica's writes (and whether it holds writes of
 //! other origins the replica lacks) from its links' answers, their notices of
 //! overclaimed acknowledgements and the peers' clock exchanges, and its links'
-//! failures. A store the replica's data directory had before this start (its
-//! identity file) and no unfinished bootstrap is trusted: it goes live once
-//! every peer has answered or failed, or after a request's timeout; an empty
-//! one waits until every peer has answered. A replica that is not live refuses
-//! client writes (the session tries later) and serves reads only when
-//! [`Recovery::serves_reads`] says. When the recovery decides to bootstrap, the
+//! failures. A store in a data directory where the replica has been live (its
+//! identity file, written then) with no unfinished bootstrap is complete: it
+//! goes live once every peer has answered or failed, or after a request's
+//! timeout; an empty one waits until every peer has answered; an unfinished one
+//! bootstraps first. A replica that is not live refuses client writes (the
+//! session tries later), answers no question about a context (the client
+//! waits), and serves reads only when [`Recovery::serves_reads`] says. When the recovery decides to bootstrap, the
 //! replica copies its source's keys through the simulated network in chunks of
 //! one or two keys (requests and answers can be lost, delayed or duplicated;
 //! the source may crash, restart or refuse; the bootstrap then fails, and goes
@@ -53,7 +54,9 @@
 //! chunks show writes beyond earlier chunks' clocks. The source records the
 //! requester's clock before it reads each chunk between two groups; each chunk
 //! is installed in one commit; after the last one the replica has applied the
-//! meet of the chunks' clocks, and takes the rest through replication.
+//! meet of the chunks' clocks, and takes the rest through replication before it
+//! goes live. While its marker is there it takes no batch, and shows its peers
+//! no more than the meet of the chunks installed so far.
 //!
 //! The same simulation runs over two stores:
 //!
@@ -165,7 +168,7 @@ use kvnode::core::replication::{
 };
 use kvnode::core::{
     ContextError, ContextWait, Core, CoreError, Decision, Limits, Phase, ReadResult, Receipt,
-    Recovery, WaitStep,
+    Recovery, Trust, WaitStep,
 };
 use kvnode::storage::durable::{Durability, DurableStore, DEFAULT_LOG_MEMORY_EVENTS};
 use kvnode::storage::{MemStore, Siblings, Store, StoreResult};
@@ -989,16 +992,9 @@ impl Mutation {
 /// Known shortcomings of the node around a replica that lost its data, which
 /// the oracle reports as violations. By default the simulation steers around
 /// each one (each field says how), so that everything else is still checked;
-/// `SIM_NODE_AS_IS=1` runs the node as it is, and then reports them.
+/// `SIM_NODE_AS_IS=all` runs the node as it is, and then reports them.
 #[derive(Clone, Copy, Debug)]
 struct Avoid {
-    /// A recovering origin answers a peer's question about a client's
-    /// context (`POST /peer/v1/sync` with an empty clock) with its own clock,
-    /// which lacks the writes it lost: the peer refuses the client's context
-    /// as counting writes never made (409 `unknown_history`), although they
-    /// were made and its peers hold them. Avoided: a recovering origin does
-    /// not answer that question (the client waits).
-    recovering_origin_answers: bool,
     /// A tombstone that a bootstrap installs (one its source had not
     /// collected yet) is never collected by the replica that installed it:
     /// collection drops the tombstones of the events in the log, and a
@@ -1006,31 +1002,6 @@ struct Avoid {
     /// replicas drop it and the replica keeps it for ever. Avoided: the final
     /// comparisons leave out such a tombstone.
     installed_tombstones: bool,
-    /// A replica that lost its data writes its identity file into its new
-    /// data directory as it starts; crashed before its first bootstrap began
-    /// (no marker yet), it restarts over a directory that has the identity
-    /// file and no marker, which it trusts, although it holds none of its
-    /// writes. A trusted store goes live once every peer has answered or
-    /// failed once, or after the grace: with the peers holding its writes
-    /// down or cut off it goes live without them (its next write reuses a
-    /// dot), and meanwhile it serves reads (a context counting its own writes
-    /// gets 409). Avoided: a replica that lost its data restarts untrusted
-    /// until it has been live, as if the identity file were written then.
-    trusted_before_live: bool,
-    /// A recovering replica shows its peers its committed clock: in its
-    /// answers and clock exchanges while it checks (before a bootstrap, or
-    /// between one that failed and its resumption) and in its snapshot
-    /// requests. That clock may count writes the installed snapshot lacks:
-    /// writes it applied while it checked, or that a previous bootstrap
-    /// installed, beyond the clock of a chunk of the meet (read before, maybe
-    /// by another source). The peers record them as held and may collect
-    /// them from their logs; once the install takes the replica's clock back
-    /// to the meet, nobody sends them again and it never catches up.
-    /// Avoided: from the start of its first bootstrap until the last one ends
-    /// (while its marker is there), the replica shows its peers no more than
-    /// the meet of the chunks installed so far (nothing before the first),
-    /// and answers batches 503.
-    request_beyond_meet: bool,
     /// A bootstrap installs writes without logging them: the replica cannot
     /// send them to a peer that lacks them, not even its own writes. Only the
     /// logs of the replicas that received them by replication can; if those
@@ -1047,29 +1018,6 @@ struct Avoid {
     /// repair brings them to a peer that lacks them. Avoided: replicas lose
     /// their data only when their buffers have the default bound.
     starved_repair: bool,
-    /// A replica serves reads once a bootstrap is installed (and is live
-    /// right after), while a key from a later chunk may show writes beyond
-    /// the meet of the chunks' clocks, its `applied`, until replication
-    /// brings them: a read shows a write without its causal past on a key of
-    /// an earlier chunk, and returns a clock that does not count what it
-    /// shows. Avoided: it serves no read until its clock covers every chunk's
-    /// clock.
-    reads_beyond_clock: bool,
-    /// A replica that lost its data serves reads once a bootstrap is
-    /// installed, before it is live: a peer not heard yet may hold more of
-    /// its writes than the bootstrap's source did, and a client whose context
-    /// counts them gets 409 `unknown_history` (the replica takes its own
-    /// entry beyond its clock for writes it never made). Avoided: it serves
-    /// reads only once live.
-    reads_before_live: bool,
-    /// When its first bootstrap fails half-way, a replica that lost its data
-    /// may go live without finishing it (once no peer holds more of its
-    /// writes, or writes of other origins it lacks): the keys of the chunks
-    /// it installed show the source's state at the chunk's clock, not its
-    /// own, and may lack writes its clock counts, which nobody sends it
-    /// again. Avoided: while its marker is there, it counts every peer as
-    /// holding writes it lacks, so it goes on with the bootstrap first.
-    unfinished_install: bool,
 }
 
 impl Avoid {
@@ -1080,15 +1028,9 @@ impl Avoid {
         let names: Vec<&str> = as_is.split(',').map(str::trim).collect();
         let avoid = |name: &str| !names.iter().any(|n| *n == name || *n == "all");
         let avoided = Self {
-            recovering_origin_answers: avoid("recovering_origin_answers"),
             installed_tombstones: avoid("installed_tombstones"),
-            trusted_before_live: avoid("trusted_before_live"),
-            request_beyond_meet: avoid("request_beyond_meet"),
             unlogged_installed_writes: avoid("unlogged_installed_writes"),
             starved_repair: avoid("starved_repair"),
-            reads_beyond_clock: avoid("reads_beyond_clock"),
-            reads_before_live: avoid("reads_before_live"),
-            unfinished_install: avoid("unfinished_install"),
         };
         let known = format!("{avoided:?}");
         for name in names.iter().filter(|n| !n.is_empty() && **n != "all") {
@@ -1256,8 +1198,8 @@ struct Replica<S> {
     /// how far it got. It survives a crash (the store is then incomplete, not
     /// trusted).
     progress: Option<Progress>,
-    /// The node's identity file in its data directory, written when it first
-    /// starts on it: a store without one before the start is not trusted.
+    /// The node's identity file in its data directory, written once it is
+    /// live on it: a store without one is not complete.
     identity: bool,
     /// It lost its data and has not been live since.
     recovering_history: bool,
@@ -2254,11 +2196,12 @@ impl<B: Backend> Sim<B> {
     /// Replica `at` restarts: a new core over what its store had committed,
     /// new links that know nothing of their peers yet, and a new recovery.
     /// As the node decides: a store in a data directory that has the node's
-    /// identity file (written at the first start on it) and no bootstrap's
-    /// marker is trusted (it goes live once every peer has answered or
-    /// failed, or after the grace of a request's timeout); any other waits
-    /// until every peer has answered, and bootstraps from a peer that holds
-    /// more of its writes or writes of other origins it lacks.
+    /// identity file (written once live on it) and no bootstrap's marker is
+    /// complete (it goes live once every peer has answered or failed, or
+    /// after the grace of a request's timeout); one with a marker finishes
+    /// its bootstrap first; any other waits until every peer has answered,
+    /// and bootstraps from a peer that holds more of its writes or writes of
+    /// other origins it lacks.
     fn restart(&mut self, at: usize) -> SimResult {
         let node = self.nodes[at].clone();
         self.trace.push(Step::Restart { at });
@@ -2276,18 +2219,26 @@ impl<B: Backend> Sim<B> {
                 )
             })?;
         let replica = &self.replicas[at];
-        let trusted = replica.identity
-            && replica.progress.is_none()
-            && !(self.avoid.trusted_before_live && replica.recovering_history);
+        let trust = match (replica.progress.is_some(), replica.identity) {
+            (true, _) => Trust::Unfinished,
+            (false, true) => Trust::Complete,
+            (false, false) => Trust::Unknown,
+        };
         let peers = self.nodes.iter().filter(|n| **n != node).cloned().collect();
         let force_new_history = self.mutation == Mutation::ForgetsHistory;
         let grace = self.settings.request_timeout;
-        let recovery = Recovery::new(peers, trusted, force_new_history, self.now, grace);
+        let recovery = Recovery::new(
+            node.clone(),
+            peers,
+            trust,
+            force_new_history,
+            self.now,
+            grace,
+        );
         let replica = &mut self.replicas[at];
         replica.core = Some(core);
         replica.incarnation += 1;
         replica.recovery = recovery;
-        replica.identity = true;
         self.replicas[at].links = self.new_links(at);
         self.check_recovered(at)?;
         // The node decides once as it starts, then whenever its recovery
@@ -2481,20 +2432,16 @@ impl<B: Backend> Sim<B> {
     }
 
     /// Whether replica `at` takes no batch while a bootstrap is under way or
-    /// unfinished (see [`Avoid::request_beyond_meet`]).
+    /// unfinished (its marker is there), as the node answers them 503.
     fn holds_back(&self, at: usize) -> bool {
         let replica = &self.replicas[at];
-        self.avoid.request_beyond_meet && replica.progress.is_some() && !replica.recovery.is_live()
+        replica.progress.is_some() && !replica.recovery.is_live()
     }
 
     /// Whether replica `at` serves reads.
     fn serves_reads(&self, at: usize) -> bool {
         let replica = &self.replicas[at];
-        let beyond = !replica.committed_clock.covers(&replica.shown);
-        replica.is_up()
-            && replica.recovery.serves_reads()
-            && !(beyond && self.avoid.reads_beyond_clock)
-            && !(replica.recovering_history && self.avoid.reads_before_live)
+        replica.is_up() && replica.recovery.serves_reads()
     }
 
     /// Replica `at`'s recovery task wakes: a snapshot request that waited too
@@ -2512,14 +2459,8 @@ impl<B: Backend> Sim<B> {
                 None => self.request_chunk(at),
             };
         }
-        let own = replica.committed_clock.get(&self.nodes[at]);
-        if replica.progress.is_some() && self.avoid.unfinished_install {
-            let replica = &mut self.replicas[at];
-            for peer in (0..self.nodes.len()).filter(|&peer| peer != at) {
-                replica.recovery.ahead(&self.nodes[peer]);
-            }
-        }
-        let decision = self.replicas[at].recovery.decide(self.now, own);
+        let replica = &mut self.replicas[at];
+        let decision = replica.recovery.decide(self.now, &replica.committed_clock);
         if decision != Decision::Wait || !self.settling {
             self.trace.push(Step::Decide {
                 at,
@@ -2543,6 +2484,8 @@ impl<B: Backend> Sim<B> {
         let made = self.truth.by_origin[at].len() as Seq;
         let replica = &mut self.replicas[at];
         replica.recovering_history = false;
+        // The node writes its identity file once live.
+        replica.identity = true;
         let holds = replica.committed_clock.get(&self.nodes[at]);
         ensure!(
             holds == made,
@@ -2551,7 +2494,31 @@ impl<B: Backend> Sim<B> {
              would take the dot of an older one",
             self.nodes[at]
         );
-        self.check_keys_cover_applied(at, "goes live")
+        self.check_keys_cover_applied(at, "goes live")?;
+        self.check_keys_within_applied(at)
+    }
+
+    /// No key of replica `at` shows a write its clock does not count: a read
+    /// would show it without its causal past, with a clock that lacks it.
+    /// (After an install, keys show the source's state when each chunk was
+    /// read; the replica serves nothing until replication has brought it the
+    /// rest.)
+    fn check_keys_within_applied(&self, at: usize) -> SimResult {
+        let replica = &self.replicas[at].now;
+        for (key, shown) in replica.expected_siblings.iter().enumerate() {
+            if let Some(&beyond) = shown.iter().find(|&&id| !replica.applied.contains(id)) {
+                return Err(Violation::new(
+                    Check::Recovery,
+                    format!(
+                        "{} goes live with {} showing {}, which its clock does not count",
+                        self.nodes[at],
+                        self.keys[key],
+                        self.truth.dot(beyond)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every write replica `at` has applied shows on each key it writes: as
@@ -2892,7 +2859,7 @@ impl<B: Backend> Sim<B> {
         self.check_keys_cover_applied(at, "installs a snapshot")?;
         let replica = &mut self.replicas[at];
         replica.progress = None;
-        replica.recovery.bootstrapped();
+        replica.recovery.bootstrapped(replica.shown.clone());
         self.stats.bootstraps_done += 1;
         self.recover(at)
     }
@@ -3014,11 +2981,11 @@ impl<B: Backend> Sim<B> {
         }
     }
 
-    /// Whether replica `o` answers an origin's question about a context (see
-    /// [`Avoid::recovering_origin_answers`]).
+    /// Whether replica `o` answers an origin's question about a context: a
+    /// recovering origin answers 503 (it may lack writes it made), and the
+    /// client waits.
     fn answers_origin_questions(&self, o: usize) -> bool {
-        self.is_up(o)
-            && (self.replicas[o].recovery.is_live() || !self.avoid.recovering_origin_answers)
+        self.is_up(o) && self.replicas[o].recovery.is_live()
     }
 
     /// A client at a random replica sends a context that counts writes some
@@ -3320,14 +3287,14 @@ impl<B: Backend> Sim<B> {
     /// The clock replica `at` shows its peers (in its answers, clock
     /// exchanges and snapshot requests), with the writes it counts: its
     /// committed clock; while a bootstrap is unfinished, no more than the
-    /// meet of the chunks installed so far (see
-    /// [`Avoid::request_beyond_meet`]).
+    /// meet of the chunks installed so far (nothing before the first), as
+    /// `Node::shown` does.
     fn shown(&self, at: usize) -> (VClock, WriteSet) {
         let replica = &self.replicas[at];
         let Some(progress) = replica
             .progress
             .as_ref()
-            .filter(|_| self.avoid.request_beyond_meet && !replica.recovery.is_live())
+            .filter(|_| !replica.recovery.is_live())
         else {
             return (
                 replica.committed_clock.clone(),

@@ -331,6 +331,18 @@ pub struct ClockMessage {
     pub applied: VClock,
 }
 
+/// Query of `POST /peer/v1/sync`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams, utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct SyncQuery {
+    /// A question, not an exchange: the sender asks which writes this node
+    /// has made (to check a client's context) and its clock, empty, tells
+    /// nothing. A node that is recovering its own history answers 503.
+    #[serde(default)]
+    pub question: bool,
+}
+
 // ---- Operations --------------------------------------------------------------
 
 /// `GET /status`.

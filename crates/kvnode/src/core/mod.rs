@@ -31,5 +31,5 @@ pub mod replication;
 
 pub use context::{check_context, ContextCheck, ContextError, ContextWait, WaitStep};
 pub use delivery::*;
-pub use recovery::{Decision, Phase, Recovery};
+pub use recovery::{Decision, Phase, Recovery, Trust};
 pub use replication::Link;

@@ -261,7 +261,7 @@ mod tests {
     use actix_web::App;
     use serde_json::{json, Value as Json};
 
-    use vclock_proto::VClock;
+    use vclock_proto::{Op, VClock};
 
     use crate::observe::metrics::NAMES;
 
@@ -299,6 +299,56 @@ mod tests {
         assert!(message.contains("max_buffered_bytes = 1000"), "{message}");
         let status = node.status();
         assert_eq!((status.buffered_total, status.buffered_bytes), (0, 0));
+    }
+
+    #[actix_web::test]
+    async fn a_recovering_node_answers_no_question_and_does_not_take_one_as_an_exchange() {
+        let node = test_node(&[("KVNODE_FORCE_NEW_HISTORY", "false")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let ask = |uri: &str, applied: Json| {
+            TestRequest::post()
+                .uri(uri)
+                .set_json(json!({"node": "n2", "applied": applied}))
+                .to_request()
+        };
+        let res = test::call_service(&app, ask("/peer/v1/sync?question=true", json!({}))).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Json = test::read_body_json(res).await;
+        assert_eq!(body["error"]["code"], "recovering");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("which writes it made"), "{message}");
+        assert!(
+            node.not_live().unwrap().contains("waiting for n2, n3"),
+            "a question says nothing of what n2 holds"
+        );
+        // An exchange counts: n2 holds none of n1's writes.
+        let res = test::call_service(&app, ask("/peer/v1/sync", json!({"n1": 0}))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let waiting = node.not_live().unwrap();
+        assert!(
+            waiting.contains("waiting for n3") && !waiting.contains("n2"),
+            "{waiting}"
+        );
+        let res = test::call_service(&app, ask("/peer/v1/sync?question=maybe", json!({}))).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[actix_web::test]
+    async fn a_live_node_answers_a_question_with_its_clock() {
+        let node = test_node(&[]);
+        node.write(
+            "k".into(),
+            Op::Put(vclock_proto::Value::from_serialize(&1).unwrap()),
+        )
+        .await
+        .unwrap();
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let req = TestRequest::post()
+            .uri("/peer/v1/sync?question=true")
+            .set_json(json!({"node": "n2", "applied": {}}))
+            .to_request();
+        let answer: Json = test::call_and_read_body_json(&app, req).await;
+        assert_eq!(answer["applied"]["n1"], 1);
     }
 
     #[actix_web::test]

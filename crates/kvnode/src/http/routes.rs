@@ -14,9 +14,9 @@ use futures_util::{stream, StreamExt};
 use vclock_proto::{
     ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch, FaultsResponse,
     GetResponse, HealthResponse, LinkRequest, PutRequest, PutResponse, ReadQuery, ReadResponse,
-    Sibling, SnapshotChunk, SnapshotRequest, StatusResponse, TraceEvent, TraceQuery, TraceResponse,
-    TxnReadRequest, TxnReadResponse, TxnWriteRequest, VClock, Value, Write, WriteRequest,
-    WriteResponse, TRACE_CAUSE_HEADER,
+    Sibling, SnapshotChunk, SnapshotRequest, StatusResponse, SyncQuery, TraceEvent, TraceQuery,
+    TraceResponse, TxnReadRequest, TxnReadResponse, TxnWriteRequest, VClock, Value, Write,
+    WriteRequest, WriteResponse, TRACE_CAUSE_HEADER,
 };
 
 use super::middleware::submit_write;
@@ -549,17 +549,22 @@ pub async fn receive_events(
 }
 
 /// Clock exchange with a peer: records its clock, answers with this node's.
+/// With `?question=true`, a peer asks which writes this node made, to check
+/// a client's context: the empty clock it sends is not recorded.
 #[utoipa::path(post, path = "/peer/v1/sync", tag = "peer", request_body = ClockMessage,
+    params(SyncQuery),
     security((), ("cluster_secret" = [])),
     responses(
         (status = 200, description = "This node's applied clock", body = ClockMessage),
-        (status = 400, description = "Malformed body, a sender that is not a peer, or a clock naming an unknown node", body = ErrorResponse),
+        (status = 400, description = "Malformed body or query, a sender that is not a peer, or a clock naming an unknown node", body = ErrorResponse),
         (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
         (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+        (status = 503, description = "A question to a node that is recovering its own history", body = ErrorResponse),
     ))]
 pub async fn sync_clock(
     _auth: PeerAuth,
     node: web::Data<Node>,
+    query: web::Query<SyncQuery>,
     body: web::Json<ClockMessage>,
 ) -> Result<web::Json<ClockMessage>> {
     let ClockMessage {
@@ -568,11 +573,24 @@ pub async fn sync_clock(
     } = body.into_inner();
     check_peer(&node, &from)?;
     check_clock_nodes(&node, &applied)?;
+    if query.question {
+        // Until it is live, this node may lack writes it made: its clock
+        // would make the asker refuse a context that counts them.
+        if let Some(why) = node.not_live() {
+            return Err(Error::Recovering(format!(
+                "this node cannot say yet which writes it made: {why}"
+            )));
+        }
+        return Ok(web::Json(ClockMessage {
+            node: node.id().clone(),
+            applied: node.committed(),
+        }));
+    }
     let (claimed, made) = (applied.get(node.id()), node.committed().get(node.id()));
     node.peer_clock(&from, &applied);
     let answer = web::Json(ClockMessage {
         node: node.id().clone(),
-        applied: node.committed(),
+        applied: node.shown(node.committed()),
     });
     if claimed > made {
         if node.not_live().is_some() {
@@ -584,8 +602,8 @@ pub async fn sync_clock(
             node.id()
         )));
     }
-    // An empty clock asks for this node's clock and tells nothing (a context
-    // check asking an origin); any other is what the peer holds.
+    // An empty clock asks for this node's clock and tells nothing (a question
+    // from a node that does not say so); any other is what the peer holds.
     if applied.nodes().next().is_some() {
         node.record_ack(&from, applied).await?;
     }

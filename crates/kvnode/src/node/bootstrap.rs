@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use vclock_proto::{NodeId, SnapshotChunk, SnapshotRequest, VClock};
 
 use super::peer::{request, Failure};
-use super::{InstallStep, Node, BOOTSTRAP_MARKER};
+use super::{InstallStep, Node, BOOTSTRAP_MARKER, NODE_IDENTITY};
 use crate::core::Decision;
 
 /// The largest chunk answer taken, in bytes.
@@ -56,6 +56,11 @@ async fn run(node: Arc<Node>) {
             Decision::Live => {
                 let own = node.committed().get(node.id());
                 info!("live: serving reads and writes from this node's {own} writes on");
+                if !node.config().memory {
+                    if let Err(e) = write_identity(&node.config().data_dir, node.id()) {
+                        warn!("{e}; the next start will not trust this data directory");
+                    }
+                }
                 return;
             }
             Decision::Bootstrap(source) => {
@@ -63,11 +68,11 @@ async fn run(node: Arc<Node>) {
                     warn!("{why}");
                 }
                 match bootstrap(&node, &source).await {
-                    Ok(keys) => {
+                    Ok((keys, join)) => {
                         info!("bootstrap from {source} done: {keys} keys");
                         let mut state = node.shared.recovery();
                         state.copied = keys;
-                        state.recovery.bootstrapped();
+                        state.recovery.bootstrapped(join);
                     }
                     Err(e) => {
                         warn!("bootstrap from {source} failed: {e}; checking again");
@@ -110,6 +115,10 @@ pub struct Progress {
     /// Keys installed so far.
     #[serde(default)]
     pub copied: u64,
+    /// The join of the installed chunks' clocks: the installed keys may show
+    /// writes up to it.
+    #[serde(default)]
+    pub join: VClock,
 }
 
 /// Reads the progress the marker file in `dir` records, if any: `None` when
@@ -150,9 +159,23 @@ fn write_marker(dir: &Path, progress: &Progress, sync: bool) -> Result<(), Strin
     Ok(())
 }
 
+/// Writes the identity file into `dir`, durably: this node has been live on
+/// it, so the store holds every write it acknowledges from now on.
+fn write_identity(dir: &Path, id: &str) -> Result<(), String> {
+    let path = dir.join(NODE_IDENTITY);
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file = std::fs::File::create(&path).map_err(fail)?;
+    file.write_all(format!("{id}\n").as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)
+}
+
 /// Copies `source`'s state into this node, going on from where an earlier
-/// bootstrap stopped; the number of keys copied in all.
-async fn bootstrap(node: &Node, source: &NodeId) -> Result<u64, String> {
+/// bootstrap stopped; the number of keys copied in all, and the join of the
+/// chunks' clocks.
+async fn bootstrap(node: &Node, source: &NodeId) -> Result<(u64, VClock), String> {
     let member = node
         .config()
         .members
@@ -191,7 +214,7 @@ async fn bootstrap(node: &Node, source: &NodeId) -> Result<u64, String> {
     loop {
         let ask = SnapshotRequest {
             node: node.id().clone(),
-            applied: node.committed(),
+            applied: node.shown(node.committed()),
             after: progress.after.clone(),
             limit: Some(node.config().bootstrap_chunk_keys as u64),
         };
@@ -217,6 +240,7 @@ async fn bootstrap(node: &Node, source: &NodeId) -> Result<u64, String> {
         })
         .await
         .map_err(|e| e.to_string())?;
+        progress.join.merge(&chunk.applied);
         match &mut progress.meet {
             Some(meet) => meet.meet(&chunk.applied),
             None => progress.meet = Some(chunk.applied),
@@ -245,7 +269,7 @@ async fn bootstrap(node: &Node, source: &NodeId) -> Result<u64, String> {
     }
     node.shared.recovery().progress = None;
     info!("installed the snapshot of {source} at {clock}");
-    Ok(progress.copied)
+    Ok((progress.copied, progress.join))
 }
 
 /// A chunk must come from `source`, hold keys in order after `after`, and

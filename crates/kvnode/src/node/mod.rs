@@ -29,7 +29,7 @@ use crate::config::{Config, Member};
 use crate::core::replication::{Mutations, Settings};
 use crate::core::{
     self, ContextCheck, ContextError, ContextWait, Core, Limits, Phase, ReadResult, Receipt,
-    Recovery, WaitStep,
+    Recovery, Trust, WaitStep,
 };
 use crate::error::{Error, Result};
 use crate::observe::metrics::{LinkMetrics, Metrics};
@@ -108,8 +108,9 @@ struct RecoveryState {
 /// store is then not trusted to hold all of this node's writes.
 pub const BOOTSTRAP_MARKER: &str = "BOOTSTRAPPING";
 
-/// The file that names the node a data directory belongs to, written at its
-/// first start: a directory without it is new or lost what it held.
+/// The file that names the node a data directory belongs to, written once
+/// the node is live on it: a directory without it is new, lost what it held,
+/// or was never live (see [`crate::core::recovery`]).
 pub const NODE_IDENTITY: &str = "NODE";
 
 /// The replication link from this node to one peer.
@@ -233,12 +234,18 @@ impl Node {
             true => None,
             false => bootstrap::read_marker(&config.data_dir),
         };
-        // Trusted: kept with fsync in a data directory this node made (its
-        // identity file was there before this start), no bootstrap half-way.
-        let trusted = !config.memory
+        // Complete: kept with fsync in a data directory where this node has
+        // been live (its identity file is there), no bootstrap half-way.
+        let trust = if progress.is_some() {
+            Trust::Unfinished
+        } else if !config.memory
             && config.durability == Durability::Fsync
-            && progress.is_none()
-            && config.data_dir.join(NODE_IDENTITY).exists();
+            && config.data_dir.join(NODE_IDENTITY).exists()
+        {
+            Trust::Complete
+        } else {
+            Trust::Unknown
+        };
         if config.force_new_history {
             warn!(
                 "force_new_history: this node accepts writes without checking that no peer \
@@ -247,15 +254,16 @@ impl Node {
         }
         let peer_ids: Vec<NodeId> = config.peers().map(|m| m.id.clone()).collect();
         let mut recovery = Recovery::new(
+            config.node_id.clone(),
             peer_ids,
-            trusted,
+            trust,
             config.force_new_history,
             Duration::ZERO,
             config.peer_timeout,
         );
         // Live at once with force_new_history or without peers; otherwise
         // the recovery task decides, as peers answer.
-        recovery.decide(Duration::ZERO, core.applied().get(&config.node_id));
+        recovery.decide(Duration::ZERO, core.applied());
         let live = recovery.is_live();
         let tracer = Tracer::new(
             config.node_id.clone(),
@@ -669,8 +677,25 @@ impl Node {
         if self.is_live() {
             return None;
         }
-        let own = self.committed().get(self.id());
-        self.shared.recovery().recovery.waiting_for(own)
+        let applied = self.committed();
+        self.shared.recovery().recovery.waiting_for(&applied)
+    }
+
+    /// The clock this node shows its peers (in its clock exchanges, its
+    /// answers to theirs and its snapshot requests) when `applied` is what it
+    /// has committed. While a bootstrap is unfinished, no more than the meet
+    /// of the chunks installed so far (nothing before the first): `applied`
+    /// may count writes that the install takes back, and a peer that took
+    /// them as held might collect them from its log and never send them
+    /// again.
+    pub fn shown(&self, mut applied: VClock) -> VClock {
+        if self.is_live() {
+            return applied;
+        }
+        if let Some(progress) = &self.shared.recovery().progress {
+            applied.meet(progress.meet.as_ref().unwrap_or(&VClock::new()));
+        }
+        applied
     }
 
     /// True once the node serves reads and writes (it stays so).
@@ -681,8 +706,8 @@ impl Node {
     /// What the recovery decides now, given what this node holds of its own
     /// writes; marks the node live once it is.
     pub(crate) fn decide(&self, now: Duration) -> core::Decision {
-        let own = self.committed().get(self.id());
-        let decision = self.shared.recovery().recovery.decide(now, own);
+        let applied = self.committed();
+        let decision = self.shared.recovery().recovery.decide(now, &applied);
         if decision == core::Decision::Live {
             self.shared.live.store(true, Ordering::Release);
         }
@@ -746,10 +771,20 @@ impl Node {
         cause: Option<TraceRef>,
         events: Vec<Event>,
     ) -> Result<(Receipt, VClock)> {
-        if let Phase::Bootstrapping { source, .. } = self.phase() {
-            return Err(Error::Unavailable(format!(
-                "bootstrapping from {source}: batches are taken once the snapshot is installed"
-            )));
+        if !self.is_live() {
+            let state = self.shared.recovery();
+            if let Phase::Bootstrapping { source, .. } = state.recovery.phase() {
+                return Err(Error::Unavailable(format!(
+                    "bootstrapping from {source}: batches are taken once the snapshot is installed"
+                )));
+            }
+            if state.progress.is_some() {
+                return Err(Error::Unavailable(
+                    "an unfinished bootstrap must go on first: batches are taken once the \
+                     snapshot is installed"
+                        .into(),
+                ));
+            }
         }
         self.shared.metrics.batch_received(events.len());
         let queued = self.reserve(events.iter().map(Event::size_bytes).sum())?;
@@ -840,7 +875,7 @@ impl Node {
                         Phase::Live => "live",
                     }
                     .into(),
-                    waiting_for: state.recovery.waiting_for(own),
+                    waiting_for: state.recovery.waiting_for(&applied),
                     keys_copied: state.progress.as_ref().map_or(state.copied, |p| p.copied),
                 }
             },

@@ -72,13 +72,20 @@ pub async fn request<T: Serialize, R: DeserializeOwned>(
 }
 
 /// Asks the node at `url` for its `applied` clock with `client` (see
-/// [`super::Node::peer_client`]): a clock exchange that tells it nothing.
+/// [`super::Node::peer_client`]): a question, which tells it nothing.
 pub async fn ask_clock(client: &awc::Client, url: &str, me: &str) -> Result<VClock, String> {
     let message = ClockMessage {
         node: me.to_owned(),
         applied: VClock::default(),
     };
-    match post(client, &format!("{url}/peer/v1/sync"), &message, None).await {
+    match post(
+        client,
+        &format!("{url}/peer/v1/sync?question=true"),
+        &message,
+        None,
+    )
+    .await
+    {
         Answer::Clock(clock) => Ok(clock),
         Answer::Unreachable(m) | Answer::Busy(m) | Answer::Refused(m) => Err(m),
     }

@@ -80,7 +80,7 @@ async fn run_link(node: Arc<Node>, link: Arc<Link>) {
                     RequestBody::Exchange { applied } => {
                         let body = ClockMessage {
                             node: node.id().clone(),
-                            applied: applied.clone(),
+                            applied: node.shown(applied.clone()),
                         };
                         post(&client, &sync_url, &body, None).await
                     }
