@@ -1009,15 +1009,6 @@ struct Avoid {
     /// that lack them never get them. Avoided: a replica loses its data only
     /// once every replica has applied what every bootstrap installed.
     unlogged_installed_writes: bool,
-    /// A link repairs the first origin due, in clock order; when that repair
-    /// keeps failing (the peer's buffer is full of events waiting for another
-    /// origin's writes, so it answers 503, and the backoff outgrows
-    /// `repair_after`), the link never gets to the other origins, and the
-    /// peer never gets the writes that would unblock it. A replica that lost
-    /// its data cannot push the writes its bootstrap installed, so only
-    /// repair brings them to a peer that lacks them. Avoided: replicas lose
-    /// their data only when their buffers have the default bound.
-    starved_repair: bool,
 }
 
 impl Avoid {
@@ -1030,7 +1021,6 @@ impl Avoid {
         let avoided = Self {
             installed_tombstones: avoid("installed_tombstones"),
             unlogged_installed_writes: avoid("unlogged_installed_writes"),
-            starved_repair: avoid("starved_repair"),
         };
         let known = format!("{avoided:?}");
         for name in names.iter().filter(|n| !n.is_empty() && **n != "all") {
@@ -2366,9 +2356,7 @@ impl<B: Backend> Sim<B> {
                     .all(|(o, node)| other.committed.applied_per_origin[o] >= r.installed.get(node))
             })
         });
-        let small_buffers = self.params.max_buffered < Limits::default().max_buffered;
-        let avoided = (self.avoid.unlogged_installed_writes && !installed_everywhere)
-            || (self.avoid.starved_repair && small_buffers);
+        let avoided = self.avoid.unlogged_installed_writes && !installed_everywhere;
         !recovering
             && !avoided
             && self.replicas[at].committed.applied.iter().all(|id| {

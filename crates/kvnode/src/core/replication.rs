@@ -245,6 +245,8 @@ pub struct Link {
     next_id: RequestId,
     /// Per other origin: the first event of it the peer lacks, and since when.
     lacking: BTreeMap<NodeId, (Seq, Duration)>,
+    /// The origin of the last repair sent: the next one starts after it.
+    repaired: Option<NodeId>,
     notices: Vec<Notice>,
 }
 
@@ -265,6 +267,7 @@ impl Link {
             in_flight: None,
             next_id: 1,
             lacking: BTreeMap::new(),
+            repaired: None,
             notices: Vec::new(),
         }
     }
@@ -463,6 +466,10 @@ impl Link {
     }
 
     /// Events of other origins that the peer has lacked for `repair_after`.
+    /// The origins take turns, starting after the last one repaired: a
+    /// repair the peer keeps refusing (its buffer full of events that wait
+    /// for another origin's writes) must not keep the others waiting, since
+    /// they may be what the peer waits for.
     fn repair(
         &mut self,
         now: Duration,
@@ -473,10 +480,16 @@ impl Link {
         if self.settings.mutations.never_repair {
             return None;
         }
-        for (origin, &have) in durable.iter() {
-            if *origin == self.me || *origin == self.peer {
-                continue;
-            }
+        let origins: Vec<(&NodeId, Seq)> = durable
+            .iter()
+            .filter(|(origin, _)| **origin != self.me && **origin != self.peer)
+            .map(|(origin, &have)| (origin, have))
+            .collect();
+        let first = match &self.repaired {
+            Some(last) => origins.iter().position(|(o, _)| *o > last).unwrap_or(0),
+            None => 0,
+        };
+        for &(origin, have) in origins[first..].iter().chain(&origins[..first]) {
             let lacks = peer_applied.get(origin).saturating_add(1);
             if lacks > have {
                 self.lacking.remove(origin);
@@ -508,6 +521,7 @@ impl Link {
             let Some(first) = events.first() else {
                 continue;
             };
+            self.repaired = Some(origin.clone());
             self.notices.push(Notice::Repairing {
                 origin: origin.clone(),
                 from: first.seq,
@@ -787,5 +801,40 @@ mod tests {
             panic!("an idle exchange");
         };
         assert!(matches!(request.body, RequestBody::Exchange { .. }));
+    }
+
+    #[test]
+    fn origins_take_turns_when_a_repair_keeps_being_refused() {
+        let log = TestLog::default().with("c", 2).with("d", 2);
+        let durable = clock(&[("a", 0), ("c", 2), ("d", 2)]);
+        let peer = clock(&[("c", 0), ("d", 0)]);
+        let mut link = introduced(peer.clone(), &durable, &log);
+        // The backoff after refusals (up to 5 s) outgrows repair_after, and
+        // no idle exchange comes between to reset it: at each attempt both
+        // origins are due again.
+        link.settings.repair_after = 1000 * MS;
+        link.settings.sync_interval = 3_600_000 * MS;
+        let mut repaired = Vec::new();
+        let mut now = MS;
+        while repaired.len() < 16 && now < 600_000 * MS {
+            match link.poll(now, &durable, &log) {
+                Action::Send(Request { id, body }) => {
+                    let answer = match body {
+                        // The peer's buffer is full: every repair is refused.
+                        RequestBody::Events { repair, .. } => {
+                            repaired.push(repair.expect("only repairs are sent"));
+                            Answer::Busy("buffer full".into())
+                        }
+                        RequestBody::Exchange { .. } => Answer::Clock(peer.clone()),
+                    };
+                    link.answered(now, id, answer, &durable);
+                }
+                Action::Wait { until } => now = until.max(now + MS),
+            }
+        }
+        assert!(
+            repaired.windows(2).all(|w| w[0] != w[1]),
+            "each origin waits for the other's turn: {repaired:?}"
+        );
     }
 }
