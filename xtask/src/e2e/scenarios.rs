@@ -96,6 +96,23 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// The workload checked while a scenario injects faults: 8 sessions of
+    /// 300 operations over 4 keys, half of them writes, on the native API.
+    fn fault_workload(&self) -> kvctl::check::Workload {
+        kvctl::check::Workload {
+            nodes: self.nodes.iter().map(|n| n.url.clone()).collect(),
+            api: kvctl::check::Api::Native,
+            sessions: 8,
+            ops_per_session: 300,
+            keys: 4,
+            write_ratio: 0.5,
+            timeout: Duration::from_secs(5),
+            quiesce_timeout: CONVERGE,
+            seed: self.seed,
+            token: None,
+        }
+    }
+
     fn three(&self) -> [&NodeClient; 3] {
         [&self.nodes[0], &self.nodes[1], &self.nodes[2]]
     }
@@ -862,7 +879,7 @@ fn session(
 /// after 6 s. Then the nodes must converge, and the history show no
 /// violation.
 fn txn_under_faults(cluster: &Cluster) -> anyhow::Result<String> {
-    use kvctl::check::{self, Api, Mix, Workload};
+    use kvctl::check::{self, Mix};
 
     const VICTIM: usize = 1;
     const CUT: usize = 2;
@@ -886,18 +903,7 @@ fn txn_under_faults(cluster: &Cluster) -> anyhow::Result<String> {
         }
         results.into_iter().collect()
     };
-    let workload = Workload {
-        nodes: cluster.nodes.iter().map(|n| n.url.clone()).collect(),
-        api: Api::Native,
-        sessions: 8,
-        ops_per_session: 300,
-        keys: 4,
-        write_ratio: 0.5,
-        timeout: Duration::from_secs(5),
-        quiesce_timeout: CONVERGE,
-        seed: cluster.seed,
-        token: None,
-    };
+    let workload = cluster.fault_workload();
     let started = Instant::now();
     let (mut history, faults_in_run, killed_at) = thread::scope(|scope| -> anyhow::Result<_> {
         let run = scope.spawn(|| {
@@ -966,24 +972,13 @@ fn txn_under_faults(cluster: &Cluster) -> anyhow::Result<String> {
 /// must come back, its next writes must take new dots (a reused one would show
 /// as a lost or duplicated write to the checker), and all nodes converge.
 fn replace_disk(cluster: &Cluster) -> anyhow::Result<String> {
-    use kvctl::check::{self, Api, Mix, Workload};
+    use kvctl::check::{self, Mix};
 
     const VICTIM: usize = 1;
     cluster.converge(&VClock::new())?;
     let container = cluster.containers[VICTIM].as_str();
     let victim = &cluster.nodes[VICTIM];
-    let workload = Workload {
-        nodes: cluster.nodes.iter().map(|n| n.url.clone()).collect(),
-        api: Api::Native,
-        sessions: 8,
-        ops_per_session: 300,
-        keys: 4,
-        write_ratio: 0.5,
-        timeout: Duration::from_secs(5),
-        quiesce_timeout: CONVERGE,
-        seed: cluster.seed,
-        token: None,
-    };
+    let workload = cluster.fault_workload();
     let (mut history, faults_in_run, volume, back_after) =
         thread::scope(|scope| -> anyhow::Result<_> {
             let run = scope.spawn(|| {

@@ -169,7 +169,7 @@ impl Recovery {
 
     /// `peer`'s clock counts `holds` of this node's writes.
     pub fn heard(&mut self, peer: &str, holds: Seq) {
-        if self.peers.iter().any(|p| p == peer) {
+        if self.is_peer(peer) {
             self.failed.remove(peer);
             let entry = self.heard.entry(peer.to_owned()).or_default();
             *entry = (*entry).max(holds);
@@ -181,14 +181,14 @@ impl Recovery {
     /// it has not acknowledged; another may lack writes the logs no longer
     /// hold (every node had acknowledged them), so it bootstraps.
     pub fn ahead(&mut self, peer: &str) {
-        if self.peers.iter().any(|p| p == peer) {
+        if self.is_peer(peer) {
             self.ahead.insert(peer.to_owned());
         }
     }
 
     /// A request to `peer` failed.
     pub fn unreachable(&mut self, peer: &str) {
-        if self.peers.iter().any(|p| p == peer) && !self.heard.contains_key(peer) {
+        if self.is_peer(peer) && !self.heard.contains_key(peer) {
             self.failed.insert(peer.to_owned());
         }
     }
@@ -310,6 +310,10 @@ impl Recovery {
                 )),
             },
         }
+    }
+
+    fn is_peer(&self, node: &str) -> bool {
+        self.peers.iter().any(|p| p == node)
     }
 
     /// The peers not heard from yet.

@@ -586,21 +586,17 @@ pub async fn sync_clock(
             applied: node.committed(),
         }));
     }
-    let (claimed, made) = (applied.get(node.id()), node.committed().get(node.id()));
     node.peer_clock(&from, &applied);
     let answer = web::Json(ClockMessage {
         node: node.id().clone(),
         applied: node.shown(node.committed()),
     });
-    if claimed > made {
+    if let Err(e) = check_claim(&node, &from, &applied) {
         if node.not_live().is_some() {
             // Expected while recovering: the peer holds writes this node lost.
             return Ok(answer);
         }
-        return Err(Error::BadRequest(format!(
-            "the clock of {from} counts {claimed} writes of {}, which has made only {made}",
-            node.id()
-        )));
+        return Err(e);
     }
     // An empty clock asks for this node's clock and tells nothing (a question
     // from a node that does not say so); any other is what the peer holds.
@@ -608,6 +604,18 @@ pub async fn sync_clock(
         node.record_ack(&from, applied).await?;
     }
     Ok(answer)
+}
+
+/// A peer's clock may not count more of this node's writes than it made.
+fn check_claim(node: &Node, from: &str, applied: &VClock) -> Result<()> {
+    let (claimed, made) = (applied.get(node.id()), node.committed().get(node.id()));
+    if claimed > made {
+        return Err(Error::BadRequest(format!(
+            "the clock of {from} counts {claimed} writes of {}, which has made only {made}",
+            node.id()
+        )));
+    }
+    Ok(())
 }
 
 /// A clock may name only members of the cluster.
@@ -650,13 +658,7 @@ pub async fn snapshot(
             "this node cannot give a snapshot: {why}"
         )));
     }
-    let (claimed, made) = (applied.get(node.id()), node.committed().get(node.id()));
-    if claimed > made {
-        return Err(Error::BadRequest(format!(
-            "the clock of {from} counts {claimed} writes of {}, which has made only {made}",
-            node.id()
-        )));
-    }
+    check_claim(&node, &from, &applied)?;
     // Recorded first: from now on the log keeps every event beyond what the
     // asking node holds, which the chunks may not show.
     node.record_ack(&from, applied).await?;
