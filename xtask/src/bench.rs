@@ -30,6 +30,10 @@
 //! `--storage none` (no fsync) and `--storage memory` (no disk at all) run the
 //! same suite on nodes that keep less on disk, to show what durability costs.
 //!
+//! `--client wrk` sends the prototype API's health, write and read steps with
+//! `wrk` instead of kvctl (see [`wrk`]): a load generator that costs less CPU
+//! per request, whose cost the report shows beside the nodes' all the same.
+//!
 //! The results go to `target/bench/report.md` (printed at the end),
 //! `target/bench/report.json` and `target/bench/bench.svg` (throughput and
 //! latency percentiles). The nodes are stopped at the end, on an error and on
@@ -43,6 +47,7 @@
 mod chart;
 mod peers;
 mod report;
+mod wrk;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -101,6 +106,20 @@ pub(crate) struct Args {
     /// Requests of each peer workload with --peers.
     #[arg(long, value_name = "N", default_value_t = 300_000)]
     peer_requests: u64,
+    /// The load generator of the prototype API's health, write and read
+    /// steps; the other steps always use kvctl bench.
+    #[arg(long, value_enum, default_value_t = Client::Kvctl)]
+    client: Client,
+}
+
+/// What sends the load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Client {
+    /// `kvctl bench`, this project's client (Rust, awc).
+    Kvctl,
+    /// `wrk` with a Lua script, one thread per node: several times less CPU
+    /// per request than kvctl (apt-get install wrk).
+    Wrk,
 }
 
 /// What the nodes keep on disk, and how.
@@ -216,6 +235,9 @@ const SMOKE_LAG_SAMPLES: u64 = 10;
 pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     ensure!(!args.duration.is_zero(), "--duration must be positive");
     let steps = select_steps(&args.steps)?;
+    if args.client == Client::Wrk {
+        wrk::available().map_err(anyhow::Error::msg)?;
+    }
     let release = !args.smoke;
     // One at a time: built together, their dependencies' features would be unified
     // and kvnode would be rebuilt differently from `cargo xtask cluster`'s.
@@ -276,6 +298,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let suite = Suite {
         kvctl: bin.join("kvctl"),
         urls: urls.clone(),
+        node_ids: members.iter().map(|(id, _)| id.clone()).collect(),
         args,
     };
     let mut results = Vec::new();
@@ -286,7 +309,15 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         let started = Instant::now();
         sample_now(&pids, &samples);
         let cpu_before = cpu_seconds(&pids);
-        let report = suite.run_step(step, reads && populated, cluster, &interrupted)?;
+        let report = match suite.wrk_load(step) {
+            Some(load) => {
+                if reads && !populated {
+                    suite.populate(cluster, &interrupted)?;
+                }
+                wrk::run(&load, &out, || alive(cluster, &interrupted))?
+            }
+            None => suite.run_step(step, reads && populated, cluster, &interrupted)?,
+        };
         let cpu_after = cpu_seconds(&pids);
         sample_now(&pids, &samples);
         let ended = Instant::now();
@@ -414,10 +445,33 @@ impl Drop for Running {
 struct Suite<'a> {
     kvctl: PathBuf,
     urls: Vec<String>,
+    node_ids: Vec<String>,
     args: &'a Args,
 }
 
 impl Suite<'_> {
+    /// What wrk sends for `step`, when wrk sends it: `--client wrk`, the
+    /// prototype's API, one key per request, a health, write or read load.
+    fn wrk_load(&self, step: &Step) -> Option<wrk::WrkLoad<'_>> {
+        let a = self.args;
+        let workload = step
+            .workload
+            .filter(|w| matches!(*w, "health" | "write" | "read"))?;
+        (a.client == Client::Wrk && !step.native && step.txn_keys == 1).then(|| wrk::WrkLoad {
+            workload,
+            connections: step.connections,
+            duration: if a.smoke {
+                Duration::from_secs(1)
+            } else {
+                a.duration
+            },
+            keys: if a.smoke { SMOKE_KEYS } else { a.keys },
+            value_size: a.value_size,
+            urls: &self.urls,
+            node_ids: &self.node_ids,
+        })
+    }
+
     /// The arguments of `kvctl` for `step`.
     fn kvctl_args(&self, step: &Step, populated: bool) -> Vec<String> {
         let a = self.args;
@@ -478,55 +532,100 @@ impl Suite<'_> {
         cluster: &mut Cluster,
         interrupted: &AtomicBool,
     ) -> anyhow::Result<BenchReport> {
-        let args = self.kvctl_args(step, populated);
+        self.run_kvctl(self.kvctl_args(step, populated), cluster, interrupted)
+    }
+
+    /// Writes the keys a read step reads (`kvctl bench read` populates them
+    /// before its one request), for a client that does not.
+    fn populate(&self, cluster: &mut Cluster, interrupted: &AtomicBool) -> anyhow::Result<()> {
+        let mut args: Vec<String> = Vec::new();
+        for url in &self.urls {
+            args.extend(["--node".into(), url.clone()]);
+        }
+        let keys = if self.args.smoke {
+            SMOKE_KEYS
+        } else {
+            self.args.keys
+        };
+        args.extend(["-o", "json", "bench", "read", "--requests", "1"].map(String::from));
+        args.extend(["--keys".into(), keys.to_string()]);
+        args.extend(["--value-size".into(), self.args.value_size.to_string()]);
+        self.run_kvctl(args, cluster, interrupted).map(|_| ())
+    }
+
+    fn run_kvctl(
+        &self,
+        args: Vec<String>,
+        cluster: &mut Cluster,
+        interrupted: &AtomicBool,
+    ) -> anyhow::Result<BenchReport> {
         let mut command = Command::new(&self.kvctl);
         command
             .args(&args)
             .env_remove("KVCTL_NODES")
             .env_remove("KVCTL_TOKEN")
-            .env_remove("KVCTL_SESSION")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        kv_testkit::die_with_parent(&mut command);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.kvctl.display()))?;
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let reader = thread::spawn(move || {
-            let mut text = String::new();
-            stdout.read_to_string(&mut text).map(|_| text)
-        });
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                // Ctrl-C reaches kvctl too (same process group): it has died of it.
-                ensure!(!interrupted.load(Ordering::SeqCst), "interrupted");
-                break status;
-            }
-            let stop = if interrupted.load(Ordering::SeqCst) {
-                Some(anyhow::anyhow!("interrupted"))
-            } else {
-                cluster.check_alive().err().map(anyhow::Error::from)
-            };
-            if let Some(err) = stop {
-                kill(&mut child);
-                return Err(err);
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
-        let text = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("the reader of kvctl's output panicked"))?
-            .context("reading kvctl's output")?;
-        let command_line = format!("kvctl {}", args.join(" "));
+            .env_remove("KVCTL_SESSION");
+        let what = format!("kvctl {}", args.join(" "));
+        let (status, text) = supervise(command, &what, |_| {}, || alive(cluster, interrupted))?;
         // kvctl exits 1 when requests failed: the report is printed all the same.
         ensure!(
             matches!(status.code(), Some(0 | 1)),
-            "`{command_line}` exited with {status}"
+            "`{what}` exited with {status}"
         );
         serde_json::from_str(text.trim())
-            .with_context(|| format!("`{command_line}` printed no report: {text:?}"))
+            .with_context(|| format!("`{what}` printed no report: {text:?}"))
     }
+}
+
+/// Ok while the nodes run and nobody pressed Ctrl-C.
+fn alive(cluster: &mut Cluster, interrupted: &AtomicBool) -> anyhow::Result<()> {
+    if interrupted.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    cluster.check_alive().map_err(anyhow::Error::from)
+}
+
+/// Runs `command` (`what`, for errors) to its end with its output read
+/// meanwhile: `tick` gets its pid every 50 ms, and `check` stops it with its
+/// error. Its exit status and output.
+pub(crate) fn supervise(
+    mut command: Command,
+    what: &str,
+    mut tick: impl FnMut(u32),
+    mut check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    kv_testkit::die_with_parent(&mut command);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start `{what}`"))?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tick(pid);
+        if let Err(err) = check() {
+            kill(&mut child);
+            return Err(err);
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    // Ctrl-C reaches the child too (same process group): it has died of it.
+    check()?;
+    let text = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader of `{what}`'s output panicked"))?
+        .with_context(|| format!("reading `{what}`'s output"))?;
+    Ok((status, text))
 }
 
 fn kill(child: &mut Child) {
@@ -666,13 +765,50 @@ mod tests {
     }
 
     #[test]
+    fn wrk_sends_the_prototype_api_health_write_and_read_steps() {
+        let a = args(&["--client", "wrk", "--keys", "50"]);
+        let suite = Suite {
+            kvctl: "kvctl".into(),
+            urls: vec!["http://127.0.0.1:1".into()],
+            node_ids: vec!["node1".into()],
+            args: &a,
+        };
+        let by_wrk: Vec<&str> = SUITE
+            .iter()
+            .filter(|s| suite.wrk_load(s).is_some())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            by_wrk,
+            [
+                "health-64",
+                "write-32",
+                "write-64",
+                "read-32",
+                "read-64",
+                "health-64-end"
+            ]
+        );
+        let load = suite.wrk_load(&SUITE[2]).unwrap();
+        assert_eq!(
+            (load.workload, load.connections, load.keys),
+            ("write", 64, 50)
+        );
+    }
+
+    #[test]
     fn kvctl_gets_the_step_and_the_settings() {
         let a = args(&["--duration", "5s", "--threads", "2", "--keys", "50"]);
         let suite = Suite {
             kvctl: "kvctl".into(),
             urls: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            node_ids: vec!["node1".into(), "node2".into()],
             args: &a,
         };
+        assert!(
+            SUITE.iter().all(|s| suite.wrk_load(s).is_none()),
+            "kvctl sends every step by default"
+        );
         let mixed = SUITE.iter().find(|s| s.name == "mixed-64").unwrap();
         let line = suite.kvctl_args(mixed, true).join(" ");
         assert_eq!(
