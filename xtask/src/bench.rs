@@ -97,10 +97,11 @@ pub(crate) struct Args {
     /// without fsync) or `memory` (no disk), to measure what durability costs.
     #[arg(long, value_enum, default_value_t = Storage::Fsync)]
     storage: Storage,
-    /// Then run Redis (a primary and two replicas, appendfsync always) on
-    /// this machine with the same connections, and give the store's rates as
-    /// ratios to its SET and GET (needs redis-server and redis-benchmark:
-    /// apt-get install redis-server redis-tools).
+    /// Then run Redis (a primary and two replicas, appendfsync always) and
+    /// etcd (3 members, puts through its JSON gateway sent by wrk) on this
+    /// machine with the same connections, and give the store's rates as
+    /// ratios to their SET, GET and PUT (needs apt-get install redis-server
+    /// redis-tools etcd-server wrk; a peer not installed is skipped).
     #[arg(long)]
     peers: bool,
     /// Requests of each peer workload with --peers.
@@ -338,24 +339,32 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 
     let mut peers = Vec::new();
     if args.peers {
-        println!("==> peers: redis");
-        let requests = if args.smoke {
-            SMOKE_REQUESTS
-        } else {
-            args.peer_requests
+        let (requests, keys, duration) = match args.smoke {
+            true => (SMOKE_REQUESTS, SMOKE_KEYS, Duration::from_secs(1)),
+            false => (args.peer_requests, args.keys, args.duration),
         };
-        let keys = if args.smoke { SMOKE_KEYS } else { args.keys };
-        match peers::redis(&out, PEER_CONNECTIONS, requests, keys, args.value_size)? {
-            Ok(results) => {
-                for r in &results {
-                    println!(
-                        "    {} {}: {:.0} req/s, p50 {} ms, p99 {} ms",
-                        r.peer, r.test, r.rate, r.p50_ms, r.p99_ms
-                    );
+        let runs: [(&str, PeerRun<'_>); 2] = [
+            ("redis", &|| {
+                peers::redis(&out, PEER_CONNECTIONS, requests, keys, args.value_size)
+            }),
+            ("etcd", &|| {
+                peers::etcd(&out, PEER_CONNECTIONS, duration, keys, args.value_size)
+            }),
+        ];
+        for (name, run) in runs {
+            println!("==> peers: {name}");
+            match run()? {
+                Ok(results) => {
+                    for r in &results {
+                        println!(
+                            "    {} {}: {:.0} req/s, p50 {} ms, p99 {} ms",
+                            r.peer, r.test, r.rate, r.p50_ms, r.p99_ms
+                        );
+                    }
+                    peers.extend(results);
                 }
-                peers.extend(results);
+                Err(why) => println!("    skipped: {why}"),
             }
-            Err(why) => println!("    skipped: {why}"),
         }
     }
 
@@ -389,6 +398,9 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// One peer's run: its results, or why it was skipped.
+type PeerRun<'a> = &'a dyn Fn() -> anyhow::Result<Result<Vec<peers::PeerResult>, String>>;
 
 /// The suite's steps, narrowed by `--step` (the ceiling steps always stay).
 fn select_steps(filters: &[String]) -> anyhow::Result<Vec<Step>> {

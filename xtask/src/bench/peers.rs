@@ -1,4 +1,4 @@
-//! `cargo xtask bench --peers`: Redis beside the store, on the same machine, in
+//! `cargo xtask bench --peers`: Redis and etcd beside the store, on the same machine, in
 //! the same run, so that the report can give ratios rather than figures from
 //! different days.
 //!
@@ -10,6 +10,12 @@
 //! random keys over as many connections as the store's steps, all to the
 //! primary. The CPU time of the servers and of `redis-benchmark` is read
 //! from `/proc`, so that each request's cost shows beside the store's.
+//!
+//! etcd runs as a 3-member cluster on free loopback ports (data under
+//! `target/bench/etcd`), and `wrk` sends puts of random keys through its JSON
+//! gateway (`POST /v3/kv/put`), one wrk thread per member, as the store's
+//! writes are spread over its nodes.
+//!
 //! Everything is stopped at the end, on an error too.
 
 use std::io::{Read, Write};
@@ -44,6 +50,32 @@ pub(crate) struct PeerResult {
     /// CPU time of the load generator over the requests, µs (sampled every
     /// 20 ms, so a little low).
     pub client_cpu_us_per_request: Option<f64>,
+}
+
+impl PeerResult {
+    /// A workload's figures: `(rate, p50, p99)`, and the servers' and the
+    /// client's CPU seconds over its `requests`.
+    fn measured(
+        peer: String,
+        test: String,
+        connections: usize,
+        (rate, p50_ms, p99_ms): (f64, f64, f64),
+        requests: u64,
+        server_cpu_s: Option<f64>,
+        client_cpu_s: Option<f64>,
+    ) -> Self {
+        let per_request = |s: f64| s.max(0.0) * 1e6 / requests.max(1) as f64;
+        Self {
+            peer,
+            test,
+            connections,
+            rate,
+            p50_ms,
+            p99_ms,
+            server_cpu_us_per_request: server_cpu_s.map(per_request),
+            client_cpu_us_per_request: client_cpu_s.map(per_request),
+        }
+    }
 }
 
 /// The Redis processes; killed when dropped.
@@ -157,21 +189,120 @@ pub(crate) fn redis(
         let server_after = super::cpu_seconds(&pids);
         let (rate, p50_ms, p99_ms) = parse_csv(&output)
             .with_context(|| format!("cannot read redis-benchmark's answer: {output}"))?;
-        let per_request = |s: f64| s * 1e6 / requests as f64;
-        results.push(PeerResult {
-            peer: peer.clone(),
-            test: test.to_uppercase(),
+        results.push(PeerResult::measured(
+            peer.clone(),
+            test.to_uppercase(),
             connections,
-            rate,
-            p50_ms,
-            p99_ms,
-            server_cpu_us_per_request: server_before
-                .zip(server_after)
-                .map(|(b, a)| per_request((a - b).max(0.0))),
-            client_cpu_us_per_request: client_cpu.map(per_request),
-        });
+            (rate, p50_ms, p99_ms),
+            requests,
+            server_before.zip(server_after).map(|(b, a)| a - b),
+            client_cpu,
+        ));
     }
     Ok(Ok(results))
+}
+
+/// Runs a 3-member etcd beside the store, and `wrk` sending puts through its
+/// JSON gateway (`POST /v3/kv/put`) over `connections` spread over the
+/// members, for `duration`; `Ok(Err(why))` when etcd or wrk is not installed.
+pub(crate) fn etcd(
+    out: &Path,
+    connections: usize,
+    duration: Duration,
+    keys: u64,
+    value_size: usize,
+) -> anyhow::Result<Result<Vec<PeerResult>, String>> {
+    use base64::Engine as _;
+    use rand::Rng as _;
+
+    if !installed("etcd") {
+        return Ok(Err(
+            "etcd is not installed (Debian: apt-get install etcd-server)".into(),
+        ));
+    }
+    if let Err(why) = super::wrk::available() {
+        return Ok(Err(why));
+    }
+    let version = Command::new("etcd").arg("--version").output()?;
+    let version = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: "))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let dir = out.join("etcd");
+    crate::cluster::remove_dir_if_exists(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ports = kv_testkit::free_ports(6).context("no free port for etcd")?;
+    let (clients, peers) = ports.split_at(3);
+    let url = |port: &u16| format!("http://127.0.0.1:{port}");
+    let cluster = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("etcd{i}={}", url(p)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut servers = Servers(Vec::new());
+    for i in 0..3 {
+        let log = std::fs::File::create(dir.join(format!("etcd{i}.log")))?;
+        let mut command = Command::new("etcd");
+        command
+            .args(["--name", &format!("etcd{i}")])
+            .args([
+                "--data-dir",
+                &dir.join(format!("etcd{i}")).display().to_string(),
+            ])
+            .args(["--listen-client-urls", &url(&clients[i])])
+            .args(["--advertise-client-urls", &url(&clients[i])])
+            .args(["--listen-peer-urls", &url(&peers[i])])
+            .args(["--initial-advertise-peer-urls", &url(&peers[i])])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "kvbench"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        kv_testkit::die_with_parent(&mut command);
+        servers
+            .0
+            .push(command.spawn().context("cannot start etcd")?);
+    }
+    let urls: Vec<String> = clients.iter().map(url).collect();
+    for member in &urls {
+        wait_until(READY_DEADLINE, || {
+            let answer = ureq::get(&format!("{member}/health")).call();
+            Ok(answer.is_ok_and(|r| r.into_string().is_ok_and(|t| t.contains("true"))))
+        })
+        .with_context(|| format!("etcd at {member} is not healthy"))?;
+    }
+    // Puts of random keys of the same key space and value size as the
+    // store's steps; base64 as the gateway wants them.
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let value = b64(&"v".repeat(value_size));
+    let mut rng = rand::rng();
+    let bodies: Vec<String> = (0..1024)
+        .map(|_| {
+            let key = b64(&format!("bench-{}", rng.random_range(0..keys.max(1))));
+            format!("'{{\"key\":\"{key}\",\"value\":\"{value}\"}}'")
+        })
+        .collect();
+    let prelude = format!("local bodies = {{{}}}", bodies.join(",\n"));
+    let request = "wrk.format(\"POST\", \"/v3/kv/put\", \
+                   {[\"Content-Type\"] = \"application/json\"}, bodies[math.random(1, #bodies)])";
+    let script = super::wrk::script_for(&urls, &prelude, request)?;
+    let pids: Vec<u32> = servers.0.iter().map(Child::id).collect();
+    let server_before = super::cpu_seconds(&pids);
+    let (rate, p50_ms, p99_ms, client_cpu, requests) =
+        super::wrk::run_custom("etcd-put", &script, &dir, &urls, connections, duration)?;
+    let server_after = super::cpu_seconds(&pids);
+    Ok(Ok(vec![PeerResult::measured(
+        format!("etcd {version}, 3 members, puts through the JSON gateway (wrk)"),
+        "PUT".into(),
+        (connections / 3).max(1) * 3,
+        (rate, p50_ms, p99_ms),
+        requests,
+        server_before.zip(server_after).map(|(b, a)| a - b),
+        client_cpu,
+    )]))
 }
 
 /// Runs `command` to its end, sampling its CPU time every 20 ms; its

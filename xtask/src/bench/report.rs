@@ -401,14 +401,14 @@ impl SuiteReport {
     fn peers_markdown(&self) -> String {
         let mut out = String::from(
             "\n## Beside other stores\n\nRun on the same machine after the store's steps, with the \
-             same connections (all to the primary); rates as the peer's own benchmark reports them, \
-             CPU from /proc.\n\n| peer | test | conns | rate (req/s) | p50 | p99 | server CPU µs/req | \
+             same connections (Redis: all to the primary; etcd: spread over its members); rates as \
+             the peer's benchmark reports them, CPU from /proc.\n\n| peer | test | conns | rate (req/s) | p50 | p99 | server CPU µs/req | \
              client CPU µs/req | this store | ratio |\n|---|---|---:|---:|---:|---:|---:|---:|---|---:|\n",
         );
         let cpu = |v: Option<f64>| v.map_or("—".into(), |us| format!("{us:.1}"));
         for p in &self.peers {
             let ours = match p.test.as_str() {
-                "SET" => "write-64",
+                "SET" | "PUT" => "write-64",
                 _ => "read-64",
             };
             let mine = self

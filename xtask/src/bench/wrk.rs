@@ -46,19 +46,7 @@ pub(crate) fn available() -> Result<(), String> {
 
 /// The Lua script of `load`.
 fn script(load: &WrkLoad<'_>) -> anyhow::Result<String> {
-    let mut nodes = Vec::new();
-    for url in load.urls {
-        let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("wrk runs over plain HTTP only, not {url}"))?;
-        let (host, port) = rest
-            .rsplit_once(':')
-            .with_context(|| format!("{url} has no port"))?;
-        nodes.push(format!("{{host = \"{host}\", port = \"{port}\"}}"));
-    }
     let last = load.keys.saturating_sub(1);
-    // Requests are formatted once, in `init`: formatting each one as it is
-    // sent would cost wrk more CPU than the nodes' cheapest route.
     let request = match load.workload {
         "health" => "wrk.format(\"GET\", \"/health\")".to_string(),
         "read" => format!("wrk.format(\"GET\", \"/read?key=bench-\" .. math.random(0, {last}))"),
@@ -69,6 +57,24 @@ fn script(load: &WrkLoad<'_>) -> anyhow::Result<String> {
         ),
         other => bail!("wrk runs health, write and read steps, not {other}"),
     };
+    script_for(load.urls, "", &request)
+}
+
+/// A script whose threads each send to one of `urls` requests made by the
+/// Lua expression `request` (after `prelude`). Requests are formatted once,
+/// in `init`: formatting each one as it is sent would cost wrk more CPU than
+/// the nodes' cheapest route.
+pub(crate) fn script_for(urls: &[String], prelude: &str, request: &str) -> anyhow::Result<String> {
+    let mut nodes = Vec::new();
+    for url in urls {
+        let rest = url
+            .strip_prefix("http://")
+            .with_context(|| format!("wrk runs over plain HTTP only, not {url}"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .with_context(|| format!("{url} has no port"))?;
+        nodes.push(format!("{{host = \"{host}\", port = \"{port}\"}}"));
+    }
     Ok(format!(
         r#"local nodes = {{{nodes}}}
 local started = 0
@@ -78,6 +84,7 @@ function setup(thread)
   thread.addr = wrk.lookup(node.host, node.port)[1]
   thread:set("seed", started)
 end
+{prelude}
 local requests = {{}}
 function init(args)
   math.randomseed(seed * 7919 + os.time())
@@ -222,14 +229,35 @@ pub(crate) fn run(
     // wrk gives each thread connections / threads.
     let connections = (load.connections / threads).max(1) * threads;
     let path = dir.join(format!("wrk-{}.lua", load.workload));
-    std::fs::write(&path, script(load)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let (status, text, cpu) = run_script(&script(load)?, &path, threads, connections, load, check)?;
+    ensure!(status.success(), "wrk failed ({status}):\n{text}");
+    let load = WrkLoad {
+        connections,
+        ..*load
+    };
+    Ok(parse(&text)?.report(&load, threads, cpu))
+}
+
+/// What one run of wrk gave: how it ended, its output, and its CPU time.
+type Ran = (std::process::ExitStatus, String, Option<f64>);
+
+/// Runs wrk with `script` (written to `path`) against `load.urls` for
+/// `load.duration`.
+fn run_script(
+    script: &str,
+    path: &Path,
+    threads: usize,
+    connections: usize,
+    load: &WrkLoad<'_>,
+    check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Ran> {
+    std::fs::write(path, script).with_context(|| format!("cannot write {}", path.display()))?;
     let mut command = Command::new("wrk");
     command
         .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
         .args(["-d", &format!("{}s", load.duration.as_secs().max(1))])
         .args(["--timeout", "5s", "-s"])
-        .arg(&path)
+        .arg(path)
         .arg(&load.urls[0]);
     // The last reading before wrk exits: it misses at most one interval of
     // the client's CPU, out of the whole run.
@@ -240,12 +268,45 @@ pub(crate) fn run(
         |pid| cpu = kvctl::bench::cpu_seconds(pid).or(cpu),
         check,
     )?;
-    ensure!(status.success(), "wrk failed ({status}):\n{text}");
+    Ok((status, text, cpu))
+}
+
+/// Runs wrk with `script` (its `request` made as [`script_for`] makes it)
+/// over `connections` spread over `urls` for `duration`: requests per
+/// second, p50 and p99 in ms, and wrk's CPU time.
+pub(crate) fn run_custom(
+    name: &str,
+    script: &str,
+    dir: &Path,
+    urls: &[String],
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64, f64, Option<f64>, u64)> {
+    let threads = urls.len().max(1);
+    let connections = (connections / threads).max(1) * threads;
     let load = WrkLoad {
+        workload: name,
         connections,
-        ..*load
+        duration,
+        keys: 0,
+        value_size: 0,
+        urls,
+        node_ids: &[],
     };
-    Ok(parse(&text)?.report(&load, threads, cpu))
+    let path = dir.join(format!("wrk-{name}.lua"));
+    let (status, text, cpu) = run_script(script, &path, threads, connections, &load, || Ok(()))?;
+    ensure!(status.success(), "wrk failed ({status}):\n{text}");
+    let report = parse(&text)?.report(&load, threads, cpu);
+    let run = report.load.context("a load report")?;
+    let latency = run.latency_ms.context("no request was answered")?;
+    ensure!(
+        run.errors == 0,
+        "{} of {} requests failed: {:?}",
+        run.errors,
+        run.requests,
+        run.errors_by_kind
+    );
+    Ok((run.rate, latency.p50, latency.p99, cpu, run.requests))
 }
 
 #[cfg(test)]
