@@ -131,29 +131,34 @@ async fn serve(config: Config) -> std::io::Result<()> {
 }
 
 /// Completes on the first SIGTERM or SIGINT, after which in-flight requests have
-/// `timeout` to finish. A second one exits at once.
-async fn first_signal(timeout: Duration) {
+/// `timeout` to finish. A second one exits at once. The handlers are installed
+/// now, before the node serves: a signal that comes once it answers is never
+/// left to the default action, which would kill it without a shutdown.
+fn first_signal(timeout: Duration) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot install the SIGTERM and SIGINT handlers");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    log::info!(
-        "{name}: shutting down; no new connections, in-flight requests have {timeout:?} to finish"
     );
-    actix_web::rt::spawn(async move {
-        let again = tokio::select! {
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            log::error!("cannot install the SIGTERM and SIGINT handlers");
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        log::warn!("second {again}: exiting now");
-        std::process::exit(130);
-    });
+        log::info!(
+            "{name}: shutting down; no new connections, in-flight requests have {timeout:?} to finish"
+        );
+        actix_web::rt::spawn(async move {
+            let again = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            log::warn!("second {again}: exiting now");
+            std::process::exit(130);
+        });
+    }
 }
