@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use serde::Serialize;
 
 /// How long a server may take to answer `PING`, and the replicas to sync.
@@ -289,19 +289,36 @@ pub(crate) fn etcd(
     let request = "wrk.format(\"POST\", \"/v3/kv/put\", \
                    {[\"Content-Type\"] = \"application/json\"}, bodies[math.random(1, #bodies)])";
     let script = super::wrk::script_for(&urls, &prelude, request)?;
+    let load = super::wrk::WrkLoad {
+        workload: "etcd-put",
+        connections,
+        duration,
+        keys,
+        value_size,
+        urls: &urls,
+        node_ids: &[],
+    };
     let pids: Vec<u32> = servers.0.iter().map(Child::id).collect();
     let server_before = super::cpu_seconds(&pids);
-    let (rate, p50_ms, p99_ms, client_cpu, requests) =
-        super::wrk::run_custom("etcd-put", &script, &dir, &urls, connections, duration)?;
+    let report = super::wrk::run_script(&load, &script, &dir, || Ok(()))?;
     let server_after = super::cpu_seconds(&pids);
+    let run = report.load.context("wrk gave no load report")?;
+    let latency = run.latency_ms.context("etcd answered no put")?;
+    ensure!(
+        run.errors == 0,
+        "{} of {} puts failed: {:?}",
+        run.errors,
+        run.requests,
+        run.errors_by_kind
+    );
     Ok(Ok(vec![PeerResult::measured(
         format!("etcd {version}, 3 members, puts through the JSON gateway (wrk)"),
         "PUT".into(),
-        (connections / 3).max(1) * 3,
-        (rate, p50_ms, p99_ms),
-        requests,
+        report.settings.connections,
+        (run.rate, latency.p50, latency.p99),
+        run.requests,
         server_before.zip(server_after).map(|(b, a)| a - b),
-        client_cpu,
+        run.client_cpu_s,
     )]))
 }
 

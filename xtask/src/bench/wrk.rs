@@ -225,39 +225,36 @@ pub(crate) fn run(
     dir: &Path,
     check: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<BenchReport> {
-    let threads = load.urls.len().max(1);
-    // wrk gives each thread connections / threads.
-    let connections = (load.connections / threads).max(1) * threads;
-    let path = dir.join(format!("wrk-{}.lua", load.workload));
-    let (status, text, cpu) = run_script(&script(load)?, &path, threads, connections, load, check)?;
-    ensure!(status.success(), "wrk failed ({status}):\n{text}");
-    let load = WrkLoad {
-        connections,
-        ..*load
-    };
-    Ok(parse(&text)?.report(&load, threads, cpu))
+    run_script(load, &script(load)?, dir, check)
 }
 
-/// What one run of wrk gave: how it ended, its output, and its CPU time.
-type Ran = (std::process::ExitStatus, String, Option<f64>);
-
-/// Runs wrk with `script` (written to `path`) against `load.urls` for
-/// `load.duration`.
-fn run_script(
-    script: &str,
-    path: &Path,
-    threads: usize,
-    connections: usize,
+/// Runs wrk with `script` (written into `dir`) against `load.urls`, one
+/// thread per URL, for `load.duration`: the report of what ran (wrk gives
+/// each thread `connections / threads` connections).
+pub(crate) fn run_script(
     load: &WrkLoad<'_>,
+    script: &str,
+    dir: &Path,
     check: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<Ran> {
-    std::fs::write(path, script).with_context(|| format!("cannot write {}", path.display()))?;
+) -> anyhow::Result<BenchReport> {
+    let threads = load.urls.len().max(1);
+    let load = WrkLoad {
+        connections: (load.connections / threads).max(1) * threads,
+        ..*load
+    };
+    let path = dir.join(format!("wrk-{}.lua", load.workload));
+    std::fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
     let mut command = Command::new("wrk");
     command
-        .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &load.connections.to_string(),
+        ])
         .args(["-d", &format!("{}s", load.duration.as_secs().max(1))])
         .args(["--timeout", "5s", "-s"])
-        .arg(path)
+        .arg(&path)
         .arg(&load.urls[0]);
     // The last reading before wrk exits: it misses at most one interval of
     // the client's CPU, out of the whole run.
@@ -268,45 +265,8 @@ fn run_script(
         |pid| cpu = kvctl::bench::cpu_seconds(pid).or(cpu),
         check,
     )?;
-    Ok((status, text, cpu))
-}
-
-/// Runs wrk with `script` (its `request` made as [`script_for`] makes it)
-/// over `connections` spread over `urls` for `duration`: requests per
-/// second, p50 and p99 in ms, and wrk's CPU time.
-pub(crate) fn run_custom(
-    name: &str,
-    script: &str,
-    dir: &Path,
-    urls: &[String],
-    connections: usize,
-    duration: Duration,
-) -> anyhow::Result<(f64, f64, f64, Option<f64>, u64)> {
-    let threads = urls.len().max(1);
-    let connections = (connections / threads).max(1) * threads;
-    let load = WrkLoad {
-        workload: name,
-        connections,
-        duration,
-        keys: 0,
-        value_size: 0,
-        urls,
-        node_ids: &[],
-    };
-    let path = dir.join(format!("wrk-{name}.lua"));
-    let (status, text, cpu) = run_script(script, &path, threads, connections, &load, || Ok(()))?;
     ensure!(status.success(), "wrk failed ({status}):\n{text}");
-    let report = parse(&text)?.report(&load, threads, cpu);
-    let run = report.load.context("a load report")?;
-    let latency = run.latency_ms.context("no request was answered")?;
-    ensure!(
-        run.errors == 0,
-        "{} of {} requests failed: {:?}",
-        run.errors,
-        run.requests,
-        run.errors_by_kind
-    );
-    Ok((run.rate, latency.p50, latency.p99, cpu, run.requests))
+    Ok(parse(&text)?.report(&load, threads, cpu))
 }
 
 #[cfg(test)]
