@@ -39,8 +39,8 @@ pub mod transport;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vclock_proto::{
-    GetResponse, PutRequest, PutResponse, StatusResponse, TxnReadRequest, TxnReadResponse,
-    TxnWriteRequest, VClock, Value, Write,
+    AddMemberRequest, GetResponse, MembersMessage, PutRequest, PutResponse, ReplaceMemberRequest,
+    StatusResponse, TxnReadRequest, TxnReadResponse, TxnWriteRequest, VClock, Value, Write,
 };
 
 pub use transport::{Agent, CallError, Transport};
@@ -202,6 +202,40 @@ impl Client {
             None::<&()>,
         )
         .await
+    }
+
+    /// The cluster's membership, from the first node that answers (the
+    /// routes need the cluster secret as the token, when one is set).
+    pub async fn members(&self) -> Result<MembersMessage> {
+        self.request(awc::http::Method::GET, "/admin/v1/members", None::<&()>)
+            .await
+    }
+
+    /// Adds node `id` at `url` to the cluster.
+    pub async fn add_member(&self, id: &str, url: &str) -> Result<MembersMessage> {
+        let body = AddMemberRequest {
+            id: id.to_owned(),
+            url: url.to_owned(),
+        };
+        self.request(awc::http::Method::POST, "/admin/v1/members", Some(&body))
+            .await
+    }
+
+    /// Removes node `id` from the cluster (ask another node than `id`).
+    pub async fn remove_member(&self, id: &str) -> Result<MembersMessage> {
+        let path = format!("/admin/v1/members/{}", percent_encode(id));
+        self.request(awc::http::Method::DELETE, &path, None::<&()>)
+            .await
+    }
+
+    /// Moves node `id` to `url` (a replacement machine with the same id).
+    pub async fn replace_member(&self, id: &str, url: &str) -> Result<MembersMessage> {
+        let path = format!("/admin/v1/members/{}", percent_encode(id));
+        let body = ReplaceMemberRequest {
+            url: url.to_owned(),
+        };
+        self.request(awc::http::Method::PUT, &path, Some(&body))
+            .await
     }
 
     /// The status of the node at `url`.

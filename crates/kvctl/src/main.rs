@@ -115,6 +115,8 @@ enum Command {
     /// Show every node's applied clock, buffered events and replication lag.
     #[command(after_help = "Examples:\n  kvctl status\n  kvctl -o json status")]
     Status,
+    /// Show and change the cluster's members while it runs.
+    Cluster(ClusterArgs),
     /// Check the cluster for causal-consistency violations: run concurrent
     /// sessions of unique writes and reads at random nodes, wait until every node
     /// has the same clock, read every key everywhere, then check the history.
@@ -148,6 +150,63 @@ enum Command {
     /// round-robin over the nodes. Exits 1 when any request failed.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(kvctl::bench::BenchArgs),
+}
+
+/// `kvctl cluster ...`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = CLUSTER_EXAMPLES)]
+struct ClusterArgs {
+    /// The cluster secret (the nodes' cluster_secret): membership routes
+    /// need it when the nodes have one.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "KVCTL_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    cluster_secret: Option<String>,
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+const CLUSTER_EXAMPLES: &str = "Examples:
+  kvctl cluster status                        # members, their state and clocks
+  kvctl cluster add node4=http://10.0.0.4:5000
+                                              # then start node4 with NODES naming
+                                              # the cluster's nodes and itself
+  kvctl -n http://127.0.0.1:5001 cluster remove node3
+  kvctl cluster replace node2 http://10.0.0.9:5000
+                                              # same id, new machine: it recovers
+                                              # node2's history from its peers";
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Every member (removed ones too), its URL, and what it says of itself:
+    /// live, checking or bootstrapping (with keys copied), or unreachable.
+    /// Exits 1 when a member is not live or holds another membership.
+    Status,
+    /// Add a node. Its id must never have been used in this cluster. Start
+    /// the node with the cluster's nodes (itself included) as its node list:
+    /// it copies a snapshot from a peer, catches up, then serves.
+    Add {
+        /// The new node, as ID=URL.
+        #[arg(value_name = "ID=URL", value_parser = parse_assignment)]
+        member: (String, String),
+    },
+    /// Remove a node (ask another one). Its writes are kept; no node sends
+    /// to it any more and it takes no writes.
+    Remove {
+        /// The node's id.
+        id: String,
+    },
+    /// Move a node to a new URL (a replacement machine, same id). The node
+    /// there recovers the id's history from its peers before it serves.
+    Replace {
+        /// The node's id.
+        id: String,
+        /// Its new URL.
+        url: String,
+    },
 }
 
 /// `kvctl txn ...`.
@@ -402,6 +461,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             (0, Some(answer.timestamp))
         }
         Command::Status => (status(&client, cli.output).await?, None),
+        Command::Cluster(args) => (cluster(&cli, &client, args).await?, None),
         Command::Check(args) => (check(&client, args, cli.output).await?, None),
         Command::Trace(args) => (trace(&client, args, cli.output).await?, None),
         Command::Bench(_) => unreachable!("main runs the benchmark outside the runtime"),
@@ -653,6 +713,100 @@ async fn trace(client: &Client, args: &TraceArgs, output: Output) -> Result<u8, 
             message: e.to_string(),
         }),
     }
+}
+
+async fn cluster(cli: &Cli, client: &Client, args: &ClusterArgs) -> Result<u8, Failure> {
+    let admin = client
+        .clone()
+        .with_transport(transport(cli).with_optional_token(args.cluster_secret.clone()));
+    let changed = match &args.command {
+        ClusterCommand::Status => return cluster_status(client, &admin, cli.output).await,
+        ClusterCommand::Add { member: (id, url) } => admin.add_member(id, url).await?,
+        ClusterCommand::Remove { id } => admin.remove_member(id).await?,
+        ClusterCommand::Replace { id, url } => admin.replace_member(id, url).await?,
+    };
+    match cli.output {
+        Output::Json => println!("{}", serde_json::to_string(&changed).expect("serialisable")),
+        Output::Plain | Output::Table => {
+            println!("membership version {} at {}", changed.version, changed.node);
+            for m in &changed.members {
+                let state = if m.removed { "removed" } else { "member" };
+                println!("{:<12} {:<8} {}", m.id, state, m.url);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `kvctl cluster status`: the membership, and each member's own view.
+async fn cluster_status(client: &Client, admin: &Client, output: Output) -> Result<u8, Failure> {
+    let members = admin.members().await?;
+    let mut rows = Vec::new();
+    let mut healthy = true;
+    for m in &members.members {
+        let status = if m.removed {
+            None
+        } else {
+            Some(client.status_of(&m.url).await)
+        };
+        healthy &= match &status {
+            None => true,
+            Some(Ok(s)) => s.recovery.phase == "live" && s.members_version == members.version,
+            Some(Err(_)) => false,
+        };
+        rows.push((m, status));
+    }
+    match output {
+        Output::Json => {
+            let doc: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(m, status)| match status {
+                    None => serde_json::json!({"member": m}),
+                    Some(Ok(s)) => serde_json::json!({"member": m, "status": s}),
+                    Some(Err(e)) => serde_json::json!({"member": m, "error": e.to_string()}),
+                })
+                .collect();
+            let doc = serde_json::json!({"version": members.version, "members": doc});
+            println!("{doc}");
+        }
+        Output::Plain | Output::Table => {
+            println!(
+                "membership version {} (from {})",
+                members.version, members.node
+            );
+            println!(
+                "{:<12} {:<26} {:<14} {:>7} APPLIED",
+                "NODE", "URL", "STATE", "VERSION"
+            );
+            for (m, status) in &rows {
+                match status {
+                    None => println!("{:<12} {:<26} {:<14} {:>7} -", m.id, m.url, "removed", "-"),
+                    Some(Ok(s)) => {
+                        let state = match s.recovery.phase.as_str() {
+                            "bootstrapping" => {
+                                format!("joining {}k", s.recovery.keys_copied / 1000)
+                            }
+                            phase => phase.to_owned(),
+                        };
+                        println!(
+                            "{:<12} {:<26} {:<14} {:>7} {}",
+                            m.id, m.url, state, s.members_version, s.applied
+                        );
+                        if let Some(why) = &s.recovery.waiting_for {
+                            println!("{:<12} {why}", "");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        println!(
+                            "{:<12} {:<26} {:<14} {:>7} {e}",
+                            m.id, m.url, "unreachable", "-"
+                        )
+                    }
+                }
+            }
+        }
+    }
+    Ok(if healthy { 0 } else { exit::NOT_FOUND })
 }
 
 async fn status(client: &Client, output: Output) -> Result<u8, Failure> {

@@ -44,6 +44,10 @@ pub enum Error {
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the state it would change (a membership
+    /// change that is not allowed).
+    #[error("{0}")]
+    Conflict(String),
     /// The node is stopping or cannot accept work now.
     #[error("{0}")]
     Unavailable(String),
@@ -78,6 +82,7 @@ impl Error {
             Error::RequestTimeout(_) => "request_timeout",
             Error::Unauthorized(_) => "unauthorized",
             Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
             Error::Unavailable(_) => "unavailable",
             Error::Recovering(_) => "recovering",
             Error::Internal(_) => "internal",
@@ -106,7 +111,7 @@ impl ResponseError for Error {
             Error::BadRequest(_) | Error::UnknownNode(..) => StatusCode::BAD_REQUEST,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::UnknownHistory(_) => StatusCode::CONFLICT,
+            Error::UnknownHistory(_) | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::CausalTimeout { .. }
             | Error::BufferFull(_)
             | Error::Unavailable(_)

@@ -152,6 +152,7 @@ pub async fn run(
     }
     let senders = crate::node::replication::spawn_links(&node);
     crate::node::bootstrap::spawn_recovery(&node);
+    crate::node::membership::spawn_announcer(&node);
     actix_web::rt::spawn(stop_http_on(shutdown, server.handle(), node.clone()));
     server.await?;
 

@@ -99,18 +99,11 @@ fn peer_status(cluster: &TestCluster, n: usize, peer: usize) -> Value {
         .unwrap_or_else(|| panic!("no {} in the peers of node{n}: {status}", cluster.id(peer)))
 }
 
-fn log_len(cluster: &TestCluster, n: usize) -> u64 {
-    let status = cluster.status(n);
-    status["log_len"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no log_len in {status}"))
-}
-
 /// Waits until every node's log is empty; returns how long it took.
 fn wait_logs_empty(cluster: &TestCluster, deadline: Duration) -> Duration {
     let started = Instant::now();
     wait_for(deadline, "every node's log_len to return to 0", || {
-        let lens: Vec<u64> = cluster.numbers().map(|n| log_len(cluster, n)).collect();
+        let lens: Vec<u64> = cluster.numbers().map(|n| cluster.log_len(n)).collect();
         if lens.iter().all(|&l| l == 0) {
             Ok(())
         } else {

@@ -50,10 +50,6 @@ fn recovery(cluster: &TestCluster, n: usize) -> Result<Value, String> {
     }
 }
 
-fn log_len(cluster: &TestCluster, n: usize) -> u64 {
-    cluster.status(n)["log_len"].as_u64().unwrap_or(u64::MAX)
-}
-
 /// node1 writes `KEYS` keys, node2 one and deletes one of node1's; returns
 /// the clock every node converges on, once every log is collected.
 fn write_and_collect(cluster: &TestCluster) -> VClock {
@@ -70,7 +66,7 @@ fn write_and_collect(cluster: &TestCluster) -> VClock {
     // Nothing of node1's history is left in any log: only a snapshot can
     // give it back.
     wait_until(EVENTUALLY, "every log to be collected", || {
-        cluster.numbers().all(|n| log_len(cluster, n) == 0)
+        cluster.numbers().all(|n| cluster.log_len(n) == 0)
     });
     converged
 }
@@ -291,7 +287,7 @@ fn a_bootstrap_killed_half_way_goes_on_from_where_it_stopped() {
     want.merge(&cluster.write(2, "last", json!("of node2"), Some(&want)));
     cluster.wait_converged(&want);
     wait_until(EVENTUALLY, "every log to be collected", || {
-        cluster.numbers().all(|n| log_len(&cluster, n) == 0)
+        cluster.numbers().all(|n| cluster.log_len(n) == 0)
     });
 
     cluster.kill9(1);

@@ -396,6 +396,75 @@ pub struct StatusResponse {
     /// Whether the node serves reads and writes yet.
     #[serde(default)]
     pub recovery: RecoveryStatus,
+    /// The cluster's membership as this node holds it: every node it knows
+    /// of, removed ones included, in id order.
+    #[serde(default)]
+    pub members: Vec<MemberEntry>,
+    /// The highest version of `members`.
+    #[serde(default)]
+    pub members_version: u64,
+}
+
+/// One node of the cluster's membership, as every node converges on it.
+///
+/// Entries merge one by one: a removed entry wins over a present one, and of
+/// two present ones the higher `(version, by, url)` wins. A removed id is
+/// never reused: its writes are kept, and clocks keep its entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MemberEntry {
+    /// The node's id.
+    pub id: NodeId,
+    /// Its base URL, without a trailing slash.
+    pub url: String,
+    /// True once the node was removed: it takes no client writes, no node
+    /// sends to it, and it no longer holds back log collection.
+    #[serde(default)]
+    pub removed: bool,
+    /// The membership version of the change that made this entry (0 for
+    /// an entry from the configured seed list).
+    #[serde(default)]
+    pub version: u64,
+    /// The node that made the change (empty for the seed list).
+    #[serde(default)]
+    pub by: NodeId,
+}
+
+/// The membership a node holds, sent to its peers (`POST
+/// /peer/v1/members`) and answered with theirs, merged; also the answer of
+/// the admin routes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MembersMessage {
+    /// The node that sends or answers.
+    pub node: NodeId,
+    /// The highest version of its entries.
+    #[serde(default)]
+    pub version: u64,
+    /// Every node it knows of, removed ones included, in id order.
+    pub members: Vec<MemberEntry>,
+}
+
+/// Body of `POST /admin/v1/members`: a node to add.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    /// The new node's id, never used before in this cluster.
+    pub id: NodeId,
+    /// Its base URL, as the other nodes reach it.
+    pub url: String,
+}
+
+/// Body of `PUT /admin/v1/members/{id}`: a node replaced by one at a new
+/// address (same id: it recovers the node's history from its peers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceMemberRequest {
+    /// Its base URL, as the other nodes reach it.
+    pub url: String,
 }
 
 /// A buffered event and the first dependency it waits for.

@@ -95,6 +95,11 @@ class UnknownHistory(ServerError, code="unknown_history"):
     """
 
 
+class Conflict(ServerError, code="conflict"):
+    """``conflict`` (409): a membership change the cluster does not allow (an
+    id in use at another address, a removed id, or the last member)."""
+
+
 class TooLarge(ServerError, code="too_large"):
     """``too_large`` (413): the key, the value or the body is over a limit."""
 

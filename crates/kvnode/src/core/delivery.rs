@@ -219,6 +219,28 @@ impl<S: Store> Core<S> {
         &self.nodes
     }
 
+    /// Takes a new membership: `known` is every node that is or was a
+    /// member (whose writes and clock entries are valid), `active` the ones
+    /// not removed. A removed peer no longer holds back log collection; a new
+    /// one holds it back from now on, until it acknowledges.
+    pub fn set_members(&mut self, known: &[NodeId], active: &[NodeId]) -> CoreResult<()> {
+        let mut nodes = known.to_vec();
+        nodes.push(self.id.clone());
+        nodes.sort();
+        nodes.dedup();
+        let zeroed = VClock::zeroed(nodes.iter().cloned());
+        self.applied.merge(&zeroed);
+        self.acked
+            .retain(|peer, _| active.iter().any(|a| a == peer));
+        for peer in active.iter().filter(|a| **a != self.id) {
+            self.acked
+                .entry(peer.clone())
+                .or_insert_with(|| zeroed.clone());
+        }
+        self.nodes = nodes;
+        self.collect()
+    }
+
     /// The writes applied here, per origin.
     pub fn applied(&self) -> &VClock {
         &self.applied
@@ -629,7 +651,10 @@ impl<S: Store> Core<S> {
         if let Some(reason) = invalid_writes(e) {
             return invalid(reason);
         }
-        if let Some(unknown) = e.deps.nodes().find(|n| !self.is_member(n)) {
+        // A zero entry counts nothing: a peer may name a member added
+        // before this node heard of it.
+        let named = |(n, s): &(&NodeId, &Seq)| **s > 0 && !self.is_member(n);
+        if let Some((unknown, _)) = e.deps.iter().find(named) {
             return invalid(format!("deps name {unknown}, not a member of the cluster"));
         }
         if e.deps.get(&e.origin) != e.seq - 1 {

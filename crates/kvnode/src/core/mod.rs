@@ -17,6 +17,8 @@
 //!   clock exchange, and the checks on what a peer acknowledges.
 //! - [`recovery`]: whether a starting node may accept writes, or must first
 //!   bootstrap its own history back from a peer ([`Recovery`]).
+//! - [`membership`]: which nodes make up the cluster ([`Membership`]), as
+//!   replicated state that merges entry by entry.
 //! - [`context`]: how a client's causal context relates to a replica's
 //!   history, and the bounded wait for it ([`ContextWait`]), which asks an
 //!   origin whether writes a context counts exist at all.
@@ -26,10 +28,12 @@
 
 pub mod context;
 pub mod delivery;
+pub mod membership;
 pub mod recovery;
 pub mod replication;
 
 pub use context::{check_context, ContextCheck, ContextError, ContextWait, WaitStep};
 pub use delivery::*;
+pub use membership::{Membership, MembershipError};
 pub use recovery::{Decision, Phase, Recovery, Trust};
 pub use replication::Link;

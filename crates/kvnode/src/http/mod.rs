@@ -92,6 +92,31 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/peer/v1/snapshot",
         |r| r.to(snapshot),
     ),
+    endpoint(Method::POST, "/peer/v1/members", "/peer/v1/members", |r| {
+        r.to(peer_members)
+    }),
+    // Membership changes.
+    endpoint(Method::GET, "/admin/v1/members", "/admin/v1/members", |r| {
+        r.to(members)
+    }),
+    endpoint(
+        Method::POST,
+        "/admin/v1/members",
+        "/admin/v1/members",
+        |r| r.to(add_member),
+    ),
+    endpoint(
+        Method::DELETE,
+        "/admin/v1/members/{id}",
+        "/admin/v1/members/{id}",
+        |r| r.to(remove_member),
+    ),
+    endpoint(
+        Method::PUT,
+        "/admin/v1/members/{id}",
+        "/admin/v1/members/{id}",
+        |r| r.to(replace_member),
+    ),
     // Operations.
     endpoint(Method::GET, "/status", "/status", |r| r.to(status)),
     endpoint(Method::GET, "/metrics", "/metrics", |r| r.to(metrics_text)),

@@ -18,7 +18,7 @@ use crate::config::Config;
         description = "A node of the causally consistent key-value store. Errors on every route \
             are JSON: {\"error\":{\"code\":...,\"message\":...}}. When the node is configured \
             with a client_token, client routes need `Authorization: Bearer <client_token>`; \
-            with a cluster_secret, peer and fault-hook routes need \
+            with a cluster_secret, peer, membership and fault-hook routes need \
             `Authorization: Bearer <cluster_secret>`.",
         license(name = "MIT OR Apache-2.0"),
     ),
@@ -34,6 +34,11 @@ use crate::config::Config;
         crate::http::routes::receive_events,
         crate::http::routes::sync_clock,
         crate::http::routes::snapshot,
+        crate::http::routes::peer_members,
+        crate::http::routes::members,
+        crate::http::routes::add_member,
+        crate::http::routes::remove_member,
+        crate::http::routes::replace_member,
         crate::http::routes::status,
         crate::http::routes::metrics_text,
         crate::http::routes::trace,
@@ -47,6 +52,7 @@ use crate::config::Config;
         (name = "compatibility", description = "The prototype's API, field for field"),
         (name = "native", description = "Siblings, deletes and causal contexts"),
         (name = "peer", description = "Replication and clock exchange between nodes of the cluster"),
+        (name = "membership", description = "Add, remove and replace nodes of a running cluster"),
         (name = "operations", description = "State, metrics and this document"),
         (name = "faults", description = "The fault hook: pause and resume replication links (faults = true)"),
     )

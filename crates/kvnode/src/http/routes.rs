@@ -12,16 +12,17 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use futures_util::{stream, StreamExt};
 use vclock_proto::{
-    ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch, FaultsResponse,
-    GetResponse, HealthResponse, LinkRequest, PutRequest, PutResponse, ReadQuery, ReadResponse,
-    Sibling, SnapshotChunk, SnapshotRequest, StatusResponse, SyncQuery, TraceEvent, TraceQuery,
-    TraceResponse, TxnReadRequest, TxnReadResponse, TxnWriteRequest, VClock, Value, Write,
-    WriteRequest, WriteResponse, TRACE_CAUSE_HEADER,
+    AddMemberRequest, ClockMessage, ContextQuery, DeleteRequest, ErrorResponse, EventBatch,
+    FaultsResponse, GetResponse, HealthResponse, LinkRequest, MembersMessage, PutRequest,
+    PutResponse, ReadQuery, ReadResponse, ReplaceMemberRequest, Sibling, SnapshotChunk,
+    SnapshotRequest, StatusResponse, SyncQuery, TraceEvent, TraceQuery, TraceResponse,
+    TxnReadRequest, TxnReadResponse, TxnWriteRequest, VClock, Value, Write, WriteRequest,
+    WriteResponse, TRACE_CAUSE_HEADER,
 };
 
 use super::middleware::submit_write;
 use crate::config::{Config, Secret};
-use crate::core::ReadResult;
+use crate::core::{Membership, ReadResult};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::observe::metrics;
@@ -486,7 +487,8 @@ pub async fn delete_key(
 // ---- peer API --------------------------------------------------------------------
 
 pub(crate) fn check_peer(node: &Node, from: &str) -> Result<()> {
-    if from == node.id() || !node.links().iter().any(|l| l.member.id == from) {
+    // A removed node is still a sender: its last writes drain to the others.
+    if from == node.id() || !node.is_known(from) {
         return Err(Error::BadRequest(format!(
             "{from:?} is not a peer of {}",
             node.id()
@@ -618,16 +620,131 @@ fn check_claim(node: &Node, from: &str, applied: &VClock) -> Result<()> {
     Ok(())
 }
 
-/// A clock may name only members of the cluster.
+/// A clock may count writes only of nodes that are or were members (a zero
+/// entry counts nothing: a peer may name a member added before this node
+/// heard of it).
 fn check_clock_nodes(node: &Node, clock: &VClock) -> Result<()> {
-    let members = &node.config().members;
-    match clock.nodes().find(|n| !members.iter().any(|m| &m.id == *n)) {
-        Some(unknown) => Err(Error::UnknownNode(
-            unknown.clone(),
-            node.config().node_ids().join(", "),
-        )),
+    let ids = node.node_ids();
+    let unknown = clock
+        .iter()
+        .find(|(n, seq)| **seq > 0 && ids.binary_search(n).is_err());
+    match unknown {
+        Some((unknown, _)) => Err(Error::UnknownNode(unknown.clone(), ids.join(", "))),
         None => Ok(()),
     }
+}
+
+/// A peer's membership: merged into this node's, which is the answer.
+#[utoipa::path(post, path = "/peer/v1/members", tag = "peer", request_body = MembersMessage,
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "This node's membership, with the sender's merged in", body = MembersMessage),
+        (status = 400, description = "Malformed body, a sender that is not a member, or a malformed entry", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+    ))]
+pub async fn peer_members(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    body: web::Json<MembersMessage>,
+) -> Result<web::Json<MembersMessage>> {
+    let MembersMessage {
+        node: from,
+        members,
+        ..
+    } = body.into_inner();
+    check_peer(&node, &from)?;
+    let theirs = Membership::from_entries(members)
+        .map_err(|e| Error::BadRequest(format!("the membership of {from}: {e}")))?;
+    node.clone().into_inner().merge_members(&theirs).await?;
+    Ok(web::Json(node.members_message()))
+}
+
+// ---- membership changes --------------------------------------------------------
+
+/// The cluster's membership as this node holds it.
+#[utoipa::path(get, path = "/admin/v1/members", tag = "membership",
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "Every node this node knows of, removed ones included", body = MembersMessage),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+    ))]
+pub async fn members(_auth: PeerAuth, node: web::Data<Node>) -> web::Json<MembersMessage> {
+    web::Json(node.members_message())
+}
+
+/// Adds a node to the cluster. Start the new node with the cluster's nodes
+/// (itself included) as its node list: it copies a snapshot from a peer,
+/// catches up, and then serves.
+#[utoipa::path(post, path = "/admin/v1/members", tag = "membership", request_body = AddMemberRequest,
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The membership with the node added (unchanged if it was already there at that URL)", body = MembersMessage),
+        (status = 400, description = "Malformed body, an invalid id or URL", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 409, description = "The id is a member at another URL, or was removed (ids are never reused)", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+    ))]
+pub async fn add_member(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    body: web::Json<AddMemberRequest>,
+) -> Result<web::Json<MembersMessage>> {
+    let AddMemberRequest { id, url } = body.into_inner();
+    let node = node.into_inner();
+    let answer = node.change_members(|m, by| m.add(by, &id, &url)).await?;
+    Ok(web::Json(answer))
+}
+
+/// Removes a node from the cluster: no node sends to it any more, it takes
+/// no client writes, and it no longer holds back log collection. Its writes
+/// are kept; the ones it has not sent yet still drain to the others.
+#[utoipa::path(delete, path = "/admin/v1/members/{id}", tag = "membership",
+    params(("id" = String, Path, description = "The node to remove")),
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The membership with the node removed (unchanged if it already was)", body = MembersMessage),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "No such node", body = ErrorResponse),
+        (status = 409, description = "The node is the one asked (ask another member), or the cluster's last member", body = ErrorResponse),
+    ))]
+pub async fn remove_member(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+) -> Result<web::Json<MembersMessage>> {
+    let id = path.into_inner();
+    let node = node.into_inner();
+    let answer = node.change_members(|m, by| m.remove(by, &id)).await?;
+    Ok(web::Json(answer))
+}
+
+/// Moves a node to a new address (a replacement machine with the same id):
+/// the node there recovers its history from its peers before it serves.
+#[utoipa::path(put, path = "/admin/v1/members/{id}", tag = "membership", request_body = ReplaceMemberRequest,
+    params(("id" = String, Path, description = "The node to replace")),
+    security((), ("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The membership with the node's new URL (unchanged if it was already there)", body = MembersMessage),
+        (status = 400, description = "Malformed body or an invalid URL", body = ErrorResponse),
+        (status = 401, description = "The cluster secret is missing or wrong", body = ErrorResponse),
+        (status = 404, description = "No such node", body = ErrorResponse),
+        (status = 409, description = "The node was removed", body = ErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorResponse),
+    ))]
+pub async fn replace_member(
+    _auth: PeerAuth,
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    body: web::Json<ReplaceMemberRequest>,
+) -> Result<web::Json<MembersMessage>> {
+    let id = path.into_inner();
+    let ReplaceMemberRequest { url } = body.into_inner();
+    let node = node.into_inner();
+    let answer = node
+        .change_members(|m, by| m.replace(by, &id, &url))
+        .await?;
+    Ok(web::Json(answer))
 }
 
 /// The next chunk of this node's state, for a bootstrapping peer.
@@ -897,8 +1014,8 @@ pub async fn set_link(
 ) -> Result<web::Json<FaultsResponse>> {
     faults_enabled(&node)?;
     let (peer, action) = path.into_inner();
-    let link = node
-        .links()
+    let links = node.links();
+    let link = links
         .iter()
         .find(|l| l.member.id == peer)
         .ok_or_else(|| Error::NotFound(format!("{peer:?} is not a peer of {}", node.id())))?;

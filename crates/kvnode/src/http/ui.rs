@@ -161,7 +161,7 @@ async fn cluster(node: web::Data<Node>) -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(ClusterResponse {
             node: node.id().clone(),
-            nodes: node.config().members.iter().map(|m| m.id.clone()).collect(),
+            nodes: node.members().active().map(|m| m.id.clone()).collect(),
         })
 }
 
@@ -223,21 +223,17 @@ async fn proxy(
 ) -> Result<HttpResponse> {
     let target = req.match_info().get("node").unwrap_or_default().to_owned();
     let config = node.config();
-    let member = config
-        .members
-        .iter()
-        .find(|m| m.id == target)
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "unknown node {target:?}: the cluster's nodes are {}",
-                config
-                    .members
-                    .iter()
-                    .map(|m| m.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+    let members = node.members();
+    let member = members.active().find(|m| m.id == target).ok_or_else(|| {
+        Error::NotFound(format!(
+            "unknown node {target:?}: the cluster's nodes are {}",
+            members
+                .active()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     // The raw path after /ui/api/{node}/: forwarded exactly as the page
     // encoded it (a key may hold an encoded "/" or "?").
     let path = req

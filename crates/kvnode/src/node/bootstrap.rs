@@ -177,10 +177,10 @@ fn write_identity(dir: &Path, id: &str) -> Result<(), String> {
 /// chunks' clocks.
 async fn bootstrap(node: &Node, source: &NodeId) -> Result<(u64, VClock), String> {
     let member = node
-        .config()
-        .members
-        .iter()
-        .find(|m| &m.id == source)
+        .members()
+        .get(source)
+        .filter(|m| !m.removed)
+        .cloned()
         .ok_or_else(|| format!("{source} is not a member"))?;
     let url = format!("{}/peer/v1/snapshot", member.url);
     let client = node.peer_client(node.config().peer_timeout);

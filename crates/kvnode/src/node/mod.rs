@@ -11,11 +11,12 @@
 //! already has them on disk) and this node's own once they are published.
 
 pub mod bootstrap;
+pub mod membership;
 pub mod peer;
 pub mod replication;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -66,6 +67,11 @@ enum Command {
     Ack {
         peer: NodeId,
         applied: VClock,
+    },
+    /// A new membership: every node known, and the active ones.
+    Members {
+        known: Vec<NodeId>,
+        active: Vec<NodeId>,
     },
     /// A step of a bootstrap (see [`bootstrap`]).
     Install {
@@ -124,6 +130,8 @@ pub struct Link {
     pub wake: Notify,
     /// Batches, errors and acknowledgement times, for `/metrics`.
     pub metrics: LinkMetrics,
+    /// Set when the peer left the membership (or moved): the sender stops.
+    removed: AtomicBool,
     health: Mutex<LinkHealth>,
 }
 
@@ -140,6 +148,7 @@ impl Link {
             paused: AtomicBool::new(false),
             wake: Notify::new(),
             metrics: LinkMetrics::default(),
+            removed: AtomicBool::new(false),
             health: Mutex::new(LinkHealth::default()),
         }
     }
@@ -158,13 +167,31 @@ impl Link {
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }
+
+    /// True once the peer left the membership or moved: the sender stops.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Stops the link's sender.
+    fn close(&self) {
+        self.removed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
 }
 
 struct Shared {
     config: Arc<Config>,
     core: Mutex<Core<BoxStore>>,
     applied: watch::Sender<VClock>,
-    links: Vec<Arc<Link>>,
+    /// One link per active peer; replaced whole when the membership changes.
+    links: RwLock<Arc<Vec<Arc<Link>>>>,
+    /// The membership, and the ids it knows (for the hot paths).
+    members: RwLock<membership::Members>,
+    /// Serializes membership changes.
+    members_change: tokio::sync::Mutex<()>,
+    /// Wakes the membership announcer: the membership changed.
+    members_news: Notify,
     metrics: Arc<Metrics>,
     tracer: Tracer,
     /// Bytes of writes and batches handed to the writer and not yet done, out
@@ -195,13 +222,16 @@ impl Shared {
     fn recovery(&self) -> MutexGuard<'_, RecoveryState> {
         self.recovery.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn links(&self) -> Arc<Vec<Arc<Link>>> {
+        self.links.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// A running node.
 pub struct Node {
     shared: Arc<Shared>,
     writer: mpsc::Sender<Command>,
-    node_ids: Vec<NodeId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -219,8 +249,9 @@ impl Node {
         let peer_tls =
             crate::tls::peer_client_config(&config).map_err(|e| Error::Internal(e.to_string()))?;
         let config = Arc::new(config);
-        let node_ids = config.node_ids();
-        let core = Core::new(
+        let members = membership::load(&config)?;
+        let node_ids = members.known();
+        let mut core = Core::new(
             config.node_id.clone(),
             node_ids.clone(),
             store,
@@ -229,6 +260,8 @@ impl Node {
                 max_buffered_bytes: config.max_buffered_bytes,
             },
         )?;
+        let active: Vec<NodeId> = members.active().map(|m| m.id.clone()).collect();
+        core.set_members(&node_ids, &active)?;
         let (applied, _) = watch::channel(core.applied().clone());
         let progress = match config.memory {
             true => None,
@@ -252,7 +285,11 @@ impl Node {
                  holds more of its writes; if it lost its data it may reuse their dots"
             );
         }
-        let peer_ids: Vec<NodeId> = config.peers().map(|m| m.id.clone()).collect();
+        let peer_ids: Vec<NodeId> = members
+            .active()
+            .filter(|m| m.id != config.node_id)
+            .map(|m| m.id.clone())
+            .collect();
         let mut recovery = Recovery::new(
             config.node_id.clone(),
             peer_ids,
@@ -281,9 +318,15 @@ impl Node {
                     .display()
             ))
         })?;
-        let links = config
-            .peers()
-            .map(|m| Arc::new(Link::new(m.clone())))
+        let links = members
+            .active()
+            .filter(|m| m.id != config.node_id)
+            .map(|m| {
+                Arc::new(Link::new(Member {
+                    id: m.id.clone(),
+                    url: m.url.clone(),
+                }))
+            })
             .collect();
         let queued = Arc::new(Semaphore::new(
             config.max_queued_bytes.min(Semaphore::MAX_PERMITS),
@@ -296,7 +339,10 @@ impl Node {
             config,
             core: Mutex::new(core),
             applied,
-            links,
+            links: RwLock::new(Arc::new(links)),
+            members: RwLock::new(membership::Members::new(members)),
+            members_change: tokio::sync::Mutex::new(()),
+            members_news: Notify::new(),
             metrics: Arc::new(Metrics::new()),
             tracer,
             queued,
@@ -317,11 +363,7 @@ impl Node {
             .name("kvnode-writer".into())
             .spawn(move || run_writer(&writer_shared, commands))
             .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(Arc::new(Self {
-            shared,
-            writer,
-            node_ids,
-        }))
+        Ok(Arc::new(Self { shared, writer }))
     }
 
     /// The node's configuration.
@@ -408,9 +450,9 @@ impl Node {
         stopped.await.is_ok()
     }
 
-    /// The replication links, one per peer, in id order.
-    pub fn links(&self) -> &[Arc<Link>] {
-        &self.shared.links
+    /// The replication links, one per active peer, in id order.
+    pub fn links(&self) -> Arc<Vec<Arc<Link>>> {
+        self.shared.links()
     }
 
     /// The committed `applied` clock: what is durable, published after each
@@ -433,7 +475,7 @@ impl Node {
     pub fn check_context(&self, context: &VClock) -> ContextCheck {
         core::check_context(
             self.id(),
-            &self.node_ids,
+            &self.node_ids(),
             &self.shared.applied.borrow(),
             context,
         )
@@ -453,7 +495,7 @@ impl Node {
             let step = wait.step(
                 self.now(),
                 self.id(),
-                &self.node_ids,
+                &self.node_ids(),
                 &applied.borrow_and_update(),
             );
             let deadline = match step {
@@ -491,7 +533,8 @@ impl Node {
         bound: Duration,
         answers: mpsc::UnboundedSender<(NodeId, VClock)>,
     ) {
-        let Some(link) = self.links().iter().find(|l| l.member.id == origin) else {
+        let links = self.links();
+        let Some(link) = links.iter().find(|l| l.member.id == origin) else {
             return;
         };
         let url = link.member.url.clone();
@@ -507,7 +550,7 @@ impl Node {
 
     fn context_error(&self, error: ContextError, bound: Duration) -> Error {
         match error {
-            ContextError::UnknownNode(node) => Error::UnknownNode(node, self.node_ids.join(", ")),
+            ContextError::UnknownNode(node) => Error::UnknownNode(node, self.node_ids().join(", ")),
             ContextError::UnknownHistory(missing) => Error::UnknownHistory(missing),
             ContextError::Timeout(missing) => Error::CausalTimeout {
                 missing,
@@ -531,13 +574,19 @@ impl Node {
         if let Some(why) = self.not_live() {
             return Err(Error::Recovering(why));
         }
+        if self.is_removed() {
+            return Err(Error::Unavailable(format!(
+                "{} was removed from the cluster: write to another node",
+                self.id()
+            )));
+        }
         let (txn, delete) = (writes.len() > 1, writes.iter().all(|w| w.op == Op::Delete));
         // Measured as the event will be, before it exists, with an entry
         // in its clock for every node.
         let bytes = Event::size_of(
             self.id(),
             writes.iter().map(|w| (w.key.as_str(), &w.op)),
-            self.node_ids.iter().map(String::as_str),
+            self.node_ids().iter().map(String::as_str),
         );
         let queued = self.reserve(bytes)?;
         let (reply, answer) = oneshot::channel();
@@ -881,6 +930,8 @@ impl Node {
             },
             applied,
             peers,
+            members: self.members().entries(),
+            members_version: self.members().version(),
         }
     }
 
@@ -1009,6 +1060,11 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
                         }
                         Err(e) => error!("cannot collect the log: {e}"),
                     },
+                    Command::Members { known, active } => {
+                        if let Err(e) = core.set_members(&known, &active) {
+                            error!("cannot collect the log after a membership change: {e}");
+                        }
+                    }
                     Command::Install { step, reply } => {
                         let result = match step {
                             InstallStep::Begin => core.begin_install(),
@@ -1078,7 +1134,7 @@ fn run_writer(shared: &Shared, mut commands: mpsc::Receiver<Command>) {
             std::process::exit(70);
         }
         if wrote {
-            for link in &shared.links {
+            for link in shared.links().iter() {
                 link.wake.notify_one();
             }
         }

@@ -28,8 +28,15 @@ use crate::core::replication::{self as protocol, Action, Answer, Notice, Request
 pub fn spawn_links(node: &Arc<Node>) -> Vec<actix_web::rt::task::JoinHandle<()>> {
     node.links()
         .iter()
-        .map(|link| actix_web::rt::spawn(run_link(node.clone(), link.clone())))
+        .map(|link| spawn_link(node, link.clone()))
         .collect()
+}
+
+/// Starts the replication task of one link; it ends after
+/// [`Node::begin_shutdown`], or once the link is closed (its peer left the
+/// membership).
+pub fn spawn_link(node: &Arc<Node>, link: Arc<Link>) -> actix_web::rt::task::JoinHandle<()> {
+    actix_web::rt::spawn(run_link(node.clone(), link))
 }
 
 /// What a batch looks like on the wire ([`vclock_proto::EventBatch`]), borrowed.
@@ -52,7 +59,7 @@ async fn run_link(node: Arc<Node>, link: Arc<Link>) {
     );
     let mut stopping = node.stopping();
     loop {
-        if *stopping.borrow_and_update() {
+        if *stopping.borrow_and_update() || link.is_removed() {
             debug!("{}: sender stopped", link.member.id);
             return;
         }

@@ -78,6 +78,12 @@ impl TestCluster {
         Self { kit }
     }
 
+    /// A cluster started by the kit's own builder (see [`nodes`]), for
+    /// settings that [`Self::start_with`] does not give.
+    pub fn from_kit(kit: Cluster) -> Self {
+        Self { kit }
+    }
+
     /// The path of node `n`'s log file.
     pub fn log_path(&self, n: usize) -> &Path {
         self.kit.log_path(n).expect("process nodes log to files")
@@ -205,15 +211,33 @@ impl TestCluster {
     /// Waits until every node's `/health` timestamp is the same clock and covers
     /// `want`; returns that clock.
     pub fn wait_converged(&self, want: &VClock) -> VClock {
-        wait_for(EVENTUALLY, format!("every node to apply {want}"), || {
-            let clocks: Vec<VClock> = self.numbers().map(|n| self.clock(n)).collect();
-            let first = &clocks[0];
-            if clocks.iter().all(|c| c == first) && first.covers(want) {
-                Ok(first.clone())
-            } else {
-                Err(format!("clocks {}", display_all(&clocks)))
-            }
-        })
+        self.wait_same(&self.numbers().collect::<Vec<_>>(), want)
+    }
+
+    /// Waits until nodes `nodes` answer `/health` with the same clock, covering
+    /// `want`; returns that clock.
+    pub fn wait_same(&self, nodes: &[usize], want: &VClock) -> VClock {
+        wait_for(
+            EVENTUALLY,
+            format!("nodes {nodes:?} to apply {want}"),
+            || {
+                let clocks: Vec<VClock> = nodes.iter().map(|&n| self.clock(n)).collect();
+                let first = &clocks[0];
+                if clocks.iter().all(|c| c == first) && first.covers(want) {
+                    Ok(first.clone())
+                } else {
+                    Err(format!("clocks {}", display_all(&clocks)))
+                }
+            },
+        )
+    }
+
+    /// Events in node `n`'s log (`/status`).
+    pub fn log_len(&self, n: usize) -> u64 {
+        let status = self.status(n);
+        status["log_len"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no log_len in {status}"))
     }
 }
 
