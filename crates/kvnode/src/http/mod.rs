@@ -406,6 +406,100 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn membership_changes_refuse_bad_input_and_change_nothing() {
+        let node = test_node(&[("KVNODE_MEMORY", "true")]);
+        let app = test::init_service(App::new().configure(configure(node.clone()))).await;
+        let before = node.members();
+        for (method, path, body, status, code) in [
+            (
+                Method::POST,
+                "/admin/v1/members",
+                Some(json!({"id": "../x", "url": "http://x:1"})),
+                400,
+                "bad_request",
+            ),
+            (
+                Method::POST,
+                "/admin/v1/members",
+                Some(json!({"id": "n4", "url": "x:1"})),
+                400,
+                "bad_request",
+            ),
+            (
+                Method::POST,
+                "/admin/v1/members",
+                Some(json!({"id": "n4"})),
+                400,
+                "bad_request",
+            ),
+            (
+                Method::POST,
+                "/admin/v1/members",
+                Some(json!({"id": "n2", "url": "http://elsewhere:1"})),
+                409,
+                "conflict",
+            ),
+            (
+                Method::DELETE,
+                "/admin/v1/members/n1",
+                None,
+                409,
+                "conflict",
+            ),
+            (
+                Method::DELETE,
+                "/admin/v1/members/n9",
+                None,
+                404,
+                "not_found",
+            ),
+            (
+                Method::PUT,
+                "/admin/v1/members/n9",
+                Some(json!({"url": "http://x:1"})),
+                404,
+                "not_found",
+            ),
+            (
+                Method::PUT,
+                "/admin/v1/members/n2",
+                Some(json!({"url": ""})),
+                400,
+                "bad_request",
+            ),
+        ] {
+            let mut req = TestRequest::default().method(method.clone()).uri(path);
+            if let Some(body) = &body {
+                req = req.set_json(body);
+            }
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), status, "{method} {path} {body:?}");
+            let answer: serde_json::Value = test::read_body_json(res).await;
+            assert_eq!(answer["error"]["code"], code, "{method} {path}: {answer}");
+        }
+        assert_eq!(node.members(), before, "nothing changed");
+
+        let add = TestRequest::post()
+            .uri("/admin/v1/members")
+            .set_json(json!({"id": "n4", "url": "http://127.0.0.1:9/"}));
+        let res = test::call_service(&app, add.to_request()).await;
+        assert_eq!(res.status(), 200);
+        let answer: serde_json::Value = test::read_body_json(res).await;
+        assert_eq!(answer["version"], 1, "{answer}");
+        assert_eq!(node.links().len(), 3, "a link to n4 started");
+        let remove = TestRequest::delete().uri("/admin/v1/members/n4");
+        let res = test::call_service(&app, remove.to_request()).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(node.links().len(), 2, "the link to n4 stopped");
+        let again = TestRequest::post()
+            .uri("/admin/v1/members")
+            .set_json(json!({"id": "n4", "url": "http://127.0.0.1:9"}));
+        let res = test::call_service(&app, again.to_request()).await;
+        assert_eq!(res.status(), 409, "a removed id is never reused");
+        assert_eq!(node.status().members_version, 2);
+    }
+
+    #[actix_web::test]
     async fn peer_and_admin_routes_need_the_cluster_secret() {
         let node = test_node(&[("KVNODE_CLUSTER_SECRET", SECRET), ("KVNODE_FAULTS", "true")]);
         let app = test::init_service(App::new().configure(configure(node.clone()))).await;
@@ -417,6 +511,8 @@ mod tests {
                 (Method::POST, "/peer/v1/sync", Some(&sync)),
                 (Method::GET, "/admin/v1/links", None),
                 (Method::POST, "/admin/v1/links/n2/pause", Some(&json!({}))),
+                (Method::GET, "/admin/v1/members", None),
+                (Method::DELETE, "/admin/v1/members/n3", None),
             ] {
                 let mut req = TestRequest::default().method(method.clone()).uri(path);
                 if let Some(body) = body {
@@ -1144,6 +1240,9 @@ mod tests {
         assert!(text.contains("kvnode_reads_total 1"));
         assert!(text.contains("kvnode_applied{origin=\"n1\"} 1"));
         assert!(text.contains("kvnode_peer_lag_events{peer=\"n2\"} 1"));
+        assert!(text.contains("kvnode_members{state=\"active\"} 3"));
+        assert!(text.contains("kvnode_members{state=\"removed\"} 0"));
+        assert!(text.contains("kvnode_membership_version 0"));
     }
 
     #[actix_web::test]

@@ -54,6 +54,8 @@ pub const NAMES: &[&str] = &[
     "kvnode_stable",
     "kvnode_recovery_phase",
     "kvnode_bootstrap_keys_copied",
+    "kvnode_members",
+    "kvnode_membership_version",
     "kvnode_peer_lag_events",
     "kvnode_peer_lag_seconds",
     "kvnode_peer_seconds_since_ack",
@@ -601,10 +603,13 @@ pub fn render<'a>(
         "Bytes of the trace records held in memory (bounded by trace_buffer_bytes).",
         status.trace_bytes,
     );
+    // Every node that is or was a member: a removed node's writes stay.
     let mut members: Vec<&str> = std::iter::once(status.node.as_str())
         .chain(status.peers.iter().map(|p| p.node.as_str()))
+        .chain(status.members.iter().map(|m| m.id.as_str()))
         .collect();
     members.sort_unstable();
+    members.dedup();
     for (name, help, clock) in [
         (
             "kvnode_applied",
@@ -646,6 +651,27 @@ pub fn render<'a>(
         "gauge",
         "Keys copied by the current or last bootstrap from a peer.",
         status.recovery.keys_copied,
+    );
+
+    // Membership.
+    header(
+        o,
+        "kvnode_members",
+        "gauge",
+        "Nodes of the cluster's membership as this node holds it, by state: active or \
+         removed.",
+    );
+    let removed = status.members.iter().filter(|m| m.removed).count();
+    let active = status.members.len() - removed;
+    let _ = writeln!(o, "kvnode_members{{state=\"active\"}} {active}");
+    let _ = writeln!(o, "kvnode_members{{state=\"removed\"}} {removed}");
+    single(
+        o,
+        "kvnode_membership_version",
+        "gauge",
+        "The highest version of the membership this node holds; every node converges on the \
+         same.",
+        status.members_version,
     );
 
     // Peers.
