@@ -58,6 +58,16 @@
 //! goes live. While its marker is there it takes no batch, and shows its peers
 //! no more than the meet of the chunks installed so far.
 //!
+//! Once in a while a live replica is **removed from the membership**, as an
+//! operator's `kvctl cluster remove` does: every other replica hands the new
+//! membership to its core ([`Core::set_members`], through its writer path)
+//! and drops its link to it, at once or at its next start; clients write
+//! elsewhere; the removed replica keeps running and sending its own writes.
+//! Its peers then no longer wait for its acknowledgements to collect their
+//! logs. Every check below then holds for the members: they converge, hold
+//! every acknowledged write (the removed replica's included), and collect
+//! their logs; the removed replica may lag.
+//!
 //! The same simulation runs over two stores:
 //!
 //! - [`MemStore`], wrapped to keep a copy of its state at each commit, which a
@@ -213,6 +223,7 @@ fn random_schedules_keep_causal_consistency() {
             ("atomic writes", total.txns),
             ("snapshot reads", total.snapshots),
             ("data losses", total.data_losses),
+            ("removals", total.removals),
             ("bootstraps installed", total.bootstraps_done),
             ("bootstraps failed", total.bootstraps_failed),
             (
@@ -767,6 +778,8 @@ struct Stats {
     swept_events: u64,
     /// Crashes that also lost the replica's data.
     data_losses: u64,
+    /// Replicas removed from the membership.
+    removals: u64,
     /// Client operations refused by a replica that was recovering.
     refused_while_recovering: u64,
     /// Bootstraps started...
@@ -816,6 +829,7 @@ impl Stats {
         self.settle_rounds += other.settle_rounds;
         self.swept_events += other.swept_events;
         self.data_losses += other.data_losses;
+        self.removals += other.removals;
         self.refused_while_recovering += other.refused_while_recovering;
         self.bootstraps += other.bootstraps;
         self.bootstraps_done += other.bootstraps_done;
@@ -1480,6 +1494,10 @@ enum Step {
     LoseData {
         at: usize,
     },
+    /// A replica is removed from the membership.
+    Remove {
+        at: usize,
+    },
     /// What a replica's recovery decided.
     Decide {
         at: usize,
@@ -1620,6 +1638,7 @@ impl fmt::Display for Step {
                 write!(f, "node{at} sweeps its buffer, dropping {dropped} events")
             }
             Step::LoseData { at } => write!(f, "node{at} loses its data"),
+            Step::Remove { at } => write!(f, "node{at} is removed from the membership"),
             Step::Decide { at, decision } => {
                 write!(f, "node{at}'s recovery decides: {decision:?}")
             }
@@ -1648,8 +1667,8 @@ impl fmt::Display for Step {
 /// deliveries, commits of an open group, crashes, restarts, time passing,
 /// cutting or healing a link, forged contexts, buffer sweeps, the recovery
 /// task of a recovering replica waking, a crash that loses the replica's
-/// data; drops come on top.
-const STEP_WEIGHTS: [u32; 13] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 4, 8, 1];
+/// data, the removal of a replica from the membership; drops come on top.
+const STEP_WEIGHTS: [u32; 14] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 4, 8, 1, 1];
 
 /// Share of client writes made as atomic writes of several keys, and of
 /// client reads made as snapshot reads of several keys.
@@ -1704,6 +1723,10 @@ struct Sim<B: Backend> {
     /// A replica that loses its data at the first step where it may (see
     /// [`Self::may_lose_data`]).
     doomed: Option<usize>,
+    /// The replica removed from the membership, if any: no peer sends to it
+    /// or counts on its acknowledgements any more, clients write elsewhere,
+    /// and it still sends its own writes to the others.
+    removed: Option<usize>,
     avoid: Avoid,
 }
 
@@ -1812,6 +1835,7 @@ impl<B: Backend> Sim<B> {
             settling: false,
             next_snapshot_id: 0,
             doomed: None,
+            removed: None,
             avoid: Avoid::from_env(),
         };
         for at in 0..sim.replicas.len() {
@@ -1824,7 +1848,7 @@ impl<B: Backend> Sim<B> {
     fn new_links(&self, at: usize) -> Vec<Option<Link>> {
         (0..self.replicas.len())
             .map(|peer| {
-                (peer != at).then(|| {
+                (peer != at && (self.is_member(peer) || !self.is_member(at))).then(|| {
                     Link::new(
                         self.nodes[at].clone(),
                         self.nodes[peer].clone(),
@@ -1838,6 +1862,95 @@ impl<B: Backend> Sim<B> {
 
     fn core(&self, at: usize) -> &Core<B::Store> {
         self.replicas[at].core()
+    }
+
+    /// Whether replica `at` is a member (not removed).
+    fn is_member(&self, at: usize) -> bool {
+        self.removed != Some(at)
+    }
+
+    /// The members, in index order.
+    fn members(&self) -> Vec<usize> {
+        (0..self.replicas.len())
+            .filter(|&at| self.is_member(at))
+            .collect()
+    }
+
+    /// Removes a live replica from the membership, once per run: one that is
+    /// not part of the final fault and not about to lose its data. Every
+    /// other replica learns it at once (as the node that made the change and
+    /// its announcer tell them), or at its next start when down.
+    fn remove_member(&mut self) -> SimResult {
+        if self.removed.is_some() {
+            return Ok(());
+        }
+        // The final fault's replicas stay, and a cut link keeps a third
+        // member to repair through.
+        let (spared, least) = match self.params.final_fault {
+            FinalFault::Cut(a, b) => (vec![a, b], 4),
+            FinalFault::OriginDown(a, b) => (vec![a, b], 3),
+            FinalFault::None => (Vec::new(), 3),
+        };
+        // Not while a replica recovers its history: the removed replica may
+        // hold the only copy of the recovering one's writes (an operator
+        // removes nodes while every member is live).
+        let recovering = self
+            .replicas
+            .iter()
+            .any(|r| r.recovering_history || r.progress.is_some());
+        if self.replicas.len() < least || recovering {
+            return Ok(());
+        }
+        let candidates: Vec<usize> = (0..self.replicas.len())
+            .filter(|&at| {
+                self.replicas[at].is_live()
+                    && !spared.contains(&at)
+                    && self.doomed != Some(at)
+                    && !self.replicas[at].recovering_history
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let removed = candidates[self.rng.random_range(0..candidates.len())];
+        self.removed = Some(removed);
+        self.stats.removals += 1;
+        self.trace.push(Step::Remove { at: removed });
+        for session in 0..self.sessions.len() {
+            if self.sessions[session].home == removed {
+                self.sessions[session].home = (removed + 1) % self.replicas.len();
+            }
+        }
+        for at in (0..self.replicas.len()).filter(|&at| at != removed) {
+            // A replica that is down has no links; it starts without one
+            // to the removed replica.
+            if let Some(link) = self.replicas[at].links.get_mut(removed) {
+                *link = None;
+            }
+            self.take_members(at)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the membership to replica `at`'s core, as the node's writer
+    /// does; a removed peer no longer holds back its log collection.
+    fn take_members(&mut self, at: usize) -> SimResult {
+        if self.removed.is_none() || !self.is_up(at) {
+            return Ok(());
+        }
+        let active: Vec<String> = self
+            .members()
+            .into_iter()
+            .map(|m| self.nodes[m].clone())
+            .collect();
+        let nodes = self.nodes.clone();
+        let removed = self.removed.map(|r| self.nodes[r].clone());
+        let replica = &mut self.replicas[at];
+        replica.core_mut().set_members(&nodes, &active)?;
+        if let Some(removed) = removed {
+            replica.recovery.remove(&removed);
+        }
+        self.add_to_group(at, None)
     }
 
     fn is_up(&self, at: usize) -> bool {
@@ -2006,11 +2119,13 @@ impl<B: Backend> Sim<B> {
                 let made: Vec<usize> = (0..replicas)
                     .filter(|&at| !self.truth.by_origin[at].is_empty())
                     .collect();
+                let made: Vec<usize> = made.into_iter().filter(|&at| self.is_member(at)).collect();
                 if self.doomed.is_none() && !made.is_empty() {
                     self.doomed = Some(made[self.rng.random_range(0..made.len())]);
                 }
                 Ok(())
             }
+            13 => self.remove_member(),
             _ => {
                 self.drop_random();
                 Ok(())
@@ -2231,6 +2346,9 @@ impl<B: Backend> Sim<B> {
         replica.recovery = recovery;
         self.replicas[at].links = self.new_links(at);
         self.check_recovered(at)?;
+        if at != self.removed.unwrap_or(usize::MAX) {
+            self.take_members(at)?;
+        }
         // The node decides once as it starts, then whenever its recovery
         // task wakes.
         self.recover(at)
@@ -2360,10 +2478,11 @@ impl<B: Backend> Sim<B> {
         !recovering
             && !avoided
             && self.replicas[at].committed.applied.iter().all(|id| {
-                self.replicas
-                    .iter()
-                    .enumerate()
-                    .any(|(other, r)| other != at && r.committed.applied.contains(id))
+                // A removed replica may be gone for good: it holds nothing
+                // the members can count on.
+                self.replicas.iter().enumerate().any(|(other, r)| {
+                    other != at && self.is_member(other) && r.committed.applied.contains(id)
+                })
             })
     }
 
@@ -2911,7 +3030,8 @@ impl<B: Backend> Sim<B> {
         if self.rng.random_bool(0.6) {
             self.sessions[session].home
         } else {
-            self.rng.random_range(0..self.replicas.len())
+            let members = self.members();
+            members[self.rng.random_range(0..members.len())]
         }
     }
 
@@ -3311,7 +3431,10 @@ impl<B: Backend> Sim<B> {
         let (durable, writes) = self.durable(from);
         let replica = &mut self.replicas[from];
         let core = replica.core.as_ref().expect("the replica is up");
-        let link = replica.links[to].as_mut().expect("a link to every peer");
+        // None to a removed peer.
+        let Some(link) = replica.links[to].as_mut() else {
+            return Ok(());
+        };
         let action = link.poll(self.now, &durable, core);
         let notices = link.take_notices();
         self.observe_notices(from, to, notices, &WriteSet::default())?;
@@ -3390,7 +3513,9 @@ impl<B: Backend> Sim<B> {
         let own = self.replicas[at].committed.applied_per_origin[at];
         // Its own writes that a bootstrap installed are not in its log.
         let floor = self.replicas[at].log_floor;
-        for peer in (0..self.replicas.len()).filter(|&peer| peer != at) {
+        // A removed peer no longer holds back the members' collection.
+        let counted = |peer: usize| peer != at && (self.is_member(peer) || !self.is_member(at));
+        for peer in (0..self.replicas.len()).filter(|&peer| counted(peer)) {
             let acked = &self.replicas[at].now.acked_by_peer[peer];
             let acked = self.truth.by_origin[at]
                 .iter()
@@ -3672,9 +3797,10 @@ impl<B: Backend> Sim<B> {
                     });
                 }
                 let (durable, _) = self.durable(to);
-                let link = self.replicas[to].links[from]
-                    .as_mut()
-                    .expect("a link to every peer");
+                // An answer from a peer removed since is dropped with its link.
+                let Some(link) = self.replicas[to].links[from].as_mut() else {
+                    return Ok(());
+                };
                 link.answered(self.now, id, answer, &durable);
                 let notices = link.take_notices();
                 self.observe_notices(to, from, notices, &writes)
@@ -3870,22 +3996,29 @@ impl<B: Backend> Sim<B> {
     /// acknowledged.
     fn settled(&self) -> bool {
         let live: Vec<usize> = (0..self.replicas.len())
-            .filter(|&at| self.is_up(at))
+            .filter(|&at| self.is_up(at) && self.is_member(at))
             .collect();
         let reference = &self.replicas[live[0]].committed_clock;
-        live.iter().all(|&at| {
-            let replica = &self.replicas[at];
-            replica.recovery.is_live()
-                && replica.committed_clock == *reference
-                && replica.group.commands == 0
-                && live
-                    .iter()
-                    .filter(|&&peer| peer != at && !self.is_cut(at, peer))
-                    .all(|&peer| {
-                        let link = replica.links[peer].as_ref().expect("a link to every peer");
-                        link.acked() == Some(reference) && !link.is_waiting()
-                    })
-        })
+        // A removed replica that is up has sent the members all its writes.
+        let drained = self.removed.filter(|&r| self.is_up(r)).is_none_or(|r| {
+            let replica = &self.replicas[r];
+            let own = &self.nodes[r];
+            replica.group.commands == 0 && reference.get(own) >= replica.committed_clock.get(own)
+        });
+        drained
+            && live.iter().all(|&at| {
+                let replica = &self.replicas[at];
+                replica.recovery.is_live()
+                    && replica.committed_clock == *reference
+                    && replica.group.commands == 0
+                    && live
+                        .iter()
+                        .filter(|&&peer| peer != at && !self.is_cut(at, peer))
+                        .all(|&peer| {
+                            let link = replica.links[peer].as_ref().expect("a link to every peer");
+                            link.acked() == Some(reference) && !link.is_waiting()
+                        })
+            })
     }
 
     /// Every replica's committed clock, for reports.
@@ -3978,7 +4111,8 @@ impl<B: Backend> Sim<B> {
                 self.settle(Some(origin))?;
                 self.check_live_converged()?;
                 let holder = &self.replicas[via].now.applied;
-                for at in (0..self.replicas.len()).filter(|&at| self.is_up(at)) {
+                let members = (0..self.replicas.len()).filter(|&at| self.is_member(at));
+                for at in members.filter(|&at| self.is_up(at)) {
                     let missing = holder.first_not_in(&self.replicas[at].now.applied);
                     ensure!(
                         missing.is_none(),
@@ -3999,7 +4133,7 @@ impl<B: Backend> Sim<B> {
     /// siblings for every key.
     fn check_live_converged(&self) -> SimResult {
         let live: Vec<usize> = (0..self.replicas.len())
-            .filter(|&at| self.is_up(at))
+            .filter(|&at| self.is_up(at) && self.is_member(at))
             .collect();
         let reference = live[0];
         let reference_dump = self.dump(reference)?;
@@ -4174,9 +4308,11 @@ impl<B: Backend> Sim<B> {
     /// Whether replica `at` knows that every node has applied write `id`.
     fn is_stable_at(&self, at: usize, id: WriteId) -> bool {
         let replica = &self.replicas[at].now;
+        // A removed peer counts no more, for the members.
+        let counted = |peer: usize| peer != at && (self.is_member(peer) || !self.is_member(at));
         replica.applied.contains(id)
             && (0..self.replicas.len())
-                .filter(|&peer| peer != at)
+                .filter(|&peer| counted(peer))
                 .all(|peer| replica.acked_by_peer[peer].contains(id))
     }
 
@@ -4253,17 +4389,24 @@ impl<B: Backend> Sim<B> {
         self.avoid.installed_tombstones
             && e.op_for(key) == Some(&Op::Delete)
             && self.write_id(&e.dot()).is_ok_and(|id| {
-                self.replicas
-                    .iter()
-                    .any(|r| r.installed_tombstones.contains(id))
-                    && self.replicas.iter().all(|r| r.now.applied.contains(id))
+                let members: Vec<_> = self
+                    .members()
+                    .into_iter()
+                    .map(|m| &self.replicas[m])
+                    .collect();
+                members.iter().any(|r| r.installed_tombstones.contains(id))
+                    && members.iter().all(|r| r.now.applied.contains(id))
             })
     }
 
     fn check_converged(&self) -> SimResult {
-        let reference = self.core(0);
-        let reference_dump = self.dump(0)?;
+        let first = self.members()[0];
+        let reference = self.core(first);
+        let reference_dump = self.dump(first)?;
         for (at, replica) in self.replicas.iter().enumerate() {
+            if !self.is_member(at) {
+                continue;
+            }
             let node = &self.nodes[at];
             let core = replica.core();
             ensure!(
@@ -4293,7 +4436,7 @@ impl<B: Backend> Sim<B> {
                 Check::Convergence,
                 "{node} applied {} but {} applied {}",
                 core.applied(),
-                self.nodes[0],
+                self.nodes[first],
                 reference.applied()
             );
             ensure!(
@@ -4319,7 +4462,7 @@ impl<B: Backend> Sim<B> {
                 dump == reference_dump,
                 Check::Convergence,
                 "{node} and {} hold different siblings for {differing:?}: {} and {}",
-                self.nodes[0],
+                self.nodes[first],
                 dot_list(
                     differing.iter().flat_map(|k| dump
                         .get(*k)
@@ -4370,12 +4513,12 @@ impl<B: Backend> Sim<B> {
                 self.keys[key]
             );
         }
-        let reference = self.final_read(0, key)?;
+        let reference = self.final_read(self.members()[0], key)?;
         ensure!(
             read.siblings == reference.siblings && read.winner() == reference.winner(),
             Check::Convergence,
             "{node} and {} hold different siblings of {}: {} and {}",
-            self.nodes[0],
+            self.nodes[self.members()[0]],
             self.keys[key],
             dot_list(read.siblings.iter().map(|e| e.dot())),
             dot_list(reference.siblings.iter().map(|e| e.dot()))
@@ -4402,7 +4545,7 @@ impl<B: Backend> Sim<B> {
                         .any(|&v| self.truth.writes[v].past.contains(w))
                 })
                 .collect();
-            for at in 0..self.replicas.len() {
+            for at in self.members() {
                 let mut siblings = self.sibling_ids(&self.final_read(at, key)?)?;
                 siblings.sort_unstable();
                 let lost: Vec<WriteId> = survivors
@@ -4435,7 +4578,7 @@ impl<B: Backend> Sim<B> {
                 Check::Sessions,
                 "session {session} still waits for an ack after the flush"
             );
-            for at in 0..self.replicas.len() {
+            for at in self.members() {
                 ensure!(
                     self.context_satisfied(session, at)?,
                     Check::Sessions,
@@ -4444,8 +4587,9 @@ impl<B: Backend> Sim<B> {
                     self.nodes[at]
                 );
             }
+            let members = self.members();
             for key in 0..self.keys.len() {
-                let at = self.rng.random_range(0..self.replicas.len());
+                let at = members[self.rng.random_range(0..members.len())];
                 self.trace.push(Step::Read { session, at, key });
                 self.client_read(session, at, key)?;
             }

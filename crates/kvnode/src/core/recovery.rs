@@ -95,6 +95,9 @@ pub struct Recovery {
     failed: BTreeSet<NodeId>,
     /// Peers that hold writes of other origins this node lacks.
     ahead: BTreeSet<NodeId>,
+    /// Peers removed from the membership: never a bootstrap's source, and
+    /// not waited for, but what they hold of this node's writes still counts.
+    removed: BTreeSet<NodeId>,
     /// When a complete store goes live even if a peer has not answered.
     deadline: Duration,
     /// A bootstrap was installed in this run.
@@ -124,6 +127,7 @@ impl Recovery {
             heard: BTreeMap::new(),
             failed: BTreeSet::new(),
             ahead: BTreeSet::new(),
+            removed: BTreeSet::new(),
             deadline: now + grace,
             installed: false,
             catching_up: None,
@@ -186,6 +190,17 @@ impl Recovery {
         }
     }
 
+    /// `peer` was removed from the membership. No node sends to it any
+    /// more, so its state lags: a snapshot of it may lack writes that the
+    /// members' logs no longer hold, and it is no source. If it holds more of
+    /// this node's writes than any member, the node waits: the removed node
+    /// still sends them to the members, and the node then bootstraps from one.
+    pub fn remove(&mut self, peer: &str) {
+        if self.is_peer(peer) {
+            self.removed.insert(peer.to_owned());
+        }
+    }
+
     /// A request to `peer` failed.
     pub fn unreachable(&mut self, peer: &str) {
         if self.is_peer(peer) && !self.heard.contains_key(peer) {
@@ -201,9 +216,11 @@ impl Recovery {
             Phase::Checking => {}
         }
         let own = applied.get(&self.me);
+        let member = |peer: &&NodeId| !self.removed.contains(*peer);
         let best = self
             .heard
             .iter()
+            .filter(|(peer, _)| member(peer))
             .max_by_key(|(peer, holds)| (**holds, std::cmp::Reverse(*peer)));
         let unfinished = self.trust == Trust::Unfinished;
         let behind = unfinished || (self.trust == Trust::Unknown && !self.installed);
@@ -215,6 +232,7 @@ impl Recovery {
             _ if behind => self
                 .heard
                 .iter()
+                .filter(|(peer, _)| member(peer))
                 .filter(|(peer, _)| unfinished || self.ahead.contains(*peer))
                 .max_by_key(|(peer, holds)| (**holds, std::cmp::Reverse(*peer)))
                 .map(|(source, &holds)| (source, holds.max(own))),
@@ -239,11 +257,21 @@ impl Recovery {
             return Decision::Wait;
         }
         self.catching_up = None;
-        let all_heard = self.peers.iter().all(|p| self.heard.contains_key(p));
-        let all_tried = self
-            .peers
+        // A removed peer holding more of this node's writes than any member:
+        // wait until a member has them too.
+        let removed_holds = self
+            .heard
             .iter()
-            .all(|p| self.heard.contains_key(p) || self.failed.contains(p));
+            .filter(|(peer, _)| !member(peer))
+            .map(|(_, &holds)| holds)
+            .max()
+            .unwrap_or(0);
+        if removed_holds > own && !self.force_new_history {
+            return Decision::Wait;
+        }
+        let members = || self.peers.iter().filter(|p| member(p));
+        let all_heard = members().all(|p| self.heard.contains_key(p));
+        let all_tried = members().all(|p| self.heard.contains_key(p) || self.failed.contains(p));
         let complete = self.trust == Trust::Complete;
         let complete_done = complete && (all_tried || now >= self.deadline);
         if all_heard || self.force_new_history || complete_done {
@@ -316,11 +344,11 @@ impl Recovery {
         self.peers.iter().any(|p| p == node)
     }
 
-    /// The peers not heard from yet.
+    /// The members not heard from yet.
     fn silent(&self) -> Vec<&str> {
         self.peers
             .iter()
-            .filter(|p| !self.heard.contains_key(*p))
+            .filter(|p| !self.heard.contains_key(*p) && !self.removed.contains(*p))
             .map(String::as_str)
             .collect()
     }
@@ -380,6 +408,42 @@ mod tests {
             .contains("bootstrapping from n3"));
         r.bootstrapped(VClock::new());
         assert_eq!(r.decide(Duration::ZERO, &own(7)), Decision::Live);
+    }
+
+    #[test]
+    fn a_removed_peer_is_no_source_but_its_writes_are_waited_for() {
+        let mut r = start(Trust::Unknown);
+        r.remove("n3");
+        r.heard("n2", 4);
+        r.heard("n3", 7);
+        assert_eq!(
+            r.decide(Duration::ZERO, &own(0)),
+            Decision::Bootstrap("n2".into()),
+            "the removed n3 lags behind the members"
+        );
+        r.bootstrapped(VClock::new());
+        assert_eq!(
+            r.decide(Duration::ZERO, &own(4)),
+            Decision::Wait,
+            "n3 holds writes of n1 that no member holds yet"
+        );
+        // n3 sends them to the members; n2 then holds them.
+        r.heard("n2", 7);
+        assert_eq!(
+            r.decide(Duration::ZERO, &own(4)),
+            Decision::Bootstrap("n2".into())
+        );
+        r.bootstrapped(VClock::new());
+        assert_eq!(r.decide(Duration::ZERO, &own(7)), Decision::Live);
+    }
+
+    #[test]
+    fn a_removed_peer_is_not_waited_for() {
+        let mut r = start(Trust::Unknown);
+        r.remove("n3");
+        r.heard("n2", 0);
+        assert!(!r.waiting_for(&own(0)).unwrap().contains("n3"));
+        assert_eq!(r.decide(Duration::ZERO, &own(0)), Decision::Live);
     }
 
     #[test]

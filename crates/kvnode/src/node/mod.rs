@@ -285,10 +285,11 @@ impl Node {
                  holds more of its writes; if it lost its data it may reuse their dots"
             );
         }
-        let peer_ids: Vec<NodeId> = members
-            .active()
-            .filter(|m| m.id != config.node_id)
-            .map(|m| m.id.clone())
+        // Removed peers too: what they hold of this node's writes counts.
+        let peer_ids: Vec<NodeId> = node_ids
+            .iter()
+            .filter(|id| **id != config.node_id)
+            .cloned()
             .collect();
         let mut recovery = Recovery::new(
             config.node_id.clone(),
@@ -298,6 +299,9 @@ impl Node {
             Duration::ZERO,
             config.peer_timeout,
         );
+        for removed in members.entries().iter().filter(|m| m.removed) {
+            recovery.remove(&removed.id);
+        }
         // Live at once with force_new_history or without peers; otherwise
         // the recovery task decides, as peers answer.
         recovery.decide(Duration::ZERO, core.applied());
