@@ -722,3 +722,56 @@ fn txn_put_writes_several_keys_under_one_dot() {
     let run = expect(state, &["--node", n1, "txn", "put", "a=1", "--del", "a"], 4);
     assert!(run.stderr.contains("listed twice"), "{run:#?}");
 }
+
+#[test]
+fn cluster_shows_and_changes_the_membership() {
+    const SECRET: &str = "cli-cluster-secret-0123456789";
+    let cluster = start(kvnode(), &[("KVNODE_CLUSTER_SECRET", SECRET)]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let n1 = cluster.url(1);
+    let with_secret = |args: &[&'static str]| -> Vec<&str> {
+        let mut all = vec!["--node", n1, "cluster", "--cluster-secret", SECRET];
+        all.extend(args);
+        all
+    };
+
+    let run = expect(state, &["--node", n1, "cluster", "status"], 4);
+    assert!(run.stderr.contains("401"), "{run:#?}");
+    let run = expect(state, &with_secret(&["status"]), 0);
+    assert!(run.stdout.contains("membership version 0"), "{run:#?}");
+    for id in ["node1", "node2", "node3"] {
+        let row = run.stdout.lines().find(|l| l.starts_with(id));
+        assert!(row.is_some_and(|r| r.contains("live")), "{id}: {run:#?}");
+    }
+
+    // A node nobody runs: added, shown unreachable (exit 1), removed.
+    let run = expect(state, &with_secret(&["add", "node4=http://127.0.0.1:9"]), 0);
+    assert!(
+        run.stdout.contains("membership version 1") && run.stdout.contains("node4"),
+        "{run:#?}"
+    );
+    let run = expect(state, &with_secret(&["status"]), 1);
+    let row = run.stdout.lines().find(|l| l.starts_with("node4"));
+    assert!(row.is_some_and(|r| r.contains("unreachable")), "{run:#?}");
+    expect(state, &with_secret(&["remove", "node4"]), 0);
+    // Every member holds version 2 once the change has spread.
+    wait_until("the removal to reach every node", || {
+        let run = kvctl(state, &with_secret(&["status"]));
+        if run.code == 0 {
+            Ok(())
+        } else {
+            Err(run.stdout)
+        }
+    });
+    let run = expect(state, &with_secret(&["-o", "json", "status"]), 0);
+    let doc: Json = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(doc["version"], 2, "{doc}");
+
+    let run = expect(state, &with_secret(&["add", "node4=http://127.0.0.1:9"]), 4);
+    assert!(run.stderr.contains("never reused"), "{run:#?}");
+    let run = expect(state, &with_secret(&["remove", "node1"]), 4);
+    assert!(run.stderr.contains("itself"), "{run:#?}");
+    let run = expect(state, &with_secret(&["add", "node5"]), 2);
+    assert!(run.stderr.contains("ID=URL"), "{run:#?}");
+}

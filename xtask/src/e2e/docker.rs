@@ -227,3 +227,48 @@ pub(crate) fn wipe_data_volume(container: &str) -> anyhow::Result<String> {
     }
     Ok(volume)
 }
+
+/// The image a container runs, as it was asked for (e.g. `kvnode:0.1.0`).
+pub(crate) fn image(container: &str) -> anyhow::Result<String> {
+    docker(&["inspect", "--format", "{{.Config.Image}}", container])
+}
+
+/// A container's environment, `NAME=value` each (the image's variables
+/// included).
+pub(crate) fn env(container: &str) -> anyhow::Result<Vec<String>> {
+    let json = docker(&["inspect", "--format", "{{json .Config.Env}}", container])?;
+    serde_json::from_str(&json).context("docker inspect printed invalid JSON")
+}
+
+/// The host port published for `port` (e.g. `5000/tcp`) of a running
+/// container.
+pub(crate) fn host_port(container: &str, port: &str) -> anyhow::Result<u16> {
+    let published = docker(&["port", container, port])?;
+    // One line per binding, e.g. `127.0.0.1:49153` or `[::]:49153`.
+    let first = published
+        .lines()
+        .next()
+        .with_context(|| format!("{container} publishes no {port}"))?;
+    first
+        .rsplit_once(':')
+        .and_then(|(_, host_port)| host_port.trim().parse().ok())
+        .with_context(|| format!("docker port printed {first:?} for {container} {port}"))
+}
+
+/// A container's log, standard output and error.
+pub(crate) fn logs(container: &str) -> anyhow::Result<Vec<u8>> {
+    let output = Command::new("docker")
+        .args(["logs", container])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run docker logs")?;
+    if !output.status.success() {
+        bail!(
+            "docker logs {container} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let mut all = output.stdout;
+    all.extend_from_slice(&output.stderr);
+    Ok(all)
+}

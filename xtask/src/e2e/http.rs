@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use vclock_proto::{
-    GetResponse, HealthResponse, PutResponse, ReadResponse, StatusResponse, VClock, WriteResponse,
+    AddMemberRequest, GetResponse, HealthResponse, MembersMessage, PutResponse, ReadResponse,
+    StatusResponse, VClock, WriteResponse,
 };
 
 /// How long a connection attempt may take.
@@ -102,14 +103,39 @@ impl NodeClient {
             LinkAction::Pause => "pause",
             LinkAction::Resume => "resume",
         };
-        let mut request = self
+        let request = self
             .agent
             .post(&self.path(&format!("/admin/v1/links/{peer}/{action}")));
-        if let Some(secret) = &self.cluster_secret {
-            request = request.set("Authorization", &format!("Bearer {secret}"));
-        }
-        self.call::<serde_json::Value>(request, Some(serde_json::json!({})))
+        self.call::<serde_json::Value>(self.admin(request), Some(serde_json::json!({})))
             .map(drop)
+    }
+
+    /// `POST /admin/v1/members`: adds the node `id`, which the other nodes
+    /// reach at `url`; the answer is the membership with it.
+    pub(crate) fn add_member(&self, id: &str, url: &str) -> anyhow::Result<MembersMessage> {
+        let body = AddMemberRequest {
+            id: id.to_owned(),
+            url: url.to_owned(),
+        };
+        let request = self.agent.post(&self.path("/admin/v1/members"));
+        self.call(self.admin(request), Some(serde_json::to_value(body)?))
+    }
+
+    /// `DELETE /admin/v1/members/{id}`: removes the node `id` (asked of
+    /// another node); the answer is the membership without it.
+    pub(crate) fn remove_member(&self, id: &str) -> anyhow::Result<MembersMessage> {
+        let request = self
+            .agent
+            .delete(&self.path(&format!("/admin/v1/members/{id}")));
+        self.call(self.admin(request), None)
+    }
+
+    /// The request with the cluster secret as its bearer token, when there is one.
+    fn admin(&self, request: ureq::Request) -> ureq::Request {
+        match &self.cluster_secret {
+            Some(secret) => request.set("Authorization", &format!("Bearer {secret}")),
+            None => request,
+        }
     }
 
     fn path(&self, path: &str) -> String {

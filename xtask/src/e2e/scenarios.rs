@@ -72,6 +72,11 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         about: "kvctl check --txn (snapshot reads, atomic writes) while node2 is killed and node3 cut off: no violation, convergence",
         run: txn_under_faults,
     },
+    Scenario {
+        name: "membership",
+        about: "a 3-node cluster under kvctl check grows to 4 nodes and back to 3: node4 started beside it, added at node1, bootstraps and goes live, removed; no violation, convergence, every node holds node4 removed",
+        run: membership,
+    },
 ];
 
 /// How long a single expected change (one replication hop) may take.
@@ -1031,6 +1036,352 @@ fn replace_disk(cluster: &Cluster) -> anyhow::Result<String> {
         back_after.as_secs_f64(),
         status.recovery.keys_copied
     ))
+}
+
+// ---- (f) a fourth node joins and leaves under load ------------------------------
+
+/// The node the membership scenario adds, then removes. A removed id is
+/// never reused in a cluster; every e2e run starts a fresh project (`down
+/// -v` before `up`: new volumes, so a new membership), and a run runs each
+/// scenario once, so the same id serves every run.
+const NEW_NODE: &str = "node4";
+/// Operations per session of the membership scenario's checker: enough for
+/// the sessions to still run while the new node starts, is added, bootstraps,
+/// goes live and is removed.
+const MEMBERSHIP_OPS: usize = 500;
+
+/// `kvctl check` runs against node1-node3 while a fourth node joins and
+/// leaves: its container is started beside the compose services (same image,
+/// network and environment), it waits until it is added at node1, bootstraps
+/// from a peer and goes live; then it is removed at node1. The history must
+/// show no violation, node1-node3 converge, each holds node4 as removed and
+/// sends to it no more, and node4 learns it was removed and refuses writes.
+/// Whatever happens, node4 is taken out of the membership (when it was added)
+/// and its container and volume are removed: the cluster is left with three
+/// nodes.
+fn membership(cluster: &Cluster) -> anyhow::Result<String> {
+    use kvctl::check::{self, Mix};
+
+    let node1 = &cluster.nodes[0];
+    let container = format!("{}-{NEW_NODE}", super::PROJECT);
+    let volume = format!("{}_{NEW_NODE}-data", super::PROJECT);
+    cluster.converge(&VClock::new())?;
+    // A container or volume an interrupted run left behind.
+    remove_container(&container, &volume);
+    // Set from the moment node4 may be a member until its removal succeeds.
+    let member = AtomicBool::new(false);
+    let _remove = OnDrop(|| {
+        if member.load(Ordering::SeqCst) {
+            if let Err(err) = node1.remove_member(NEW_NODE) {
+                eprintln!("    cannot remove {NEW_NODE} from the membership: {err:#}");
+            }
+        }
+        let log = crate::workspace_root()
+            .join("target")
+            .join("e2e")
+            .join(format!("{container}.log"));
+        match save_log(&container, &log) {
+            Ok(true) => println!("    {NEW_NODE}'s log: {}", log.display()),
+            Ok(false) => {}
+            Err(err) => eprintln!("    {NEW_NODE}'s log is not saved: {err:#}"),
+        }
+        remove_container(&container, &volume);
+    });
+    let workload = check::Workload {
+        ops_per_session: MEMBERSHIP_OPS,
+        ..cluster.fault_workload()
+    };
+    let (mut history, changed_in_run, joined) = thread::scope(|scope| -> anyhow::Result<_> {
+        let run = scope.spawn(|| {
+            actix_rt::System::new().block_on(check::run_sessions_with(&workload, Mix::txn()))
+        });
+        let new = start_new_node(cluster, &container, &volume)?;
+        // Up, but no member yet: every peer refuses it, and it waits.
+        let waiting = poll(
+            format!("node1-node3 to refuse {NEW_NODE}"),
+            SHORT * 2,
+            || {
+                let status = new.client.status()?;
+                let refused = status
+                    .peers
+                    .iter()
+                    .filter(|p| !p.reachable && p.last_error.is_some())
+                    .count();
+                ensure!(
+                    refused == cluster.nodes.len(),
+                    "{refused} of its peers refused it: {:?}",
+                    status.peers
+                );
+                Ok(status)
+            },
+        )?;
+        ensure!(
+            waiting.recovery.phase != "live",
+            "{NEW_NODE} is live before it was added: {:?}",
+            waiting.recovery
+        );
+        match new.client.health() {
+            Ok(_) => bail!("{NEW_NODE} answers 200 on /health before it was added"),
+            Err(err) => ensure!(
+                format!("{err:#}").contains(": 503 recovering"),
+                "{NEW_NODE} does not answer 503 recovering on /health before it was added: {err:#}"
+            ),
+        }
+        let added_in_run = !run.is_finished();
+        let added = Instant::now();
+        member.store(true, Ordering::SeqCst);
+        let answer = node1.add_member(NEW_NODE, &new.peer_url)?;
+        ensure!(
+            answer
+                .members
+                .iter()
+                .any(|m| m.id == NEW_NODE && !m.removed && m.url == new.peer_url),
+            "node1 added {NEW_NODE} at {}, and answers {:?}",
+            new.peer_url,
+            answer.members
+        );
+        // 200 on /health: live, after its bootstrap and catching up.
+        poll(format!("{NEW_NODE} to be live"), CONVERGE, || {
+            new.client.health()
+        })?;
+        let live_after = added.elapsed();
+        let live = new.client.status()?;
+        ensure!(
+            live.recovery.phase == "live" && live.recovery.keys_copied > 0,
+            "{NEW_NODE} went live without a bootstrap: {:?}",
+            live.recovery
+        );
+        // A member for a while: it catches up with what node1 held then.
+        let floor = node1.health()?.timestamp;
+        poll(format!("{NEW_NODE} to catch up with node1"), SHORT, || {
+            let clock = new.client.health()?.timestamp;
+            let missing: Vec<String> = clock.missing(&floor).map(|m| m.to_string()).collect();
+            ensure!(missing.is_empty(), "it lacks {}", missing.join(", "));
+            Ok(())
+        })?;
+        let answer = node1.remove_member(NEW_NODE)?;
+        member.store(false, Ordering::SeqCst);
+        ensure!(
+            answer.members.iter().any(|m| m.id == NEW_NODE && m.removed),
+            "node1 removed {NEW_NODE}, and answers {:?}",
+            answer.members
+        );
+        let removed_in_run = !run.is_finished();
+        let history = run
+            .join()
+            .map_err(|_| anyhow::anyhow!("the checker's sessions panicked"))?;
+        let joined = Joined {
+            client: new.client,
+            live_after,
+            keys_copied: live.recovery.keys_copied,
+        };
+        Ok((history, added_in_run && removed_in_run, joined))
+    })?;
+    ensure!(
+        changed_in_run,
+        "the sessions were done before {NEW_NODE} was removed: give them more operations"
+    );
+    actix_rt::System::new().block_on(check::finish(&workload, &mut history));
+    let report = check::check(&history);
+    checked_clean(&report, cluster.seed)
+        .with_context(|| format!("after {NEW_NODE} was added and removed"))?;
+    for node in &cluster.nodes {
+        poll(
+            format!("{} to hold {NEW_NODE} as removed", node.id),
+            SHORT,
+            || {
+                let status = node.status()?;
+                let entry = status
+                    .members
+                    .iter()
+                    .find(|m| m.id == NEW_NODE)
+                    .with_context(|| {
+                        format!("{} does not list {NEW_NODE}: {:?}", node.id, status.members)
+                    })?;
+                ensure!(entry.removed, "{} holds {entry:?}", node.id);
+                ensure!(
+                    !status.peers.iter().any(|p| p.node == NEW_NODE),
+                    "{} still has a link to {NEW_NODE}",
+                    node.id
+                );
+                Ok(())
+            },
+        )?;
+        let conflicts = node.status()?.conflicts;
+        ensure!(
+            conflicts == 0,
+            "{} refused {conflicts} events holding a dot it already had",
+            node.id
+        );
+    }
+    // node4 no longer holds back log collection: once every remaining
+    // member has acknowledged every write, the logs empty.
+    let collected = Instant::now();
+    poll("node1-node3 to collect their logs", CONVERGE, || {
+        for node in &cluster.nodes {
+            let log_len = node.status()?.log_len;
+            ensure!(log_len == 0, "{} keeps {log_len} events", node.id);
+        }
+        Ok(())
+    })?;
+    let collected_after = collected.elapsed();
+    // Told by the others, node4 knows it was removed and takes no writes.
+    poll(format!("{NEW_NODE} to learn it was removed"), SHORT, || {
+        let status = joined.client.status()?;
+        ensure!(
+            status.members.iter().any(|m| m.id == NEW_NODE && m.removed),
+            "{NEW_NODE} holds {:?}",
+            status.members
+        );
+        Ok(())
+    })?;
+    match joined
+        .client
+        .put("membership/after-removal", &json!("refused"), None)
+    {
+        Ok(answer) => bail!(
+            "{NEW_NODE} took the write {} after it was removed",
+            answer.dot
+        ),
+        Err(err) => ensure!(
+            format!("{err:#}").contains(": 503 "),
+            "{NEW_NODE} refused a write after its removal, but not with 503: {err:#}"
+        ),
+    }
+    Ok(format!(
+        "{} ops, {} reads and {} snapshots checked, 0 violations, converged; {NEW_NODE} refused by its peers (503 recovering) until added, then live after {:.1} s with {} keys copied, caught up; removed: node1-node3 hold it removed, send to it no more and collected their logs ({:.1} s), it refuses writes (503)",
+        history.ops.len(),
+        report.reads_checked,
+        report.snapshots_checked,
+        joined.live_after.as_secs_f64(),
+        joined.keys_copied,
+        collected_after.as_secs_f64()
+    ))
+}
+
+/// The membership scenario's new node, once started.
+struct NewNode {
+    /// Through its published port.
+    client: NodeClient,
+    /// Its URL as its peers reach it, by host name on the cluster network.
+    peer_url: String,
+}
+
+/// What the membership scenario saw of the new node while it was a member.
+struct Joined {
+    client: NodeClient,
+    /// From its addition at node1 until it answered 200 on `/health`.
+    live_after: Duration,
+    keys_copied: u64,
+}
+
+/// Starts the container of [`NEW_NODE`] as compose starts node1: the same
+/// image, on the cluster network with its id as host name, the same
+/// environment but for its id and a node list that ends with it, a named
+/// volume of its own on `/data`, its port published on a free host port of
+/// the loopback interface. It is labelled as an extra container of the
+/// compose project, so that `down --remove-orphans` (which the e2e run
+/// does at its start and end, on Ctrl-C too) removes it if this scenario
+/// could not.
+fn start_new_node(cluster: &Cluster, container: &str, volume: &str) -> anyhow::Result<NewNode> {
+    let template = cluster.containers[0].as_str();
+    let image = docker::image(template)?;
+    let attachments = docker::attachments(template)?;
+    let network = attachments
+        .iter()
+        .find(|a| a.network.ends_with("_kvstore"))
+        .with_context(|| format!("node1 is on no *_kvstore network: {attachments:?}"))?;
+    let mut env = Vec::new();
+    let mut port = None;
+    let mut listed = false;
+    for variable in docker::env(template)? {
+        let (name, value) = variable.split_once('=').unwrap_or((variable.as_str(), ""));
+        match name {
+            "NODE_ID" => env.push(format!("NODE_ID={NEW_NODE}")),
+            "NODES" => {
+                listed = true;
+                env.push(format!("NODES={value},{NEW_NODE}"));
+            }
+            _ => {
+                if name == "PORT" {
+                    port = Some(value.to_owned());
+                }
+                env.push(variable.clone());
+            }
+        }
+    }
+    ensure!(
+        listed,
+        "node1's container has no NODES variable to start {NEW_NODE} from"
+    );
+    let port = port.unwrap_or_else(|| "5000".to_owned());
+    let project_label = format!("com.docker.compose.project={}", super::PROJECT);
+    let service_label = format!("com.docker.compose.service={NEW_NODE}");
+    let mount = format!("{volume}:/data");
+    let publish = format!("127.0.0.1::{port}");
+    let mut args = vec![
+        "run",
+        "--detach",
+        "--name",
+        container,
+        "--hostname",
+        NEW_NODE,
+        "--network",
+        &network.network,
+        "--network-alias",
+        NEW_NODE,
+        "--label",
+        &project_label,
+        "--label",
+        &service_label,
+        "--label",
+        "com.docker.compose.oneoff=False",
+        "--volume",
+        &mount,
+        "--publish",
+        &publish,
+    ];
+    for variable in &env {
+        args.extend(["--env", variable]);
+    }
+    args.push(&image);
+    docker::docker(&args)?;
+    let host_port = docker::host_port(container, &format!("{port}/tcp"))?;
+    Ok(NewNode {
+        client: NodeClient::new(
+            NEW_NODE,
+            &format!("http://127.0.0.1:{host_port}"),
+            Some(super::CLUSTER_SECRET),
+        ),
+        peer_url: format!("http://{NEW_NODE}:{port}"),
+    })
+}
+
+/// Removes a container and its volume, if they exist; says what failed.
+fn remove_container(container: &str, volume: &str) {
+    if docker::docker(&["inspect", "--type", "container", container]).is_ok() {
+        if let Err(err) = docker::docker(&["rm", "--force", container]) {
+            eprintln!("    {err:#}");
+        }
+    }
+    if docker::docker(&["volume", "inspect", volume]).is_ok() {
+        if let Err(err) = docker::docker(&["volume", "rm", volume]) {
+            eprintln!("    {err:#}");
+        }
+    }
+}
+
+/// Writes a container's log to `path`, if the container exists (then true).
+fn save_log(container: &str, path: &std::path::Path) -> anyhow::Result<bool> {
+    if docker::docker(&["inspect", "--type", "container", container]).is_err() {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, docker::logs(container)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
 }
 
 /// Fails on the first violation a checker's report holds (naming the seed
