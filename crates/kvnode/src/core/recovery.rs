@@ -311,6 +311,10 @@ impl Recovery {
         let own = applied.get(&self.me);
         match &self.phase {
             Phase::Live => None,
+            Phase::Bootstrapping { source, target: 0 } => Some(format!(
+                "bootstrapping from {source}: copying its keys (no node holds writes of this \
+                 node: a new member, or one that never wrote)"
+            )),
             Phase::Bootstrapping { source, target } => Some(format!(
                 "bootstrapping from {source}, which holds {target} writes of this node \
                  (this node holds {own})"

@@ -487,6 +487,15 @@ mod tests {
         let answer: serde_json::Value = test::read_body_json(res).await;
         assert_eq!(answer["version"], 1, "{answer}");
         assert_eq!(node.links().len(), 3, "a link to n4 started");
+        let moved = TestRequest::put()
+            .uri("/admin/v1/members/n2")
+            .set_json(json!({"url": "http://127.0.0.1:10"}));
+        let res = test::call_service(&app, moved.to_request()).await;
+        assert_eq!(res.status(), 200);
+        let links = node.links();
+        let n2 = links.iter().find(|l| l.member.id == "n2").unwrap();
+        assert_eq!(n2.member.url, "http://127.0.0.1:10", "the link to n2 moved");
+        assert_eq!(node.members().version(), 2);
         let remove = TestRequest::delete().uri("/admin/v1/members/n4");
         let res = test::call_service(&app, remove.to_request()).await;
         assert_eq!(res.status(), 200);
@@ -496,7 +505,7 @@ mod tests {
             .set_json(json!({"id": "n4", "url": "http://127.0.0.1:9"}));
         let res = test::call_service(&app, again.to_request()).await;
         assert_eq!(res.status(), 409, "a removed id is never reused");
-        assert_eq!(node.status().members_version, 2);
+        assert_eq!(node.status().members_version, 3);
     }
 
     #[actix_web::test]

@@ -135,6 +135,8 @@ async fn report(node: &Node, link: &Link, notices: Vec<Notice>) {
                 // Fails only while the node stops; the peer answers again later.
                 let _ = node.record_ack(peer, clock).await;
             }
+            // A request under way when the link stopped says nothing new.
+            Notice::Reachable if link.is_removed() => {}
             Notice::Reachable => info!("{peer} is reachable at {}", link.member.url),
             Notice::Failed { answer, first } => {
                 link.metrics.failed();
@@ -164,7 +166,8 @@ async fn report(node: &Node, link: &Link, notices: Vec<Notice>) {
             ),
             Notice::Collected { from, through } => warn!(
                 "{peer} needs writes {from}..{through} of this node, which are no longer in \
-                 the log (every node had acknowledged them); it may have lost its data"
+                 the log (every node had acknowledged them): it gets them from a snapshot \
+                 (a new member, or a node that lost its data)"
             ),
             Notice::Repairing {
                 origin,
