@@ -41,7 +41,10 @@ pub fn check_context(
     context: &VClock,
 ) -> ContextCheck {
     let is_member = |n: &str| nodes.binary_search_by(|m| m.as_str().cmp(n)).is_ok();
-    if let Some(unknown) = context.nodes().find(|n| !is_member(n)) {
+    // A zero entry counts nothing: a client may name a member added before
+    // this node heard of it.
+    let unknown = context.iter().find(|(n, seq)| **seq > 0 && !is_member(n));
+    if let Some((unknown, _)) = unknown {
         return ContextCheck::UnknownNode(unknown.clone());
     }
     let missing: Vec<Missing> = applied.missing(context).collect();

@@ -1336,8 +1336,10 @@ mod tests {
             ContextCheck::Impossible(_)
         ));
         assert_eq!(
-            a.check_context(&ctx(&[("zz", 0)])),
+            a.check_context(&ctx(&[("zz", 1)])),
             ContextCheck::UnknownNode("zz".into())
         );
+        // A zero entry counts nothing: a member added before `a` heard of it.
+        assert_eq!(a.check_context(&ctx(&[("zz", 0)])), ContextCheck::Satisfied);
     }
 }

@@ -41,6 +41,10 @@ pub enum MembershipError {
     Unknown(String),
 }
 
+/// Most nodes a membership lists, removed ones included: every clock keeps an
+/// entry for each.
+pub const MAX_MEMBERS: usize = 1024;
+
 /// What a node holds of the membership.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Membership {
@@ -115,6 +119,12 @@ impl Membership {
     /// A membership from entries sent by a peer or read from disk; refused
     /// when an entry is malformed or an id appears twice.
     pub fn from_entries(entries: Vec<MemberEntry>) -> Result<Self, String> {
+        if entries.len() > MAX_MEMBERS {
+            return Err(format!(
+                "{} members: a cluster has at most {MAX_MEMBERS}, removed ones included",
+                entries.len()
+            ));
+        }
         let mut out = BTreeMap::new();
         for e in entries {
             check_entry(&e)?;
@@ -186,7 +196,9 @@ impl Membership {
             id: id.to_owned(),
             url,
             removed,
-            version: self.version() + 1,
+            // A peer may claim any version; at the top, changes tie and the
+            // rest of the rank decides.
+            version: self.version().saturating_add(1),
             by: by.to_owned(),
         }
     }
@@ -209,6 +221,9 @@ impl Membership {
             Some(e) => Err(MembershipError::Conflict(format!(
                 "{id} is already a member at {}; to move it to {url}, replace it",
                 e.url
+            ))),
+            None if self.entries.len() >= MAX_MEMBERS => Err(MembershipError::Conflict(format!(
+                "the cluster has had {MAX_MEMBERS} members, removed ones included: no more"
             ))),
             None => {
                 let entry = self.stamp(by, id, url, false);
@@ -367,6 +382,31 @@ mod tests {
         assert!(merged.get("c").unwrap().removed);
         at_b.merge(&at_a);
         assert_eq!(merged, at_b);
+    }
+
+    #[test]
+    fn a_claimed_top_version_does_not_overflow() {
+        let mut m = seeded();
+        let top = MemberEntry {
+            id: "d".into(),
+            url: "http://d:1".into(),
+            removed: false,
+            version: u64::MAX,
+            by: "x".into(),
+        };
+        m.merge(&Membership::from_entries(vec![top]).unwrap());
+        assert_eq!(m.remove("a", "d"), Ok(true));
+        assert!(m.get("d").unwrap().removed, "the removal still wins");
+        let many = (0..=MAX_MEMBERS)
+            .map(|i| MemberEntry {
+                id: format!("n{i}"),
+                url: "http://n:1".into(),
+                removed: false,
+                version: 0,
+                by: String::new(),
+            })
+            .collect();
+        assert!(Membership::from_entries(many).is_err());
     }
 
     #[test]
