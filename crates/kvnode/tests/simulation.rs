@@ -58,15 +58,21 @@
 //! goes live. While its marker is there it takes no batch, and shows its peers
 //! no more than the meet of the chunks installed so far.
 //!
-//! Once in a while a live replica is **removed from the membership**, as an
-//! operator's `kvctl cluster remove` does: every other replica hands the new
-//! membership to its core ([`Core::set_members`], through its writer path)
-//! and drops its link to it, at once or at its next start; clients write
-//! elsewhere; the removed replica keeps running and sending its own writes.
-//! Its peers then no longer wait for its acknowledgements to collect their
-//! logs. Every check below then holds for the members: they converge, hold
-//! every acknowledged write (the removed replica's included), and collect
-//! their logs; the removed replica may lag.
+//! Membership changes too. In some seeds one replica starts **outside the
+//! membership**, down and empty, and is **added** at a random step (or before
+//! the final flush), as `kvctl cluster add` and its first start do: every
+//! member hands the new membership to its core ([`Core::set_members`],
+//! through its writer path) and starts a link to it; the new replica checks
+//! with its peers, bootstraps from one and goes live. Its peers' logs keep,
+//! from then on, what it has not acknowledged; what they collected before is
+//! in its snapshot. And once in a while a live replica is **removed**, as
+//! `kvctl cluster remove` does (while no replica recovers its history): the
+//! others take the new membership and drop their link to it, at once or at
+//! their next start; clients write elsewhere; the removed replica keeps
+//! running and sending its own writes. Its peers then no longer wait for its
+//! acknowledgements to collect their logs. Every check below holds for the
+//! members: they converge, hold every acknowledged write (the removed
+//! replica's included), and collect their logs; the removed replica may lag.
 //!
 //! The same simulation runs over two stores:
 //!
@@ -224,6 +230,7 @@ fn random_schedules_keep_causal_consistency() {
             ("snapshot reads", total.snapshots),
             ("data losses", total.data_losses),
             ("removals", total.removals),
+            ("joins", total.joins),
             ("bootstraps installed", total.bootstraps_done),
             ("bootstraps failed", total.bootstraps_failed),
             (
@@ -780,6 +787,8 @@ struct Stats {
     data_losses: u64,
     /// Replicas removed from the membership.
     removals: u64,
+    /// Replicas added to the membership.
+    joins: u64,
     /// Client operations refused by a replica that was recovering.
     refused_while_recovering: u64,
     /// Bootstraps started...
@@ -830,6 +839,7 @@ impl Stats {
         self.swept_events += other.swept_events;
         self.data_losses += other.data_losses;
         self.removals += other.removals;
+        self.joins += other.joins;
         self.refused_while_recovering += other.refused_while_recovering;
         self.bootstraps += other.bootstraps;
         self.bootstraps_done += other.bootstraps_done;
@@ -1161,6 +1171,19 @@ struct Chunk {
     /// Ground truth: the source's expected siblings of each key of the
     /// chunk's range when it was read.
     expected: Vec<(usize, Vec<WriteId>)>,
+}
+
+/// What the members had when a replica joined.
+#[derive(Debug)]
+struct Joined {
+    /// The replica that joined.
+    at: usize,
+    /// Per replica, how many of its own writes it had committed: those it
+    /// may have collected from its log before it counted the new member.
+    own_committed: Vec<Seq>,
+    /// Per replica, the writes stable there (tombstones it may have
+    /// collected before it counted the new member).
+    stable: Vec<WriteSet>,
 }
 
 /// The commands a replica has taken since its last commit.
@@ -1498,6 +1521,10 @@ enum Step {
     Remove {
         at: usize,
     },
+    /// The replica waiting to join is added, and starts.
+    Join {
+        at: usize,
+    },
     /// What a replica's recovery decided.
     Decide {
         at: usize,
@@ -1639,6 +1666,7 @@ impl fmt::Display for Step {
             }
             Step::LoseData { at } => write!(f, "node{at} loses its data"),
             Step::Remove { at } => write!(f, "node{at} is removed from the membership"),
+            Step::Join { at } => write!(f, "node{at} is added to the membership and starts"),
             Step::Decide { at, decision } => {
                 write!(f, "node{at}'s recovery decides: {decision:?}")
             }
@@ -1667,8 +1695,12 @@ impl fmt::Display for Step {
 /// deliveries, commits of an open group, crashes, restarts, time passing,
 /// cutting or healing a link, forged contexts, buffer sweeps, the recovery
 /// task of a recovering replica waking, a crash that loses the replica's
-/// data, the removal of a replica from the membership; drops come on top.
-const STEP_WEIGHTS: [u32; 14] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 4, 8, 1, 1];
+/// data, the removal of a replica from the membership, the addition of the
+/// replica waiting to join; drops come on top.
+const STEP_WEIGHTS: [u32; 15] = [25, 20, 25, 30, 5, 3, 4, 10, 2, 2, 4, 8, 1, 1, 1];
+
+/// Share of seeds that start a replica outside the membership, added later.
+const JOIN_CHANCE: f64 = 0.3;
 
 /// Share of client writes made as atomic writes of several keys, and of
 /// client reads made as snapshot reads of several keys.
@@ -1727,6 +1759,15 @@ struct Sim<B: Backend> {
     /// or counts on its acknowledgements any more, clients write elsewhere,
     /// and it still sends its own writes to the others.
     removed: Option<usize>,
+    /// A replica not a member yet: down, with an empty store, until a step
+    /// adds it; it then starts as a new node does and bootstraps.
+    joining: Option<usize>,
+    /// The replica that joined, and how many of its own writes each replica
+    /// had committed then: those it may have collected from its log before
+    /// it counted the new member (the new member gets them in a snapshot).
+    joined: Option<Joined>,
+    /// The seed changes the membership (a join or a removal).
+    changes_members: bool,
     avoid: Avoid,
 }
 
@@ -1836,8 +1877,37 @@ impl<B: Backend> Sim<B> {
             next_snapshot_id: 0,
             doomed: None,
             removed: None,
+            joining: None,
+            joined: None,
+            changes_members: false,
             avoid: Avoid::from_env(),
         };
+        // Some seeds start one replica outside the membership, to be added.
+        let last = sim.replicas.len() - 1;
+        let in_final_fault = match sim.params.final_fault {
+            FinalFault::Cut(a, b) | FinalFault::OriginDown(a, b) => a == last || b == last,
+            FinalFault::None => false,
+        };
+        let least = match sim.params.final_fault {
+            FinalFault::Cut(..) => 4,
+            _ => 3,
+        };
+        if sim.replicas.len() >= least && !in_final_fault && sim.rng.random_bool(JOIN_CHANCE) {
+            sim.joining = Some(last);
+            sim.changes_members = true;
+            let replica = &mut sim.replicas[last];
+            replica.core = None;
+            replica.identity = false;
+            replica.recovering_history = true;
+            for session in &mut sim.sessions {
+                if session.home == last {
+                    session.home = 0;
+                }
+            }
+            for at in 0..last {
+                sim.take_members(at)?;
+            }
+        }
         for at in 0..sim.replicas.len() {
             sim.replicas[at].links = sim.new_links(at);
         }
@@ -1864,9 +1934,67 @@ impl<B: Backend> Sim<B> {
         self.replicas[at].core()
     }
 
-    /// Whether replica `at` is a member (not removed).
+    /// How many of `at`'s own writes it may have collected before it counted
+    /// `peer` as a member: all it had committed when `peer` joined, if it did.
+    fn collected_before_join(&self, peer: usize, at: usize) -> Seq {
+        match &self.joined {
+            Some(joined) if joined.at == peer => joined.own_committed[at],
+            _ => 0,
+        }
+    }
+
+    /// Whether replica `at` is a member (not removed, not waiting to join).
     fn is_member(&self, at: usize) -> bool {
-        self.removed != Some(at)
+        self.removed != Some(at) && self.joining != Some(at)
+    }
+
+    /// Adds the replica waiting to join, as an operator's `kvctl cluster
+    /// add` then its start do: every member takes the new membership (at
+    /// once, or at its next start) and starts a link to it; it starts with
+    /// an empty store, checks with its peers, and bootstraps.
+    fn join_member(&mut self) -> SimResult {
+        let Some(joined) = self.joining else {
+            return Ok(());
+        };
+        // Taken while the new replica is no member yet.
+        let stable = (0..self.replicas.len())
+            .map(|at| {
+                let mut set = WriteSet::default();
+                for id in self.replicas[at].now.applied.iter() {
+                    if self.is_stable_at(at, id) {
+                        set.insert(id);
+                    }
+                }
+                set
+            })
+            .collect();
+        let own_committed = (0..self.replicas.len())
+            .map(|at| self.replicas[at].committed.applied_per_origin[at])
+            .collect();
+        self.joining = None;
+        self.joined = Some(Joined {
+            at: joined,
+            own_committed,
+            stable,
+        });
+        self.trace.push(Step::Join { at: joined });
+        self.stats.joins += 1;
+        let up: Vec<usize> = (0..self.replicas.len())
+            .filter(|&at| at != joined && self.is_up(at))
+            .collect();
+        for at in up {
+            let link = Link::new(
+                self.nodes[at].clone(),
+                self.nodes[joined].clone(),
+                self.settings.clone(),
+                self.now,
+            );
+            if let Some(slot) = self.replicas[at].links.get_mut(joined) {
+                *slot = Some(link);
+            }
+            self.take_members(at)?;
+        }
+        self.restart(joined)
     }
 
     /// The members, in index order.
@@ -1914,6 +2042,7 @@ impl<B: Backend> Sim<B> {
         }
         let removed = candidates[self.rng.random_range(0..candidates.len())];
         self.removed = Some(removed);
+        self.changes_members = true;
         self.stats.removals += 1;
         self.trace.push(Step::Remove { at: removed });
         for session in 0..self.sessions.len() {
@@ -1935,7 +2064,7 @@ impl<B: Backend> Sim<B> {
     /// Hands the membership to replica `at`'s core, as the node's writer
     /// does; a removed peer no longer holds back its log collection.
     fn take_members(&mut self, at: usize) -> SimResult {
-        if self.removed.is_none() || !self.is_up(at) {
+        if !self.changes_members || !self.is_up(at) {
             return Ok(());
         }
         let active: Vec<String> = self
@@ -1965,6 +2094,7 @@ impl<B: Backend> Sim<B> {
         for _ in 0..self.params.steps {
             self.random_step()?;
         }
+        self.join_member()?;
         self.trace.push(Step::Phase(
             "every link healed; settle on a reliable network",
         ));
@@ -2067,7 +2197,9 @@ impl<B: Backend> Sim<B> {
                 Ok(())
             }
             6 => {
-                let down: Vec<usize> = (0..replicas).filter(|&at| !self.is_up(at)).collect();
+                let down: Vec<usize> = (0..replicas)
+                    .filter(|&at| !self.is_up(at) && self.joining != Some(at))
+                    .collect();
                 if down.is_empty() {
                     return Ok(());
                 }
@@ -2126,6 +2258,7 @@ impl<B: Backend> Sim<B> {
                 Ok(())
             }
             13 => self.remove_member(),
+            14 => self.join_member(),
             _ => {
                 self.drop_random();
                 Ok(())
@@ -3521,7 +3654,7 @@ impl<B: Backend> Sim<B> {
                 .iter()
                 .take_while(|&&id| acked.contains(id))
                 .count() as Seq;
-            let acked = acked.max(floor);
+            let acked = acked.max(floor).max(self.collected_before_join(peer, at));
             if acked >= own {
                 continue;
             }
@@ -3572,6 +3705,8 @@ impl<B: Backend> Sim<B> {
                         && through
                             <= self.replicas[peer].highest_committed.get(&self.nodes[at]) => {}
                 Notice::Collected { through, .. } if through <= self.replicas[at].log_floor => {}
+                Notice::Collected { through, .. }
+                    if through <= self.collected_before_join(peer, at) => {}
                 Notice::Collected { from, through } => {
                     return Err(Violation::new(
                         Check::NoLostWrites,
@@ -4310,10 +4445,15 @@ impl<B: Backend> Sim<B> {
         let replica = &self.replicas[at].now;
         // A removed peer counts no more, for the members.
         let counted = |peer: usize| peer != at && (self.is_member(peer) || !self.is_member(at));
+        let stable_at_join = |peer: usize| {
+            self.joined
+                .as_ref()
+                .is_some_and(|j| j.at == peer && j.stable[at].contains(id))
+        };
         replica.applied.contains(id)
             && (0..self.replicas.len())
                 .filter(|&peer| counted(peer))
-                .all(|peer| replica.acked_by_peer[peer].contains(id))
+                .all(|peer| replica.acked_by_peer[peer].contains(id) || stable_at_join(peer))
     }
 
     /// The last sibling is the largest by `(sum of timestamp, origin)`, and the
