@@ -876,6 +876,32 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
                     Err(e) => println!("{url:<26} {e}"),
                 }
             }
+            // The membership, as the node that holds the highest version has it.
+            let newest = rows
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok())
+                .max_by_key(|s| s.members_version);
+            if let Some(s) = newest.filter(|s| !s.members.is_empty()) {
+                let ids = |removed: bool| -> Vec<&str> {
+                    s.members
+                        .iter()
+                        .filter(|m| m.removed == removed)
+                        .map(|m| m.id.as_str())
+                        .collect()
+                };
+                let (active, removed) = (ids(false), ids(true));
+                let removed = if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; removed: {}", removed.join(" "))
+                };
+                println!(
+                    "members (version {}, as {} holds them): {}{removed}",
+                    s.members_version,
+                    s.node,
+                    active.join(" ")
+                );
+            }
         }
     }
     if reached == 0 {

@@ -767,6 +767,13 @@ fn cluster_shows_and_changes_the_membership() {
     let run = expect(state, &with_secret(&["-o", "json", "status"]), 0);
     let doc: Json = serde_json::from_str(&run.stdout).expect("json");
     assert_eq!(doc["version"], 2, "{doc}");
+    let run = expect(state, &["--node", n1, "status"], 0);
+    assert!(
+        run.stdout.contains(
+            "members (version 2, as node1 holds them): node1 node2 node3; removed: node4"
+        ),
+        "{run:#?}"
+    );
 
     let run = expect(state, &with_secret(&["add", "node4=http://127.0.0.1:9"]), 4);
     assert!(run.stderr.contains("never reused"), "{run:#?}");
