@@ -802,16 +802,7 @@ fn secret(
 }
 
 fn check_id(id: &str, setting: &str) -> Result<(), ConfigError> {
-    // The id names the data directory and labels metrics: `.` and `..` would
-    // be a path that leaves `data/`.
-    let valid = !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if valid {
+    if crate::core::membership::valid_id(id) {
         Ok(())
     } else {
         Err(ConfigError(format!(

@@ -1918,7 +1918,7 @@ impl<B: Backend> Sim<B> {
     fn new_links(&self, at: usize) -> Vec<Option<Link>> {
         (0..self.replicas.len())
             .map(|peer| {
-                (peer != at && (self.is_member(peer) || !self.is_member(at))).then(|| {
+                self.is_peer_of(at, peer).then(|| {
                     Link::new(
                         self.nodes[at].clone(),
                         self.nodes[peer].clone(),
@@ -1946,6 +1946,13 @@ impl<B: Backend> Sim<B> {
     /// Whether replica `at` is a member (not removed, not waiting to join).
     fn is_member(&self, at: usize) -> bool {
         self.removed != Some(at) && self.joining != Some(at)
+    }
+
+    /// Whether replica `at` links to `peer` and counts on its
+    /// acknowledgements: a member does so for the other members, a replica
+    /// outside the membership (removed) for everyone.
+    fn is_peer_of(&self, at: usize, peer: usize) -> bool {
+        peer != at && (self.is_member(peer) || !self.is_member(at))
     }
 
     /// Adds the replica waiting to join, as an operator's `kvctl cluster
@@ -3646,9 +3653,7 @@ impl<B: Backend> Sim<B> {
         let own = self.replicas[at].committed.applied_per_origin[at];
         // Its own writes that a bootstrap installed are not in its log.
         let floor = self.replicas[at].log_floor;
-        // A removed peer no longer holds back the members' collection.
-        let counted = |peer: usize| peer != at && (self.is_member(peer) || !self.is_member(at));
-        for peer in (0..self.replicas.len()).filter(|&peer| counted(peer)) {
+        for peer in (0..self.replicas.len()).filter(|&peer| self.is_peer_of(at, peer)) {
             let acked = &self.replicas[at].now.acked_by_peer[peer];
             let acked = self.truth.by_origin[at]
                 .iter()
@@ -4443,8 +4448,6 @@ impl<B: Backend> Sim<B> {
     /// Whether replica `at` knows that every node has applied write `id`.
     fn is_stable_at(&self, at: usize, id: WriteId) -> bool {
         let replica = &self.replicas[at].now;
-        // A removed peer counts no more, for the members.
-        let counted = |peer: usize| peer != at && (self.is_member(peer) || !self.is_member(at));
         let stable_at_join = |peer: usize| {
             self.joined
                 .as_ref()
@@ -4452,7 +4455,7 @@ impl<B: Backend> Sim<B> {
         };
         replica.applied.contains(id)
             && (0..self.replicas.len())
-                .filter(|&peer| counted(peer))
+                .filter(|&peer| self.is_peer_of(at, peer))
                 .all(|peer| replica.acked_by_peer[peer].contains(id) || stable_at_join(peer))
     }
 

@@ -32,6 +32,16 @@ pub enum ContextCheck {
     UnknownNode(String),
 }
 
+/// The first node `clock` counts writes of that is not in `nodes` (sorted).
+/// A zero entry counts nothing: a client or a peer may name a member added
+/// before this node heard of it.
+pub fn unknown_node<'c>(clock: &'c VClock, nodes: &[NodeId]) -> Option<&'c NodeId> {
+    clock
+        .iter()
+        .find(|(n, seq)| **seq > 0 && nodes.binary_search(n).is_err())
+        .map(|(n, _)| n)
+}
+
 /// Relates a client's `context` to the clock `applied` of node `id` in a cluster
 /// of `nodes` (sorted).
 pub fn check_context(
@@ -40,11 +50,7 @@ pub fn check_context(
     applied: &VClock,
     context: &VClock,
 ) -> ContextCheck {
-    let is_member = |n: &str| nodes.binary_search_by(|m| m.as_str().cmp(n)).is_ok();
-    // A zero entry counts nothing: a client may name a member added before
-    // this node heard of it.
-    let unknown = context.iter().find(|(n, seq)| **seq > 0 && !is_member(n));
-    if let Some((unknown, _)) = unknown {
+    if let Some(unknown) = unknown_node(context, nodes) {
         return ContextCheck::UnknownNode(unknown.clone());
     }
     let missing: Vec<Missing> = applied.missing(context).collect();

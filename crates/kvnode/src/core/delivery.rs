@@ -651,10 +651,7 @@ impl<S: Store> Core<S> {
         if let Some(reason) = invalid_writes(e) {
             return invalid(reason);
         }
-        // A zero entry counts nothing: a peer may name a member added
-        // before this node heard of it.
-        let named = |(n, s): &(&NodeId, &Seq)| **s > 0 && !self.is_member(n);
-        if let Some((unknown, _)) = e.deps.iter().find(named) {
+        if let Some(unknown) = super::context::unknown_node(&e.deps, &self.nodes) {
             return invalid(format!("deps name {unknown}, not a member of the cluster"));
         }
         if e.deps.get(&e.origin) != e.seq - 1 {

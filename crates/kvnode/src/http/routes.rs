@@ -620,16 +620,11 @@ fn check_claim(node: &Node, from: &str, applied: &VClock) -> Result<()> {
     Ok(())
 }
 
-/// A clock may count writes only of nodes that are or were members (a zero
-/// entry counts nothing: a peer may name a member added before this node
-/// heard of it).
+/// A clock may count writes only of nodes that are or were members.
 fn check_clock_nodes(node: &Node, clock: &VClock) -> Result<()> {
     let ids = node.node_ids();
-    let unknown = clock
-        .iter()
-        .find(|(n, seq)| **seq > 0 && ids.binary_search(n).is_err());
-    match unknown {
-        Some((unknown, _)) => Err(Error::UnknownNode(unknown.clone(), ids.join(", "))),
+    match crate::core::context::unknown_node(clock, &ids) {
+        Some(unknown) => Err(Error::UnknownNode(unknown.clone(), ids.join(", "))),
         None => Ok(()),
     }
 }

@@ -301,6 +301,7 @@ async fn announce(node: Arc<Node>) {
             return;
         }
         let ours = node.members();
+        let message = node.members_message();
         let now = tokio::time::Instant::now();
         let mut pending = false;
         for entry in ours.entries() {
@@ -315,7 +316,6 @@ async fn announce(node: Arc<Node>) {
             if fresh || told {
                 continue;
             }
-            let message = node.members_message();
             let url = format!("{}/peer/v1/members", entry.url);
             match peer::request::<_, MembersMessage>(&client, &url, &message, None, 1 << 20).await {
                 Ok(answer) => match Membership::from_entries(answer.members) {

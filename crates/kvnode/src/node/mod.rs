@@ -870,6 +870,7 @@ impl Node {
         // Peers are acknowledged and sent only what is committed, so the lags
         // count committed writes too.
         let applied = self.committed();
+        let members = self.members();
         let core = self.shared.core();
         let own = applied.get(self.id());
         let peers = self
@@ -934,8 +935,8 @@ impl Node {
             },
             applied,
             peers,
-            members: self.members().entries(),
-            members_version: self.members().version(),
+            members_version: members.version(),
+            members: members.entries(),
         }
     }
 
