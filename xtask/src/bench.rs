@@ -107,6 +107,11 @@ pub(crate) struct Args {
     /// Requests of each peer workload with --peers.
     #[arg(long, value_name = "N", default_value_t = 300_000)]
     peer_requests: u64,
+    /// HTTP worker threads of each node (`workers`). By default the
+    /// machine's cores over the nodes, at least one: the nodes share the
+    /// machine, and more workers than cores only add context switches.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// The load generator of the prototype API's health, write and read
     /// steps; the other steps always use kvctl bench.
     #[arg(long, value_enum, default_value_t = Client::Kvctl)]
@@ -257,6 +262,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
 
     let (storage_var, storage_value) = args.storage.env();
+    let workers = node_workers(args.workers)?;
     let mut running = Running {
         cluster: None,
         sampler: None,
@@ -266,6 +272,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .dir(&out)
             .data_root(&data)
             .env("KVNODE_FAULTS", "false")
+            .env("KVNODE_WORKERS", workers.to_string())
             .env(storage_var, storage_value)
             .envs(args.trace.map(|n| ("KVNODE_TRACE_BUFFER", n.to_string())))
             .no_wait()
@@ -286,7 +293,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         .map(|n| (cluster.id(n).to_owned(), cluster.port(n)))
         .collect();
     println!(
-        "==> bench: {NODES} nodes ({}) at {}, logs in {}",
+        "==> bench: {NODES} nodes ({}, {workers} HTTP worker(s) each) at {}, logs in {}",
         args.storage.name(),
         urls.join(" "),
         out.display()
@@ -380,6 +387,7 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         results,
     );
     suite_report.peers = peers;
+    suite_report.node_workers = Some(workers);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let markdown = suite_report.markdown();
     write(&out.join("report.md"), &markdown)?;
@@ -401,6 +409,19 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 
 /// One peer's run: its results, or why it was skipped.
 type PeerRun<'a> = &'a dyn Fn() -> anyhow::Result<Result<Vec<peers::PeerResult>, String>>;
+
+/// HTTP workers of each node: `chosen`, or the machine's cores shared by the
+/// nodes (at least one each).
+fn node_workers(chosen: Option<usize>) -> anyhow::Result<usize> {
+    match chosen {
+        Some(0) => bail!("--workers must be at least 1"),
+        Some(n) => Ok(n),
+        None => {
+            let cores = thread::available_parallelism().map_or(1, |n| n.get());
+            Ok((cores / NODES).max(1))
+        }
+    }
+}
 
 /// The suite's steps, narrowed by `--step` (the ceiling steps always stay).
 fn select_steps(filters: &[String]) -> anyhow::Result<Vec<Step>> {
@@ -727,6 +748,20 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\tlots\n"), None);
         assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn each_node_gets_its_share_of_the_cores_unless_told() {
+        assert_eq!(node_workers(Some(4)).unwrap(), 4);
+        assert!(node_workers(Some(0)).is_err());
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        // Never more workers over all nodes than cores, but one each at least.
+        let each = node_workers(None).unwrap();
+        assert!(
+            each >= 1 && each * NODES <= cores.max(NODES),
+            "{each} on {cores} cores"
+        );
+        assert_eq!(args(&["--workers", "2"]).workers, Some(2));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(crate) struct SuiteReport {
     pub steps: Vec<StepResult>,
     /// Other stores run beside it (`--peers`).
     pub peers: Vec<PeerResult>,
+    /// HTTP worker threads of each node (`workers`), when known.
+    pub node_workers: Option<usize>,
 }
 
 /// One node of the cluster.
@@ -232,6 +234,7 @@ impl SuiteReport {
             ceiling_rate,
             steps,
             peers: Vec::new(),
+            node_workers: None,
         }
     }
 
@@ -265,7 +268,7 @@ impl SuiteReport {
         });
         let _ = writeln!(
             out,
-            "{} on commit {}, {} cores shared by the nodes and the client. Each load step ran \
+            "{} on commit {}, {} cores shared by the nodes{} and the client. Each load step ran \
              {length} through the prototype API (the `native-*` and `txn-*` steps through the native \
              one), closed loop (one request in flight per \
              connection, connections spread round-robin over the nodes), {keys} keys, values of \
@@ -281,6 +284,8 @@ impl SuiteReport {
             self.generated,
             self.git_commit.as_deref().unwrap_or("unknown"),
             self.cores,
+            self.node_workers
+                .map_or(String::new(), |n| format!(" ({n} HTTP worker(s) each)")),
             self.ceiling_steps
                 .iter()
                 .map(|s| format!("`{s}`"))
