@@ -16,6 +16,7 @@
 //! | `native-read-64`, `txn-read-64` | `GET /v1/kv/{key}`; snapshot reads of 4 keys (`POST /v1/txn/read`) |
 //! | `health-64-end` | `GET /health` again, once the load steps are done |
 //! | `lag` | visibility lag at light load: one write at a time, read back at the other nodes |
+//! | `lag-loaded` | the same while 32 connections write (`kvctl bench write`) |
 //!
 //! Connections are spread round-robin over the three nodes. Every rate is also
 //! given as a ratio to the ceiling of the same run: the mean rate of the two
@@ -168,6 +169,9 @@ struct Step {
     native: bool,
     /// Keys per operation: above 1, atomic writes and snapshot reads.
     txn_keys: usize,
+    /// Connections of a write load kept running while the step runs (the
+    /// lag under load); 0 for none.
+    load: usize,
 }
 
 impl Step {
@@ -179,6 +183,19 @@ impl Step {
             connections,
             native: false,
             txn_keys: 1,
+            load: 0,
+        }
+    }
+
+    /// The visibility lag while `load` connections write (0: none).
+    const fn lag(name: &'static str, load: usize) -> Self {
+        Self {
+            name,
+            workload: None,
+            connections: 1,
+            native: false,
+            txn_keys: 1,
+            load,
         }
     }
 
@@ -195,6 +212,7 @@ impl Step {
             connections,
             native: true,
             txn_keys,
+            load: 0,
         }
     }
 }
@@ -211,14 +229,14 @@ const SUITE: &[Step] = &[
     Step::native("native-read-64", "read", 64, 1),
     Step::native("txn-read-64", "read", 64, TXN_KEYS),
     Step::compat("health-64-end", "health", 64),
-    Step {
-        name: "lag",
-        workload: None,
-        connections: 1,
-        native: false,
-        txn_keys: 1,
-    },
+    Step::lag("lag", 0),
+    Step::lag("lag-loaded", LOADED_LAG_CONNECTIONS),
 ];
+
+/// Connections of the write load under which `lag-loaded` measures the lag:
+/// half the `write-64` step's, a load the nodes take without queueing for
+/// long.
+const LOADED_LAG_CONNECTIONS: usize = 32;
 
 /// Connections of the peers' workloads, as the store's `*-64` steps.
 const PEER_CONNECTIONS: usize = 64;
@@ -229,6 +247,8 @@ const TXN_KEYS: usize = 4;
 const CEILING_STEPS: &[&str] = &["health-64", "health-64-end"];
 /// Nodes of the cluster.
 const NODES: usize = 3;
+/// How long a background write load runs before the step it loads starts.
+const LOAD_RAMP: Duration = Duration::from_millis(500);
 /// How often each node's RSS is sampled.
 const RSS_EVERY: Duration = Duration::from_millis(200);
 /// How long the nodes get to answer `/health` after they start.
@@ -317,15 +337,22 @@ pub(crate) fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         let started = Instant::now();
         sample_now(&pids, &samples);
         let cpu_before = cpu_seconds(&pids);
+        let background = (step.load > 0)
+            .then(|| suite.start_load(step.load))
+            .transpose()?;
         let report = match suite.wrk_load(step) {
             Some(load) => {
                 if reads && !populated {
                     suite.populate(cluster, &interrupted)?;
                 }
-                wrk::run(&load, &out, || alive(cluster, &interrupted))?
+                wrk::run(&load, &out, || alive(cluster, &interrupted))
             }
-            None => suite.run_step(step, reads && populated, cluster, &interrupted)?,
+            None => suite.run_step(step, reads && populated, cluster, &interrupted),
         };
+        if let Some(mut load) = background {
+            kill(&mut load);
+        }
+        let report = report?;
         let cpu_after = cpu_seconds(&pids);
         sample_now(&pids, &samples);
         let ended = Instant::now();
@@ -568,6 +595,38 @@ impl Suite<'_> {
         self.run_kvctl(self.kvctl_args(step, populated), cluster, interrupted)
     }
 
+    /// Starts a write load of `connections` through kvctl bench, to run
+    /// until killed (it stops by itself after an hour).
+    fn start_load(&self, connections: usize) -> anyhow::Result<Child> {
+        let mut command = Command::new(&self.kvctl);
+        for url in &self.urls {
+            command.args(["--node", url]);
+        }
+        let keys = if self.args.smoke {
+            SMOKE_KEYS
+        } else {
+            self.args.keys
+        };
+        command
+            .args(["bench", "write", "--quiet", "--duration", "1h"])
+            .args(["-c", &connections.to_string()])
+            .args(["--keys", &keys.to_string()])
+            .args(["--value-size", &self.args.value_size.to_string()])
+            .env_remove("KVCTL_NODES")
+            .env_remove("KVCTL_TOKEN")
+            .env_remove("KVCTL_SESSION")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        kv_testkit::die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .context("cannot start the write load of kvctl bench")?;
+        // Under way before the step measures: its connections open first.
+        thread::sleep(LOAD_RAMP);
+        Ok(child)
+    }
+
     /// Writes the keys a read step reads (`kvctl bench read` populates them
     /// before its one request), for a client that does not.
     fn populate(&self, cluster: &mut Cluster, interrupted: &AtomicBool) -> anyhow::Result<()> {
@@ -805,7 +864,17 @@ mod tests {
         );
         assert_eq!(
             names(&["lag", "mixed"]),
-            ["health-64", "mixed-64", "health-64-end", "lag"]
+            [
+                "health-64",
+                "mixed-64",
+                "health-64-end",
+                "lag",
+                "lag-loaded"
+            ]
+        );
+        assert_eq!(
+            names(&["loaded"]),
+            ["health-64", "health-64-end", "lag-loaded"]
         );
         let err = select_steps(&["nope".into()]).unwrap_err().to_string();
         assert!(err.contains("health-64, write-32"), "{err}");
