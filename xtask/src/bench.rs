@@ -525,20 +525,46 @@ impl Suite<'_> {
             } else {
                 a.duration
             },
-            keys: if a.smoke { SMOKE_KEYS } else { a.keys },
+            keys: self.keys(),
             value_size: a.value_size,
             urls: &self.urls,
             node_ids: &self.node_ids,
         })
     }
 
+    /// Keys of every step: `--keys`, or a few with `--smoke`.
+    fn keys(&self) -> u64 {
+        if self.args.smoke {
+            SMOKE_KEYS
+        } else {
+            self.args.keys
+        }
+    }
+
+    /// `kvctl`'s arguments naming every node.
+    fn node_args(&self) -> Vec<String> {
+        self.urls
+            .iter()
+            .flat_map(|url| ["--node".to_string(), url.clone()])
+            .collect()
+    }
+
+    /// `kvctl` with `args`, whatever `KVCTL_*` settings xtask's environment
+    /// holds.
+    fn kvctl_command(&self, args: &[String]) -> Command {
+        let mut command = Command::new(&self.kvctl);
+        command
+            .args(args)
+            .env_remove("KVCTL_NODES")
+            .env_remove("KVCTL_TOKEN")
+            .env_remove("KVCTL_SESSION");
+        command
+    }
+
     /// The arguments of `kvctl` for `step`.
     fn kvctl_args(&self, step: &Step, populated: bool) -> Vec<String> {
         let a = self.args;
-        let mut args: Vec<String> = Vec::new();
-        for url in &self.urls {
-            args.extend(["--node".into(), url.clone()]);
-        }
+        let mut args = self.node_args();
         args.extend(["-o".into(), "json".into(), "bench".into()]);
         match step.workload {
             Some(workload) => {
@@ -552,8 +578,7 @@ impl Suite<'_> {
                         humantime::format_duration(a.duration).to_string(),
                     ]);
                 }
-                let keys = if a.smoke { SMOKE_KEYS } else { a.keys };
-                args.extend(["--keys".into(), keys.to_string()]);
+                args.extend(["--keys".into(), self.keys().to_string()]);
                 args.extend(["--value-size".into(), a.value_size.to_string()]);
                 if workload == "mixed" {
                     args.extend(["--read-ratio".into(), "0.9".into()]);
@@ -598,23 +623,13 @@ impl Suite<'_> {
     /// Starts a write load of `connections` through kvctl bench, to run
     /// until killed (it stops by itself after an hour).
     fn start_load(&self, connections: usize) -> anyhow::Result<Child> {
-        let mut command = Command::new(&self.kvctl);
-        for url in &self.urls {
-            command.args(["--node", url]);
-        }
-        let keys = if self.args.smoke {
-            SMOKE_KEYS
-        } else {
-            self.args.keys
-        };
+        let mut args = self.node_args();
+        args.extend(["bench", "write", "--quiet", "--duration", "1h"].map(String::from));
+        args.extend(["-c".into(), connections.to_string()]);
+        args.extend(["--keys".into(), self.keys().to_string()]);
+        args.extend(["--value-size".into(), self.args.value_size.to_string()]);
+        let mut command = self.kvctl_command(&args);
         command
-            .args(["bench", "write", "--quiet", "--duration", "1h"])
-            .args(["-c", &connections.to_string()])
-            .args(["--keys", &keys.to_string()])
-            .args(["--value-size", &self.args.value_size.to_string()])
-            .env_remove("KVCTL_NODES")
-            .env_remove("KVCTL_TOKEN")
-            .env_remove("KVCTL_SESSION")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -630,17 +645,9 @@ impl Suite<'_> {
     /// Writes the keys a read step reads (`kvctl bench read` populates them
     /// before its one request), for a client that does not.
     fn populate(&self, cluster: &mut Cluster, interrupted: &AtomicBool) -> anyhow::Result<()> {
-        let mut args: Vec<String> = Vec::new();
-        for url in &self.urls {
-            args.extend(["--node".into(), url.clone()]);
-        }
-        let keys = if self.args.smoke {
-            SMOKE_KEYS
-        } else {
-            self.args.keys
-        };
+        let mut args = self.node_args();
         args.extend(["-o", "json", "bench", "read", "--requests", "1"].map(String::from));
-        args.extend(["--keys".into(), keys.to_string()]);
+        args.extend(["--keys".into(), self.keys().to_string()]);
         args.extend(["--value-size".into(), self.args.value_size.to_string()]);
         self.run_kvctl(args, cluster, interrupted).map(|_| ())
     }
@@ -651,12 +658,7 @@ impl Suite<'_> {
         cluster: &mut Cluster,
         interrupted: &AtomicBool,
     ) -> anyhow::Result<BenchReport> {
-        let mut command = Command::new(&self.kvctl);
-        command
-            .args(&args)
-            .env_remove("KVCTL_NODES")
-            .env_remove("KVCTL_TOKEN")
-            .env_remove("KVCTL_SESSION");
+        let command = self.kvctl_command(&args);
         let what = format!("kvctl {}", args.join(" "));
         let (status, text) = supervise(command, &what, |_| {}, || alive(cluster, interrupted))?;
         // kvctl exits 1 when requests failed: the report is printed all the same.
