@@ -642,7 +642,7 @@ impl Node {
         let fractured = crate::broken::on("fractured-snapshots");
         #[cfg(not(feature = "broken-causality"))]
         let fractured = false;
-        let (results, applied) = if fractured {
+        let (mut results, applied) = if fractured {
             let mut results = Vec::with_capacity(keys.len());
             for (i, key) in keys.iter().enumerate() {
                 if i > 0 {
@@ -663,7 +663,26 @@ impl Node {
                 core.applied().clone(),
             )
         };
-        self.once_durable(applied.get(self.id())).await?;
+        // This node's own writes show only once durable. The read waits for
+        // those among the keys it read, not for every one its clock counts,
+        // and its clock then counts no more of them than are durable: the
+        // ones beyond touched none of these keys, and no other node's write
+        // can depend on them (they were not sent yet), so the keys with that
+        // clock are still a causally consistent cut.
+        let id = self.id();
+        let shown_own = results
+            .iter()
+            .flat_map(|r| r.siblings.iter())
+            .filter(|e| e.origin == *id)
+            .map(|e| e.seq)
+            .max()
+            .unwrap_or(0);
+        let durable = self.once_durable(shown_own).await?;
+        if durable < applied.get(id) {
+            for result in &mut results {
+                result.applied.set(id, durable);
+            }
+        }
         // Traced once shown, so after the records of the writes it shows.
         let tracer = &self.shared.tracer;
         if tracer.is_on() {
@@ -686,14 +705,19 @@ impl Node {
     /// nodes are shown at once: their origin has them on disk, and this node
     /// acknowledges them only after its own sync, so a crash here loses
     /// nothing the origin could not send again.
-    async fn once_durable(&self, own: Seq) -> Result<()> {
+    ///
+    /// Returns how many of its own writes are durable by then (at least `own`).
+    async fn once_durable(&self, own: Seq) -> Result<Seq> {
         let mut published = self.watch_committed();
-        while published.borrow_and_update().get(self.id()) < own {
+        loop {
+            let durable = published.borrow_and_update().get(self.id());
+            if durable >= own {
+                return Ok(durable);
+            }
             if published.changed().await.is_err() {
                 return Err(stopping());
             }
         }
-        Ok(())
     }
 
     /// A chunk of this node's state for a bootstrapping peer: up to `limit`
@@ -1409,6 +1433,51 @@ pub(crate) mod tests {
         assert_eq!(read.applied.get("n1"), 1);
         assert_eq!(write.await.unwrap().unwrap().seq, 1);
         assert_eq!(node.committed().get("n1"), 1);
+    }
+
+    #[actix_web::test]
+    async fn a_read_waits_only_for_own_writes_to_the_keys_it_reads() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let node = gated_node(&gate, &[]);
+        let put = Op::Put(Value::from_serialize(&1).unwrap());
+        let write = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.write("a".into(), put).await }
+        });
+        wait_applied(&node, "n1").await;
+
+        // Another key answers at once, with a clock that does not count the
+        // write whose sync is under way.
+        let at_once = Duration::from_secs(10);
+        let other = tokio::time::timeout(at_once, node.read("b", None))
+            .await
+            .expect("a read of another key does not wait for the sync")
+            .unwrap();
+        assert_eq!(other.winner(), None);
+        assert_eq!(other.applied.get("n1"), 0);
+        let snapshot = tokio::time::timeout(at_once, node.read_keys(&["b", "c"], None))
+            .await
+            .expect("a snapshot of other keys does not wait for the sync")
+            .unwrap();
+        assert!(snapshot.iter().all(|r| r.applied.get("n1") == 0));
+
+        // The written key waits for the sync, as does a snapshot holding it.
+        let read = actix_web::rt::spawn({
+            let node = node.clone();
+            async move { node.read_keys(&["b", "a"], None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!read.is_finished() && !write.is_finished());
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let read = read.await.unwrap().unwrap();
+        assert_eq!(
+            read[1].winner().map(|v| v.json().to_owned()),
+            Some("1".into())
+        );
+        assert!(read.iter().all(|r| r.applied.get("n1") == 1));
+        assert_eq!(write.await.unwrap().unwrap().seq, 1);
     }
 
     /// A trace reader never sees a dot that a crash before the sync would give
