@@ -1401,18 +1401,30 @@ pub(crate) mod tests {
         Node::start(config, Box::new(store)).unwrap()
     }
 
+    /// Writes 1 to `key` on a gated node and waits until the writer has
+    /// applied it: its sync then waits for the gate.
+    async fn write_held_in_sync(
+        node: &Arc<Node>,
+        key: &str,
+    ) -> tokio::task::JoinHandle<Result<Arc<Event>>> {
+        let write = actix_web::rt::spawn({
+            let (node, key) = (node.clone(), key.to_owned());
+            async move {
+                let put = Op::Put(Value::from_serialize(&1).unwrap());
+                node.write(key, put).await
+            }
+        });
+        wait_applied(node, "n1").await;
+        write
+    }
+
     #[actix_web::test]
     async fn nothing_of_a_local_write_is_shown_before_its_sync() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let node = gated_node(&gate, &[]);
 
-        let put = Op::Put(Value::from_serialize(&1).unwrap());
-        let write = actix_web::rt::spawn({
-            let node = node.clone();
-            async move { node.write("k".into(), put).await }
-        });
         // The writer applies the write, then waits in the sync.
-        wait_applied(&node, "n1").await;
+        let write = write_held_in_sync(&node, "k").await;
         let read = actix_web::rt::spawn({
             let node = node.clone();
             async move { node.read("k", None).await }
@@ -1439,12 +1451,7 @@ pub(crate) mod tests {
     async fn a_read_waits_only_for_own_writes_to_the_keys_it_reads() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let node = gated_node(&gate, &[]);
-        let put = Op::Put(Value::from_serialize(&1).unwrap());
-        let write = actix_web::rt::spawn({
-            let node = node.clone();
-            async move { node.write("a".into(), put).await }
-        });
-        wait_applied(&node, "n1").await;
+        let write = write_held_in_sync(&node, "a").await;
 
         // Another key answers at once, with a clock that does not count the
         // write whose sync is under way.
