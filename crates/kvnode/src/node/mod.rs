@@ -642,7 +642,7 @@ impl Node {
         let fractured = crate::broken::on("fractured-snapshots");
         #[cfg(not(feature = "broken-causality"))]
         let fractured = false;
-        let (mut results, applied) = if fractured {
+        let mut results = if fractured {
             let mut results = Vec::with_capacity(keys.len());
             for (i, key) in keys.iter().enumerate() {
                 if i > 0 {
@@ -650,18 +650,11 @@ impl Node {
                 }
                 results.push(self.shared.core().read(key)?);
             }
-            let applied = results
-                .last()
-                .map(|r| r.applied.clone())
-                .unwrap_or_default();
-            (results, applied)
+            results
         } else {
             let core = self.shared.core();
             let results = keys.iter().map(|key| core.read(key));
-            (
-                results.collect::<core::CoreResult<Vec<_>>>()?,
-                core.applied().clone(),
-            )
+            results.collect::<core::CoreResult<Vec<_>>>()?
         };
         // This node's own writes show only once durable. The read waits for
         // those among the keys it read, not for every one its clock counts,
@@ -678,8 +671,8 @@ impl Node {
             .max()
             .unwrap_or(0);
         let durable = self.once_durable(shown_own).await?;
-        if durable < applied.get(id) {
-            for result in &mut results {
+        for result in &mut results {
+            if durable < result.applied.get(id) {
                 result.applied.set(id, durable);
             }
         }
